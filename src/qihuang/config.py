@@ -1,0 +1,221 @@
+"""Typed configuration: dataclasses are the configs of the stages; YAML recipes and CLI flags map onto them.
+
+`from_mapping` builds a (nested) dataclass from a plain mapping and rejects unknown keys and wrong types with an
+error naming the key and the file before any work starts. `field_docs` reads the docstring under each field.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+import textwrap
+import types
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or flag value is wrong; the message names the key and where it came from."""
+
+
+@lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each dataclass field (``x: int = 1`` followed by ``\"\"\"doc\"\"\"``)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently coerce) `value` against the annotation `tp`; raise ConfigError naming `where`."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_mapping(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_tp, val_tp = get_args(tp) or (Any, Any)
+        return {_coerce(k, key_tp, f"{where}.{k}"): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(os.path.expanduser(str(value)))
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types (errors name `where.key`)."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def to_mapping(obj: Any) -> Any:
+    """A dataclass (or nested values) as plain JSON/YAML-ready data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_mapping(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_mapping(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: Path, overrides: dict[str, Any] | None = None) -> T:
+    """Build `cls` from a YAML file plus flag overrides; errors name the file and key."""
+    data = load_yaml(path)
+    data.update(overrides or {})
+    return from_mapping(cls, data, where=str(path))
+
+
+def shared_dir() -> Path | None:
+    """The `shared/` folder beside the checkout (development data), if present."""
+    env = os.environ.get("QIHUANG_SHARED")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[3]):
+        cand = base.parent / "shared"
+        if (cand / "data").is_dir():
+            return cand
+        cand = base / "shared"
+        if (cand / "data").is_dir():
+            return cand
+    return None
+
+
+def data_file(relative: str) -> Path:
+    """Resolve a file of the development data (`../shared/data/<relative>`), with a clear error if absent."""
+    env = os.environ.get("QIHUANG_DATA_ROOT")
+    looked = []
+    if env:
+        cand = Path(env) / relative
+        looked.append(str(cand))
+        if cand.exists():
+            return cand
+    shared = shared_dir()
+    if shared is not None:
+        cand = shared / "data" / relative
+        looked.append(str(cand))
+        if cand.exists():
+            return cand
+    raise ConfigError(
+        f"data file {relative!r} not found (looked in: {', '.join(looked) or 'no data root'}); "
+        "set QIHUANG_DATA_ROOT to the folder that holds it or pass an explicit path"
+    )
+
+
+def qihuang_home() -> Path:
+    """Cache directory for prepared models and indexes (`QIHUANG_HOME`, default ~/.cache/qihuang)."""
+    return Path(os.environ.get("QIHUANG_HOME", Path.home() / ".cache" / "qihuang"))

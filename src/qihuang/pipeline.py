@@ -1,0 +1,210 @@
+"""`qihuang run RECIPE.yaml`: chain corpus → tokenizer → pretrain → instruct → sft → dpo → eval → chat sample
+into `runs/<name>/`, skipping finished stages, and end with `runs/<name>/report.md`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qihuang.config import ConfigError, from_mapping, load_yaml, to_mapping
+from qihuang.corpus import CorpusConfig, build_corpus
+from qihuang.evaluate import EvalConfig, evaluate_models
+from qihuang.instruct import InstructConfig, build_instructions
+from qihuang.models import DEFAULT_MODEL, prepare_model
+from qihuang.preference import DPOConfig, dpo
+from qihuang.pretrain import PretrainConfig, pretrain
+from qihuang.runs import StageDir, atomic_open, run_stage, stage_dir, write_json
+from qihuang.sft import SFTConfig, sft
+from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
+
+STAGES = ("corpus", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat")
+
+
+@dataclass
+class ChatSampleConfig:
+    """The sample answers that close the report."""
+
+    questions: list[str] = field(default_factory=lambda: [
+        "《黄帝内经》中“阴阳者，天地之道也”是什么意思？",
+        "桂枝汤由哪些药物组成？",
+        "请用白话解释“上工治未病”。",
+    ])
+    """Questions put to the final model."""
+    max_new_tokens: int = 96
+    """Tokens generated per answer."""
+
+
+@dataclass
+class Recipe:
+    """A whole run: the base model and one config per stage."""
+
+    name: str = "demo"
+    """Run name: everything goes into <runs_dir>/<name>/."""
+    model: str = DEFAULT_MODEL
+    """Base model: a preset (smollm2-135m, gemma3-270m, tiny-llama), an HF model directory or a .gguf file."""
+    runs_dir: Path = Path("runs")
+    """Folder that holds the runs."""
+    seed: int = 0
+    """Random seed for every stage."""
+    threads: int | None = None
+    """CPU threads for torch (default: all cores)."""
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    """Stages to run, in pipeline order (a subset of corpus, tokenizer, pretrain, instruct, sft, dpo, eval, chat)."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """Corpus stage."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Vocabulary-extension stage."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Continual-pretraining stage."""
+    instruct: InstructConfig = field(default_factory=InstructConfig)
+    """Instruction-data stage."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning stage."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """Preference-tuning stage."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation stage."""
+    chat: ChatSampleConfig = field(default_factory=ChatSampleConfig)
+    """Sample answers at the end."""
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: must be a plain folder name, got {self.name!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and check a recipe before any work starts (unknown keys / wrong types name the key and the file)."""
+    data = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return from_mapping(Recipe, data, where=str(path))
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def _chat_samples(cfg: ChatSampleConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
+    from qihuang.serve.engine import Engine
+
+    engine = Engine.load(model_dir)
+    samples = []
+    for q in cfg.questions:
+        t0 = time.time()
+        answer = engine.complete([{"role": "user", "content": q}], max_new_tokens=cfg.max_new_tokens,
+                                 temperature=0.0)
+        samples.append({"question": q, "answer": answer, "seconds": round(time.time() - t0, 2)})
+    write_json(out.path / "samples.json", samples)
+    return {"model": str(model_dir), "samples": samples}
+
+
+def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run every stage of `recipe` in order (skipping finished ones) and write report.md; returns the run dir."""
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "recipe.json", recipe)
+    _set_threads(recipe.threads)
+    force = force or []
+    base_dir = prepare_model(recipe.model)
+    dirs = {s: stage_dir(run_dir, s) for s in STAGES}
+    summaries: dict[str, dict[str, Any]] = {}
+    models: dict[str, Path] = {"base": base_dir}
+    current = base_dir
+    corpus_out = dirs["corpus"].path
+
+    def seeded(cfg: Any) -> Any:
+        if dataclasses.is_dataclass(cfg) and "seed" in {f.name for f in dataclasses.fields(cfg)}:
+            return dataclasses.replace(cfg, seed=recipe.seed)
+        return cfg
+
+    steps: list[tuple[str, Any, Callable[[Any], dict[str, Any]]]] = [
+        ("corpus", recipe.corpus, lambda c: build_corpus(c, dirs["corpus"])),
+        ("tokenizer", recipe.tokenizer, lambda c: extend_tokenizer(
+            c, current, corpus_out / "train.jsonl", corpus_out / "heldout.jsonl", dirs["tokenizer"])),
+        ("pretrain", recipe.pretrain, lambda c: pretrain(
+            c, current, corpus_out / "train.jsonl", corpus_out / "heldout.jsonl", dirs["pretrain"])),
+        ("instruct", recipe.instruct, lambda c: build_instructions(c, corpus_out / "train.jsonl", dirs["instruct"])),
+        ("sft", recipe.sft, lambda c: sft(c, current, dirs["sft"])),
+        ("dpo", recipe.dpo, lambda c: dpo(c, current, dirs["dpo"])),
+        ("eval", recipe.eval, lambda c: evaluate_models(
+            c, dict(models), corpus_out / "heldout.jsonl", _existing(dirs["instruct"].path / "heldout_qa.jsonl"),
+            dirs["eval"])),
+        ("chat", recipe.chat, lambda c: _chat_samples(c, current, dirs["chat"])),
+    ]
+    for name, cfg, work in steps:
+        if name not in recipe.stages:
+            continue
+        cfg = seeded(cfg)
+        if name == "sft" and not getattr(cfg, "data", None):
+            cfg = dataclasses.replace(cfg, data=[dirs["instruct"].path / "train.jsonl"])
+            if (dirs["instruct"].path / "heldout_qa.jsonl").exists() and hasattr(cfg, "eval_data"):
+                cfg = dataclasses.replace(cfg, eval_data=dirs["instruct"].path / "heldout_qa.jsonl")
+        log(f"── stage {name} " + ("(done, skipped)" if dirs[name].is_done() and name not in force else "…"))
+        summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=name in force)
+        log(f"   {name}: {summaries[name].get('wall_seconds', 0):.1f}s")
+        produced = dirs[name].path / "model"
+        if (produced / "config.json").exists():
+            current = produced
+            label = {"tokenizer": None, "pretrain": "cpt", "sft": "sft", "dpo": "dpo"}.get(name)
+            if label:
+                models[label] = produced
+    report = write_report(recipe, summaries, dirs)
+    log(f"report: {report}")
+    return run_dir
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.exists() else None
+
+
+def write_report(recipe: Recipe, summaries: dict[str, dict[str, Any]], dirs: dict[str, StageDir]) -> Path:
+    """`report.md`: stage wall times, the evaluation table (base vs CPT vs SFT vs DPO), sample answers."""
+    lines = [f"# qihuang run `{recipe.name}`", "", f"Base model: `{recipe.model}`", ""]
+    lines += ["## Stages", "", "| stage | wall time (s) | status |", "|---|---|---|"]
+    for name in STAGES:
+        s = summaries.get(name) or dirs[name].summary()
+        if not s:
+            continue
+        status = "reused" if s.get("skipped") else "ran"
+        lines.append(f"| {name} | {s.get('wall_seconds', 0):.1f} | {status} |")
+    tok = summaries.get("tokenizer") or dirs["tokenizer"].summary()
+    if tok.get("tokens_per_char_before") is not None:
+        lines += ["", f"Tokens per character on held-out books: {tok['tokens_per_char_before']:.3f} → "
+                  f"{tok.get('tokens_per_char_after', float('nan')):.3f} ({tok.get('added', 0)} tokens added)."]
+    eval_md = dirs["eval"].path / "report.md"
+    if eval_md.exists():
+        lines += ["", "## Evaluation", "", eval_md.read_text(encoding="utf-8").strip()]
+    chat = summaries.get("chat") or dirs["chat"].summary()
+    if chat.get("samples"):
+        lines += ["", "## Sample answers", "", f"Model: `{chat.get('model')}`", ""]
+        for s in chat["samples"]:
+            lines += [f"**问：** {s['question']}", "", f"**答：** {s['answer'].strip()}", ""]
+    lines += ["", "## Recipe", "", "```yaml", _yaml(to_mapping(recipe)), "```", ""]
+    path = recipe.run_dir / "report.md"
+    with atomic_open(path) as fh:
+        fh.write("\n".join(lines))
+    return path
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False).strip()

@@ -1,0 +1,170 @@
+"""Run directories: `runs/<name>/<stage>/` with the resolved config, `metrics.jsonl`, outputs and a `done` marker.
+
+Every file is written to a temporary name and renamed, so a killed stage never leaves a half-written file that a
+rerun would take as finished; the `done` marker is written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from qihuang.config import to_mapping
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it is renamed onto `path` (file or directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; it replaces `path` only if the block completes."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write `data` as indented UTF-8 JSON."""
+    with atomic_open(path) as fh:
+        json.dump(to_mapping(data), fh, ensure_ascii=False, indent=2)
+        fh.write("\n")
+
+
+def write_jsonl(path: Path, records: Iterable[Any]) -> int:
+    """Atomically write records as JSON lines; returns the count."""
+    n = 0
+    with atomic_open(path) as fh:
+        for rec in records:
+            fh.write(json.dumps(to_mapping(rec), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield JSON objects from a JSONL file; a bad line raises ValueError naming file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object")
+            yield obj
+
+
+@dataclass
+class MetricsLog:
+    """Append-only `metrics.jsonl`: one JSON object per line, flushed at once so a crash loses nothing."""
+
+    path: Path
+    _fh: IO[str] | None = field(default=None, repr=False)
+
+    def log(self, **values: Any) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        values.setdefault("time", round(time.time(), 3))
+        self._fh.write(json.dumps(to_mapping(values), ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def read(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.path)) if self.path.exists() else []
+
+
+@dataclass
+class StageDir:
+    """One stage's folder inside a run: config, metrics, outputs, and the `done` marker written last."""
+
+    path: Path
+
+    @property
+    def done_file(self) -> Path:
+        return self.path / "done"
+
+    def is_done(self) -> bool:
+        return self.done_file.exists()
+
+    def begin(self, config: Any) -> MetricsLog:
+        """Create the folder, record the resolved config, and open the metrics log."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / "config.json", config)
+        return MetricsLog(self.path / "metrics.jsonl")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write `summary.json`, then the `done` marker."""
+        write_json(self.path / "summary.json", summary)
+        with atomic_open(self.done_file) as fh:
+            fh.write(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+    def metrics(self) -> MetricsLog:
+        """The stage's append-only metrics log."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return MetricsLog(self.path / "metrics.jsonl")
+
+    def summary(self) -> dict[str, Any]:
+        p = self.path / "summary.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+
+def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
+    """Run one stage into `out` unless it is already done: record config, time it, write summary and `done`."""
+    if out.is_done() and not force:
+        summary = out.summary()
+        summary["skipped"] = True
+        return summary
+    if force and out.done_file.exists():
+        out.done_file.unlink()
+    out.begin(config)
+    t0 = time.time()
+    summary = work() or {}
+    summary["wall_seconds"] = round(time.time() - t0, 2)
+    out.finish(summary)
+    return summary
+
+
+def stage_dir(run_dir: Path, stage: str) -> StageDir:
+    """The folder of `stage` inside `run_dir`."""
+    return StageDir(Path(run_dir) / stage)
+
+
+def scratch_dir(prefix: str = "qihuang-") -> Path:
+    """A fresh temporary directory (caller removes it)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
