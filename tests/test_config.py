@@ -1,0 +1,85 @@
+"""Strict recipe/config loading: unknown keys and wrong types are named with their file before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from qihuang.config import ConfigError, field_docs, from_mapping, load_config, to_mapping
+
+
+@dataclass
+class Inner:
+    """Inner config."""
+
+    rate: float = 0.1
+    """A rate."""
+    mode: Literal["a", "b"] = "a"
+    """A mode."""
+
+
+@dataclass
+class Outer:
+    """Outer config."""
+
+    name: str = "x"
+    """The name."""
+    steps: int = 3
+    """How many steps."""
+    files: list[Path] = field(default_factory=list)
+    """Some files."""
+    limit: int | None = None
+    """Optional limit."""
+    inner: Inner = field(default_factory=Inner)
+    """Nested."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError("steps: must be >= 0")
+
+
+def test_builds_nested_and_coerces() -> None:
+    cfg = from_mapping(Outer, {"steps": "5", "files": ["a.txt"], "inner": {"rate": 1, "mode": "b"}})
+    assert cfg.steps == 5 and cfg.files == [Path("a.txt")] and cfg.inner.rate == 1.0 and cfg.inner.mode == "b"
+    assert to_mapping(cfg)["files"] == ["a.txt"]
+
+
+def test_unknown_key_is_named_with_file(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: y\ninner:\n  rat: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"r\.yaml\.inner: unknown key\(s\) \['rat'\]"):
+        load_config(Outer, p)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"steps": "many"}, "config.steps: expected an integer"),
+        ({"steps": True}, "config.steps: expected an integer"),
+        ({"files": "a.txt"}, "config.files: expected a list"),
+        ({"inner": {"mode": "c"}}, r"config.inner.mode: must be one of \['a', 'b'\]"),
+        ({"inner": 3}, "config.inner: expected a mapping"),
+        ({"steps": -1}, "steps: must be >= 0"),
+    ],
+)
+def test_wrong_types_are_named(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(Outer, data)
+
+
+def test_bad_yaml_names_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("a: [1, 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(Outer, p)
+    p.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Outer, p)
+
+
+def test_field_docs_are_read() -> None:
+    assert field_docs(Outer)["steps"] == "How many steps."
+    assert field_docs(Inner)["mode"] == "A mode."

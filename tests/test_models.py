@@ -1,0 +1,52 @@
+"""Base models: the smollm2-135m preset converts once, reloads fast and generates; bad specs fail clearly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from qihuang.models import ModelError, list_models, load_model, prepare_model
+
+
+def test_smollm2_preset_loads_fast_and_generates() -> None:
+    import torch
+
+    prepare_model("smollm2-135m")  # converts once (about 30 s) if not cached
+    t0 = time.time()
+    model, tok = load_model("smollm2-135m")
+    assert time.time() - t0 < 10
+    assert model.config.model_type == "llama" and model.num_parameters() > 100e6
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=16, do_sample=False)
+    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "4" in text
+
+
+def test_tiny_llama_is_tiny_and_shares_tokenizer(tiny_model_dir: Path) -> None:
+    model, tok = load_model(str(tiny_model_dir))
+    assert model.num_parameters() < 5e6
+    assert model.config.vocab_size == len(tok) and tok.chat_template
+
+
+def test_bad_specs_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="unknown model 'no-such-model'"):
+        prepare_model("no-such-model")
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        prepare_model(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelError, match="has no weights"):
+        prepare_model(str(tmp_path / "m"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelError, match="broken.gguf: cannot load GGUF"):
+        prepare_model(str(bad))
+
+
+def test_list_models_reports_presets() -> None:
+    names = {row["name"] for row in list_models()}
+    assert {"smollm2-135m", "gemma3-270m", "tiny-llama"} <= names

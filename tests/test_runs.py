@@ -1,0 +1,60 @@
+"""Run folders: atomic writes never leave half files; `done` is written last; finished stages are skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qihuang.runs import MetricsLog, atomic_open, read_jsonl, run_stage, stage_dir, write_jsonl
+
+
+def test_atomic_open_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old", encoding="utf-8")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as fh:
+            fh.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text(encoding="utf-8") == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_run_stage_writes_done_last_and_skips(tmp_path: Path) -> None:
+    sd = stage_dir(tmp_path, "corpus")
+    calls = []
+
+    def work() -> dict:
+        calls.append(1)
+        sd.metrics().log(step=1, loss=2.0)
+        return {"n": 3}
+
+    s1 = run_stage(sd, {"a": 1}, work)
+    assert s1["n"] == 3 and "wall_seconds" in s1 and sd.is_done()
+    assert json.loads((sd.path / "config.json").read_text())["a"] == 1
+    assert MetricsLog(sd.path / "metrics.jsonl").read()[0]["loss"] == 2.0
+    s2 = run_stage(sd, {"a": 1}, work)
+    assert s2["skipped"] and len(calls) == 1
+    run_stage(sd, {"a": 1}, work, force=True)
+    assert len(calls) == 2
+
+
+def test_failed_stage_is_not_done(tmp_path: Path) -> None:
+    sd = stage_dir(tmp_path, "pretrain")
+
+    def boom() -> dict:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(sd, {}, boom)
+    assert not sd.is_done()
+
+
+def test_read_jsonl_names_bad_line(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    write_jsonl(p, [{"a": 1}])
+    with open(p, "a", encoding="utf-8") as fh:
+        fh.write("{broken\n")
+    with pytest.raises(ValueError, match=r"x\.jsonl:2: not valid JSON"):
+        list(read_jsonl(p))
