@@ -63,6 +63,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:
+            return _coerce(value, real[0], where)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -137,8 +140,6 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "config
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
