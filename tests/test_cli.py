@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-STAGE_COMMANDS = ["run", "models", "corpus", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "serve",
+STAGE_COMMANDS = ["run", "models", "corpus", "tokenizer", "pretrain", "instruct", "sft", "dpo", "merge", "export", "eval", "serve",
                   "chat", "search"]
 
 

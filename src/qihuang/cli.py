@@ -11,6 +11,7 @@ from qihuang.config import ConfigError
 from qihuang.corpus.cli import corpus_cli
 from qihuang.evaluate.cli import eval_cli
 from qihuang.instruct.cli import instruct_cli
+from qihuang.merge import export_cli, merge_cli
 from qihuang.models import ModelError
 from qihuang.preference import dpo_cli
 from qihuang.pretrain import pretrain_cli
@@ -79,8 +80,8 @@ def models_prepare(name: str) -> None:
     click.echo(f"{path}\nprepared in {t1 - t0:.1f}s; loads in {time.time() - t1:.2f}s")
 
 
-for command in (corpus_cli, tokenizer_cli, pretrain_cli, instruct_cli, sft_cli, dpo_cli, eval_cli, serve_cli,
-                chat_cli, search_cli):
+for command in (corpus_cli, tokenizer_cli, pretrain_cli, instruct_cli, sft_cli, dpo_cli, merge_cli, export_cli,
+                eval_cli, serve_cli, chat_cli, search_cli):
     cli.add_command(command)
 
 

@@ -1,14 +1,22 @@
-"""Continual pretraining (#4) on passages mixed with general text."""
+"""Continual pretraining (#4) on passages mixed with general text: full fine-tuning or LoRA (+ trainable new-token
+embeddings), packed sequences, exact resume, spike guard, held-out bits/char before and after."""
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
+from qihuang.cliutil import config_options
+from qihuang.config import ConfigError
 from qihuang.runs import StageDir
+
+EXTENSION_FILE = "qihuang_extension.json"
+DEFAULT_GENERAL = "general_sft/alpaca_zh_47k.json"
 
 
 @dataclass
@@ -18,14 +26,311 @@ class PretrainConfig:
     max_steps: int = 100
     """Stop after this many optimizer steps."""
     max_minutes: float | None = None
-    """Stop after this much wall time (whichever comes first)."""
+    """Wall-time budget of the whole stage, evaluations included (training stops early to fit it)."""
+    schedule_steps: int | None = None
+    """Length of the cosine schedule in steps (default: max_steps)."""
+    seq_len: int = 256
+    """Tokens per packed training sequence."""
+    micro_batch: int = 4
+    """Sequences per forward/backward pass (per process)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine floor as a fraction of the peak LR."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (matrices only)."""
+    clip: float = 1.0
+    """Gradient-norm clipping (0: off)."""
+    mode: Literal["full", "lora"] = "full"
+    """full fine-tuning, or LoRA adapters (merged into the saved model)."""
+    freeze_layers: int = 0
+    """full mode: freeze the bottom N decoder layers (no backward through them; embeddings then learn from the
+    output side only, through tied weights)."""
+    lora_rank: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_embeddings: Literal["new", "all", "none"] = "new"
+    """LoRA mode: train the rows of tokens added by `tokenizer extend` (new), whole embeddings/LM head (all), none."""
+    general_ratio: float = 0.1
+    """Fraction of training characters taken from general text (keeps general ability)."""
+    general_file: Path | None = None
+    """General text (Alpaca JSON/JSONL, ShareGPT JSONL); default: general_sft/alpaca_zh_47k.json of the data root."""
+    max_train_chars: int | None = 3_000_000
+    """Use at most this many characters of passages (sampled with the seed); none: all."""
+    checkpoint_every_steps: int = 50
+    """Checkpoint every N optimizer steps (0: off)."""
+    checkpoint_every_minutes: float = 10.0
+    """Also checkpoint when this many minutes passed since the last one (0: off)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (older ones deleted)."""
+    eval_every: int = 0
+    """Evaluate held-out bits/char every N steps (0: only before and after)."""
+    eval_chars: int = 5000
+    """Characters of held-out text scored for bits/char."""
+    eval_seq_len: int = 512
+    """Window (tokens) of the bits/char evaluation."""
+    eval_base: bool = True
+    """Also score the model before vocabulary extension (bpc_base), when the input records one."""
+    spike_factor: float = 3.0
+    """Skip a step whose loss exceeds this × its moving average (0: off)."""
+    spike_max_in_row: int = 3
+    """That many skipped steps in a row roll back to the last checkpoint with a lower LR."""
+    rollback_lr_factor: float = 0.5
+    """LR multiplier applied at each rollback."""
+    log_every: int = 1
+    """Log metrics every N steps."""
+    ce_chunk_tokens: int = 0
+    """Compute the LM head + loss in chunks of this many tokens, recomputed in backward (0: in one piece)."""
+    compile: bool = False
+    """torch.compile each decoder layer and the loss (pays off on GPU; costs 20–50 s on CPU)."""
+    doc_mask: bool = True
+    """Keep attention inside each packed document (false: plain causal attention over the block, fastest
+    kernels; positions still restart per document)."""
+    grad_checkpoint: float = 0.0
+    """Fraction of decoder layers (from the bottom) recomputed in backward to save memory (0: none, 1: all)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU, fp32 on CPU."""
+    threads: int = 0
+    """CPU threads for torch (0: leave as set)."""
+    peak_tflops: float | None = None
+    """Peak TFLOP/s for the MFU estimate (default: known GPUs only)."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars when tensorboard is installed."""
+    seed: int = 0
+    """Seed of data order, sampling and initialisation."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError("pretrain.max_steps must be >= 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError("pretrain.max_minutes must be > 0")
+        if self.seq_len < 8 or self.micro_batch < 1 or self.grad_accum < 1:
+            raise ConfigError("pretrain: seq_len >= 8, micro_batch >= 1 and grad_accum >= 1 are required")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("pretrain: lr must be > 0 and min_lr_ratio in [0, 1]")
+        if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
+            raise ConfigError("pretrain.schedule_steps must be >= max_steps")
+        if self.warmup_steps >= (self.schedule_steps or self.max_steps) and self.max_steps > 1:
+            raise ConfigError("pretrain.warmup_steps must be < the schedule length (max_steps)")
+        if not 0 <= self.general_ratio < 1:
+            raise ConfigError("pretrain.general_ratio must be in [0, 1)")
+        if self.mode == "lora" and self.freeze_layers:
+            raise ConfigError("pretrain.freeze_layers applies to mode=full only")
+        if self.lora_rank < 1 or self.freeze_layers < 0:
+            raise ConfigError("pretrain: lora_rank >= 1 and freeze_layers >= 0 are required")
+        if not 0 <= self.grad_checkpoint <= 1:
+            raise ConfigError("pretrain.grad_checkpoint must be in [0, 1]")
+        if self.eval_chars < 0 or self.eval_seq_len < 8:
+            raise ConfigError("pretrain: eval_chars >= 0 and eval_seq_len >= 8 are required")
+
+
+def _heldout_texts(heldout: Path, max_chars: int) -> list[str]:
+    """Held-out passages interleaved across books (round robin), cut at max_chars characters."""
+    from qihuang.runs import read_jsonl
+    from qihuang.training.bpc import take_chars
+
+    by_book: dict[str, list[str]] = {}
+    for rec in read_jsonl(heldout):
+        if rec.get("text"):
+            by_book.setdefault(str(rec.get("book", "")), []).append(str(rec["text"]))
+    order: list[str] = []
+    queues = [list(v) for v in by_book.values()]
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop(0))
+    return take_chars(order, max_chars)
+
+
+def set_grad_checkpoint(model: Any, fraction: float) -> None:
+    """Recompute the bottom `fraction` of decoder layers in backward (HF per-layer checkpointing)."""
+    if fraction <= 0:
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    layers = model.get_decoder().layers
+    keep = round(len(layers) * min(fraction, 1.0))
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i < keep
+
+
+def prepare_for_training(cfg: PretrainConfig, model: Any, extension: dict[str, Any]) -> Any:
+    """Apply the training mode: checkpointing, frozen layers, or peft LoRA."""
+    set_grad_checkpoint(model, cfg.grad_checkpoint)
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        kw: dict[str, Any] = {}
+        new_ids = list(range(*extension["added_range"])) if extension.get("added_range") else []
+        if cfg.lora_embeddings == "new" and new_ids:
+            kw["trainable_token_indices"] = {"embed_tokens": new_ids}
+        elif cfg.lora_embeddings == "all":
+            kw["modules_to_save"] = ["embed_tokens", "lm_head"]
+        lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM", **kw)
+        model = get_peft_model(model, lcfg)
+        if cfg.grad_checkpoint > 0:
+            model.enable_input_require_grads()
+        return model
+    if cfg.freeze_layers:
+        layers = model.get_decoder().layers
+        if cfg.freeze_layers >= len(layers):
+            raise ConfigError(f"pretrain.freeze_layers={cfg.freeze_layers} but the model has {len(layers)} layers")
+        for layer in layers[:cfg.freeze_layers]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+        # no backward below the first trained layer: the input embeddings' output is detached
+        model._qihuang_detach = model.get_input_embeddings().register_forward_hook(lambda _m, _i, o: o.detach())
+    return model
+
+
+def _load_extension(model_dir: Path) -> dict[str, Any]:
+    p = Path(model_dir) / EXTENSION_FILE
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
 def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, out: StageDir) -> dict[str, Any]:
-    """Write the trained model into out.path/'model'."""
-    raise NotImplementedError("pretrain stage: being built (#4)")
+    """Train on `train` passages (+ general mix), write the (merged) model into out.path/'model'."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qihuang.config import data_file
+    from qihuang.runs import atomic_path, write_json
+    from qihuang.training.bpc import bits_per_char
+    from qihuang.training.data import mix_documents, pack_documents, read_general, read_texts
+    from qihuang.training.loop import LoopSettings, train_loop
+    from qihuang.training.metrics import plot_loss
+
+    stage_t0 = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cuda = torch.cuda.is_available()
+    mp = "bf16" if (cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)) else "no"
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
+    set_seed(cfg.seed)
+    main = accelerator.is_main_process
+    metrics = out.metrics()
+    model_dir = Path(model_dir)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    extension = _load_extension(model_dir)
+
+    # data (deterministic from the seed: identical on every rank and every rerun)
+    domain = read_texts(train)
+    general: list[str] = []
+    if cfg.general_ratio > 0:
+        try:
+            general_path = cfg.general_file or data_file(DEFAULT_GENERAL)
+        except ConfigError as exc:  # only the default can be missing: an explicit general_file must exist
+            general_path = None
+            metrics.log(event="warning", message=f"no general-text mix: {exc}")
+        general = read_general(general_path) if general_path else []
+    docs, chars = mix_documents(domain, general, cfg.general_ratio, cfg.seed, cfg.max_train_chars)
+    data = pack_documents(tok, docs, cfg.seq_len, cfg.seed)
+    eval_texts = _heldout_texts(heldout, cfg.eval_chars) if cfg.eval_chars else []
+
+    def evaluate(m: Any, t: Any = tok) -> dict[str, Any]:
+        if not eval_texts:
+            return {}
+        r = bits_per_char(m, t, eval_texts, seq_len=cfg.eval_seq_len)
+        return {"bpc": round(r["bpc"], 5), "eval_tokens_per_char": round(r["tokens_per_char"], 4),
+                "eval_seconds": r["seconds"]}
+
+    # held-out bits/char before training (cached so that a resumed run does not pay it twice)
+    before_file = out.path / "bpc_before.json"
+    before: dict[str, Any] = json.loads(before_file.read_text()) if before_file.exists() else {}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if not before and main:
+        before = {"before": evaluate(model)}
+        base_dir = extension.get("base_model")
+        if cfg.eval_base and base_dir and Path(base_dir, "config.json").exists():
+            bm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            before["base"] = evaluate(bm, AutoTokenizer.from_pretrained(base_dir))
+            del bm
+        write_json(before_file, before)
+        if before["before"]:
+            metrics.log(step=0, **before["before"])
+    accelerator.wait_for_everyone()
+    if not main:
+        before = json.loads(before_file.read_text()) if before_file.exists() else {}
+
+    model = prepare_for_training(cfg, model, extension)
+    model.train()
+    settings = LoopSettings(
+        seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, clip=cfg.clip,
+        max_steps=cfg.max_steps, schedule_steps=cfg.schedule_steps or cfg.max_steps, spike_factor=cfg.spike_factor,
+        spike_max_in_row=cfg.spike_max_in_row, rollback_lr_factor=cfg.rollback_lr_factor,
+        checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_minutes=cfg.checkpoint_every_minutes,
+        keep_checkpoints=cfg.keep_checkpoints, eval_every=cfg.eval_every, log_every=cfg.log_every,
+        ce_chunk_tokens=cfg.ce_chunk_tokens, compile=cfg.compile, doc_mask=cfg.doc_mask, peak_tflops=cfg.peak_tflops,
+        tensorboard=cfg.tensorboard)
+    train_seconds = None
+    if cfg.max_minutes is not None:
+        final_eval = float(before.get("before", {}).get("eval_seconds", 0.0))
+        spent = time.time() - stage_t0  # data, model load and (first run) the evaluations before training
+        train_seconds = max(cfg.max_minutes * 60 - spent - final_eval - 10.0, 0.0)
+    result = train_loop(model, data, settings, accelerator, out.path / "checkpoints", metrics, train_seconds,
+                        evaluate if cfg.eval_every else None)
+
+    summary: dict[str, Any] = {**{k: v for k, v in result.items() if k != "evals"}, **chars,
+                               "train_blocks": data.n_blocks, "mode": cfg.mode, "seq_len": cfg.seq_len,
+                               "global_batch": cfg.micro_batch * cfg.grad_accum * accelerator.num_processes,
+                               "processes": accelerator.num_processes, "device": str(accelerator.device)}
+    if main:
+        final = model.merge_and_unload() if cfg.mode == "lora" else model
+        if getattr(final, "_qihuang_detach", None) is not None:
+            final._qihuang_detach.remove()
+        final.eval()
+        after = evaluate(final)
+        with atomic_path(out.path / "model") as tmp:
+            final.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if extension:
+                (tmp / EXTENSION_FILE).write_text(json.dumps(extension, ensure_ascii=False, indent=1), "utf-8")
+        summary["bpc_before"] = before.get("before", {}).get("bpc")
+        summary["bpc_after"] = after.get("bpc")
+        if "base" in before:
+            summary["bpc_base"] = before["base"].get("bpc")
+            summary["tokens_per_char_base"] = before["base"].get("eval_tokens_per_char")
+        ref = summary.get("bpc_base") or summary["bpc_before"]
+        if ref and summary["bpc_after"]:
+            summary["bpc_reduction_vs_base"] = round(1 - summary["bpc_after"] / ref, 4)
+        summary["eval_chars"] = len("".join(eval_texts))
+        summary["evals"] = result["evals"]
+        metrics.log(step=result["steps"], final=True, **after)
+        plot_loss(metrics.read(), out.path / "loss.png")
+    metrics.close()
+    accelerator.wait_for_everyone()
+    summary["stage_seconds"] = round(time.time() - stage_t0, 1)
+    return summary
 
 
 @click.command("pretrain")
-def pretrain_cli() -> None:
-    """Continual pretraining."""
+@config_options(PretrainConfig)
+@click.option("--model", "model_spec", default="smollm2-135m", show_default=True,
+              help="Model to train: preset, HF directory (e.g. a tokenizer stage's model/) or .gguf")
+@click.option("--train", "train_path", type=click.Path(path_type=Path, exists=True), required=True,
+              help="Training passages (JSONL with `text`)")
+@click.option("--heldout", "heldout_path", type=click.Path(path_type=Path, exists=True), required=True,
+              help="Held-out passages for bits/char (JSONL with `text`, `book`)")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Stage folder to write")
+@click.option("--force", is_flag=True, help="Rerun even if the stage folder is marked done")
+def pretrain_cli(cfg: PretrainConfig, model_spec: str, train_path: Path, heldout_path: Path, out_path: Path,
+                 force: bool) -> None:
+    """Continual pretraining (full or LoRA); rerunning a killed run resumes from its last checkpoint."""
+    from qihuang.models import prepare_model
+    from qihuang.runs import run_stage
+
+    out = StageDir(out_path)
+    model_dir = prepare_model(model_spec)
+    summary = run_stage(out, cfg, lambda: pretrain(cfg, model_dir, train_path, heldout_path, out), force=force)
+    click.echo(json.dumps({k: v for k, v in summary.items() if k != "evals"}, ensure_ascii=False, indent=1))

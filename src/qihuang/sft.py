@@ -2,28 +2,353 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
-from qihuang.runs import StageDir
+from qihuang.cliutil import config_options
+from qihuang.config import ConfigError
+from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
+from qihuang.sftdata import (
+    Example, LoadReport, curriculum, label_tokens, load_examples, mix, rouge_l, split_validation,
+)
+from qihuang.merge import load_start_model, save_outputs
+from qihuang.template import IGNORE_INDEX, Message, encode_prompt, prompt_and_answer
+
+
+def answer_questions(model: Any, tokenizer: Any, prompts: list[list[Message]], max_new_tokens: int,
+                     batch_size: int = 8) -> list[str]:
+    """Greedy answers to chat prompts built with the shared template (left-padded batches)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [encode_prompt(tokenizer, p) for p in prompts[i: i + batch_size]]
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad, use_cache=True)
+        answers += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+    model.train(was_training)
+    return answers
 
 
 @dataclass
 class SFTConfig:
     """SFT data, method and budget."""
 
-    data: list[Path] = ()  # type: ignore[assignment]
+    data: list[Path] = field(default_factory=list)
     """Training files (qihuang dialogues, Alpaca, ShareGPT or OpenAI messages JSON/JSONL)."""
+    data_ratios: list[float] = field(default_factory=list)
+    """Mixing weight per data file (same order as data); empty: every file as is (equal shares with max_samples)."""
+    max_samples: int | None = None
+    """Total training dialogues after mixing (default: the sum of all files)."""
+    eval_data: Path | None = None
+    """Held-out QA/dialogue file for validation loss and ROUGE-L (default: a split of the training data)."""
+    val_fraction: float = 0.05
+    """Fraction of the training dialogues held out for validation when eval_data is not given."""
+    max_val: int = 64
+    """At most this many validation dialogues."""
+    system_prompt: str | None = None
+    """System prompt put first in dialogues that have none (default: the template's own behaviour)."""
+    last_turn_only: bool = False
+    """Loss on the last assistant turn only (default: every assistant turn)."""
+    max_length: int = 512
+    """Max tokens per dialogue; longer ones lose whole turns from the end, or are rejected if the first answer
+    does not fit."""
+    packing: bool = True
+    """Pack several dialogues per sequence (position ids restart per dialogue, no attention across them)."""
+    method: Literal["lora", "full"] = "lora"
+    """LoRA adapter or full fine-tuning."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    """LoRA target modules (module names such as q_proj, v_proj, or all-linear)."""
+    train_new_tokens: bool = True
+    """With LoRA, train the embedding rows of tokens added to the vocabulary (#4)."""
+    curriculum_stages: int = 0
+    """Order training easy → hard in this many stages by meta.difficulty (0/1: shuffled, no curriculum)."""
+    epochs: float = 1.0
+    """Passes over the training data (max_steps overrides)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    max_minutes: float | None = None
+    """Time budget for training: stop (saving a checkpoint) after this many minutes."""
+    batch_size: int = 4
+    """Sequences per step (packed rows when packing)."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (LoRA default; use ~2e-5 for full fine-tuning)."""
+    warmup: float = 0.05
+    """Warm-up: a fraction of the steps if < 1, else a number of steps."""
+    eval_steps: int = 50
+    """Validate (and checkpoint) every this many steps."""
+    early_stopping_patience: int = 3
+    """Stop after this many validations without improvement (0: off); the best checkpoint is kept."""
+    qa_samples: int = 16
+    """Held-out questions answered before/after training for ROUGE-L (0: skip)."""
+    qa_max_new_tokens: int = 64
+    """Tokens generated per ROUGE-L answer."""
+    seed: int = 0
+    """Random seed."""
+
+    def __post_init__(self) -> None:
+        if self.data_ratios and len(self.data_ratios) != len(self.data):
+            raise ConfigError(f"data_ratios: {len(self.data_ratios)} ratios for {len(self.data)} data files")
+        if any(r < 0 for r in self.data_ratios) or (self.data_ratios and sum(self.data_ratios) <= 0):
+            raise ConfigError("data_ratios: must be non-negative with a positive sum")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction: must be in [0, 0.5), got {self.val_fraction}")
+        if self.max_length < 16:
+            raise ConfigError(f"max_length: must be >= 16, got {self.max_length}")
+        if self.lora_r <= 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_r/lora_alpha must be positive and lora_dropout in [0, 1)")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max_steps: must be positive, got {self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes: must be positive, got {self.max_minutes}")
+        if self.batch_size <= 0 or self.grad_accum <= 0 or self.eval_steps <= 0 or self.epochs <= 0:
+            raise ConfigError("batch_size, grad_accum, eval_steps and epochs must be positive")
+        if self.early_stopping_patience > 0 and self.val_fraction == 0 and self.eval_data is None:
+            raise ConfigError("early_stopping_patience needs validation data: set val_fraction > 0 or eval_data")
+
+
+def _source_limits(cfg: SFTConfig) -> list[int | None]:
+    """Dialogues to encode per file: all of them, or (with max_samples) just enough for the file's share of the
+    mix plus a held-out margin, so a small run over a big file stays cheap."""
+    if cfg.max_samples is None:
+        return [None] * len(cfg.data)
+    ratios = cfg.data_ratios or [1.0] * len(cfg.data)
+    total = cfg.max_samples + (0 if cfg.eval_data else min(cfg.max_val, round(cfg.max_samples * cfg.val_fraction)))
+    return [max(1, round(total * r / sum(ratios)) + 1) if r > 0 else 0 for r in ratios]
+
+
+def build_data(cfg: SFTConfig, tokenizer: Any, out_dir: Path) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """(train, validation, data summary); rejects listed in out_dir/rejects.jsonl."""
+    if not cfg.data:
+        raise ConfigError("data: no training files given")
+    report = LoadReport()
+    sources = []
+    missing = [str(p) for p in cfg.data if not Path(p).exists()]
+    if missing:
+        raise ConfigError(f"data: {missing} do not exist")
+    limits = _source_limits(cfg)
+    for path, limit in zip(cfg.data, limits):
+        sources.append(load_examples(path, tokenizer, cfg.max_length, cfg.last_turn_only, cfg.system_prompt, report,
+                                     limit=limit, seed=cfg.seed))
+    train = mix(sources, cfg.data_ratios or None, cfg.max_samples, cfg.seed)
+    if cfg.eval_data is not None:
+        val = load_examples(cfg.eval_data, tokenizer, cfg.max_length, cfg.last_turn_only, cfg.system_prompt, report,
+                            limit=cfg.max_val, seed=cfg.seed)
+    else:
+        train, val = split_validation(train, cfg.val_fraction, cfg.seed)
+        val = val[: cfg.max_val]
+    train = curriculum(train, cfg.curriculum_stages, cfg.seed)
+    if not train:
+        raise ConfigError(f"data: no usable training dialogue (rejected: {dict(report.reasons)})")
+    write_jsonl(out_dir / "rejects.jsonl", report.rejects)
+    scored = sum(e.difficulty is not None for e in train)
+    summary = {**report.summary(), "train_dialogues": len(train), "val_dialogues": len(val),
+               "train_tokens": sum(len(e.input_ids) for e in train), "train_label_tokens": label_tokens(train),
+               "curriculum": {"stages": cfg.curriculum_stages, "scored": scored} if cfg.curriculum_stages > 1 else None}
+    return train, val, summary
+
+
+def to_dataset(examples: list[Example], packing: bool, max_length: int, stages: int) -> Any:
+    """A datasets.Dataset of input_ids/labels; packed (best-fit decreasing, `seq_lengths` per row) within each
+    curriculum stage so packing does not undo the easy → hard order."""
+    from datasets import Dataset, concatenate_datasets
+    from trl.data_utils import pack_dataset
+
+    ds = Dataset.from_list([e.row() for e in examples])
+    if not packing:
+        return ds
+    n_chunks = max(1, stages)
+    size = math.ceil(len(examples) / n_chunks)
+    parts = [pack_dataset(ds.select(range(i, min(i + size, len(ds)))), max_length, "bfd")
+             for i in range(0, len(ds), size)]
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _lora_config(cfg: SFTConfig, tokenizer: Any) -> Any:
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if cfg.lora_targets == ["all-linear"] else list(cfg.lora_targets)
+    new_ids = sorted(i for i, t in tokenizer.added_tokens_decoder.items() if not t.special)
+    kwargs: dict[str, Any] = {}
+    if cfg.train_new_tokens and new_ids:
+        kwargs["trainable_token_indices"] = new_ids
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", **kwargs)
+
+
+class PackedCollator:
+    """Right-pads rows into a batch. Packed rows (with `seq_lengths`) get position ids restarting at each dialogue
+    and no attention mask, so transformers builds a block-diagonal causal mask (no attention across dialogues);
+    plain rows get an attention mask. Records the real (non-padding) tokens of each batch in `batch_tokens`
+    (the data loader may collate one batch ahead, so count only the batches actually trained on)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.batch_tokens: list[int] = []
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.batch_tokens)
+
+    def trained_tokens(self, micro_batches: int) -> int:
+        """Real tokens in the first `micro_batches` batches collated since the last reset."""
+        return sum(self.batch_tokens[:micro_batches])
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        packed = "seq_lengths" in examples[0]
+        extra = torch.zeros((len(examples), width), dtype=torch.long)
+        self.batch_tokens.append(sum(len(e["input_ids"]) for e in examples))
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            if packed:
+                extra[i, :n] = torch.cat([torch.arange(k) for k in e["seq_lengths"]])
+                starts = torch.tensor([0, *e["seq_lengths"]]).cumsum(0)[:-1]
+                labels[i, starts] = IGNORE_INDEX  # first token of a dialogue has no in-dialogue context
+            else:
+                extra[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "position_ids" if packed else "attention_mask": extra}
+
+
+def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any, ckpt_dir: Path,
+                  callbacks: list[Any]) -> Any:
+    """A trl SFTTrainer for pre-tokenised (and possibly pre-packed) data on CPU (fp32, no checkpointing), with
+    `PackedCollator` batches (its `tokens` counts real tokens; the trainer is returned with it attached)."""
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    use_val = val_ds is not None
+    args = TrlSFTConfig(
+        output_dir=str(ckpt_dir), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, lr_scheduler_type="cosine",
+        logging_steps=max(1, min(10, cfg.eval_steps // 5)), eval_strategy="steps" if use_val else "no",
+        eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps, save_total_limit=2,
+        load_best_model_at_end=use_val, metric_for_best_model="eval_loss", greater_is_better=False,
+        seed=cfg.seed, data_seed=cfg.seed, report_to=[], dataloader_num_workers=0,
+        packing=False, padding_free=False, max_length=None, shuffle_dataset=False,
+        train_sampling_strategy="sequential" if cfg.curriculum_stages > 1 else "random",
+        disable_tqdm=True, remove_unused_columns=True,
+    )
+    model.config.use_cache = False  # a cache disables the packed-sequence (block-diagonal) attention mask
+    peft_config = _lora_config(cfg, tokenizer) if cfg.method == "lora" else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = PackedCollator(pad)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.qihuang_collator = collator
+    return trainer
+
+
+def _qa_pairs(cfg: SFTConfig, val: list[Example]) -> list[tuple[list[dict[str, str]], str]]:
+    pairs = [prompt_and_answer(e.messages) for e in val[: cfg.qa_samples]]
+    return [(p, a) for p, a in pairs if a.strip()]
+
+
+def _rouge(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], str]], max_new: int) -> float | None:
+    if not pairs:
+        return None
+    answers = answer_questions(model, tokenizer, [p for p, _ in pairs], max_new)
+    return round(sum(rouge_l(a, ref) for a, (_, ref) in zip(answers, pairs)) / len(pairs), 4)
 
 
 def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     """Write out.path/'model' (merged) and out.path/'adapter'."""
-    raise NotImplementedError("sft stage: being built (#6)")
+    import torch
+    from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from qihuang.trainer_callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
+
+    set_seed(cfg.seed)
+    out.path.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, start = load_start_model(Path(model_dir))
+    train, val, data_summary = build_data(cfg, tokenizer, out.path)
+    train_ds = to_dataset(train, cfg.packing, cfg.max_length, cfg.curriculum_stages)
+    val_ds = to_dataset(val, cfg.packing, cfg.max_length, 0) if val else None
+    probe = train[: min(max(len(val), 8), 64)]
+    probe_ds = to_dataset(probe, cfg.packing, cfg.max_length, 0)
+    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples else []
+    ckpt_dir = out.path / "checkpoints"
+    use_val = val_ds is not None
+    callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes)]
+    trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks)
+    base_model = trainer.model
+    rouge_before = _rouge(base_model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
+    before = {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
+              "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+    if use_val and cfg.early_stopping_patience > 0:  # only around training, not the before/after probes
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer.qihuang_collator.batch_tokens = []
+    first_step = trainer.state.global_step
+    result = trainer.train(resume_from_checkpoint=last)
+    steps_run = trainer.state.global_step - (int(last.rsplit("-", 1)[1]) if last else first_step)
+    tokens = trainer.qihuang_collator.trained_tokens(steps_run * cfg.grad_accum)
+    trainer.remove_callback(EarlyStoppingCallback)
+    after = {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
+             "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+    rouge_after = _rouge(trainer.model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
+    state = trainer.state
+    runtime = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
+    trainable = trainable_summary(trainer.model)
+    saved = save_outputs(trainer.model, tokenizer, out.path, stage="sft", base=start, method=cfg.method,
+                         data=[str(p) for p in cfg.data], system_prompt=cfg.system_prompt)
+    plot_losses(state.log_history, out.path / "loss.png", "SFT")
+    summary = {
+        "start": start, "method": cfg.method, "data": data_summary, **saved,
+        "train_loss_before": round(before["train_loss"], 4), "train_loss_after": round(after["train_loss"], 4),
+        "val_loss_before": before["val_loss"] and round(before["val_loss"], 4),
+        "val_loss_after": after["val_loss"] and round(after["val_loss"], 4),
+        "qa_rouge_l_before": rouge_before, "qa_rouge_l_after": rouge_after, "qa_samples": len(qa_pairs),
+        "steps": state.global_step, "best_checkpoint": state.best_model_checkpoint,
+        "best_val_loss": state.best_metric, "resumed_from": last,
+        "stopped_early": state.global_step < state.max_steps, "train_seconds": round(runtime, 1),
+        "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1), "packing": cfg.packing,
+        "trainable": trainable, "threads": torch.get_num_threads(),
+    }
+    out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    write_json(out.path / "sft_summary.json", summary)
+    return summary
 
 
 @click.command("sft")
-def sft_cli() -> None:
+@click.option("--model", "model_dir", required=True, help="Start model: HF directory, preset name or adapter dir.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Stage output folder.")
+@click.option("--force", is_flag=True, help="Rerun even if the stage is marked done.")
+@config_options(SFTConfig)
+def sft_cli(model_dir: str, out_dir: Path, force: bool, cfg: SFTConfig) -> None:
     """Supervised fine-tuning."""
+    from qihuang.models import prepare_model
+
+    path = Path(model_dir) if Path(model_dir).is_dir() else prepare_model(model_dir)
+    summary = run_stage(StageDir(out_dir), cfg, lambda: sft(cfg, path, StageDir(out_dir)), force=force)
+    click.echo(f"sft: val loss {summary.get('val_loss_before')} → {summary.get('val_loss_after')}, "
+               f"ROUGE-L {summary.get('qa_rouge_l_before')} → {summary.get('qa_rouge_l_after')}; "
+               f"model {out_dir}/model")

@@ -1,22 +1,21 @@
-"""Instruction data (#5): knowledge-guided self-QA, offline generators, refine, integrate, mix."""
+"""Instruction data (#5): knowledge-guided self-QA (teacher), offline generators, refine, integrate, mix, card."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qihuang.instruct.grounding import grounding_score
+from qihuang.instruct.settings import InstructConfig
 from qihuang.runs import StageDir
 
-
-@dataclass
-class InstructConfig:
-    """How instruction data is generated and refined."""
-
-    max_pairs: int | None = None
-    """Keep at most this many pairs."""
+__all__ = ["InstructConfig", "build_instructions", "grounding_score"]
 
 
 def build_instructions(cfg: InstructConfig, passages: Path, out: StageDir) -> dict[str, Any]:
-    """Write train.jsonl / heldout_qa.jsonl / rejects.jsonl / card into out.path."""
-    raise NotImplementedError("instruct stage: being built (#5)")
+    """Write train.jsonl / train_alpaca.jsonl / heldout_qa.jsonl / rejects.jsonl / card into out.path.
+
+    (Heavy imports happen here, so `import qihuang.instruct` stays cheap for the CLI and other stages.)"""
+    from qihuang.instruct.build import build_instructions as _build
+
+    return _build(cfg, passages, out)

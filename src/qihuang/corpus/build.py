@@ -1,0 +1,297 @@
+"""`build_corpus`: stream every input file through ingest → normalise → passages → filters (in a process pool),
+then deduplicate and split in the parent, writing train/heldout/rejects JSONL and the data card atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import multiprocessing
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from qihuang.config import ConfigError
+from qihuang.corpus.card import write_card
+from qihuang.corpus.category import Categoriser
+from qihuang.corpus.classics import parse_year
+from qihuang.corpus.dedup import Deduper, exact_hash, signature
+from qihuang.corpus.filters import FilterConfig, Probe, check
+from qihuang.corpus.ingest import SUFFIXES, discover, ingest_file, iter_header_lines, title_from_name
+from qihuang.corpus.normalise import normalise_book
+from qihuang.corpus.overlap import TextOverlap, text_fingerprints
+from qihuang.corpus.passages import book_passages, layout
+from qihuang.corpus.records import RejectedFile
+from qihuang.corpus.settings import CorpusConfig, resolve_source
+from qihuang.corpus.split import Candidate, check_heldout, is_heldout, processing_order, select
+from qihuang.runs import StageDir, atomic_open, atomic_path
+
+EXAMPLES_PER_REASON = 3
+
+
+def _candidate(path: Path, name: str, categorise: Categoriser) -> Candidate:
+    """Title, year and category from the first header lines (cheap: no full parse)."""
+    title, year = title_from_name(path), None
+    for line in iter_header_lines(path):
+        line = line.strip()
+        if line.startswith("书名：") and line[3:].strip():
+            title = line[3:].strip()
+        elif line.startswith("年份："):
+            year = parse_year(line[3:])
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return Candidate(path=path, name=name, title=title, category=categorise(title, name), year=year, size=size)
+
+
+@functools.lru_cache(maxsize=4)
+def _categoriser(rules: str | None, overrides: tuple[str, ...]) -> Categoriser:
+    return Categoriser(Path(rules) if rules else None, list(overrides))
+
+
+def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | None]) -> dict[str, Any]:
+    """Worker: one file -> {'ok', 'book' meta, 'stats', 'passages', 'rejects', 'fingerprints'}; passages come as
+    (JSON line, id, exact hash, MinHash signature, length, preview, markup leaks) so the parent only decides."""
+    path, name, title, category, held, opts, books_dir = job
+    t0 = time.time()
+    try:
+        book = ingest_file(path, name)
+    except RejectedFile as exc:
+        return {"ok": False, "file": name, "reason": exc.reason, "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a bad file must not stop the run; it is reported with its path
+        return {"ok": False, "file": name, "reason": "parse_error", "message": f"{name}: {type(exc).__name__}: {exc}"}
+    if not book.category:
+        book.category = (category if book.title == title else
+                         _categoriser(opts["category_rules"], tuple(opts["category_map"]))(book.title, name))
+    normalise_book(book, punctuation=opts["punctuation"], collapse_spaces=opts["collapse_spaces"], t2s=opts["t2s"])
+    laid = layout(book)
+    if books_dir is not None:
+        with open(Path(books_dir) / f"{Path(name).stem}.txt", "w", encoding="utf-8") as fh:
+            fh.write(laid.text)
+    fcfg = FilterConfig(min_chars=opts["min_chars"], min_cjk_ratio=opts["min_cjk_ratio"])
+    kept: list[tuple[str, str, bytes, Any, int, str, tuple[int, int, int]]] = []
+    rejects: list[tuple[str, str, str]] = []
+    for rec in book_passages(book, laid, opts["passage_chars"], opts["max_passage_chars"]):
+        if opts["notes"] != "annotate":
+            rec = _notes_mode(rec, opts["notes"])
+        text = rec["text"]
+        probe = Probe(text)
+        ok, reason = check(probe, fcfg)
+        if not ok:
+            rejects.append((json.dumps({"kind": "passage", **rec, "reason": reason}, ensure_ascii=False), reason,
+                            f"{rec['id']}: {text[:120]}"))
+            continue
+        sig = (signature(text, opts["shingle"], opts["minhash_perm"], opts["seed"], cps=probe.cps)
+               if opts["dedup"] else None)
+        leaks = (text.count("\\x"), text.count("<篇名>"), text.count("<目录>"))
+        kept.append((json.dumps(rec, ensure_ascii=False), rec["id"], exact_hash(text), sig, len(text),
+                     text[:120], leaks))
+    hashes, weights = text_fingerprints(laid.text)
+    meta = {"file": name, "title": book.title, "author": book.author, "dynasty": book.dynasty, "year": book.year,
+            "category": book.category, "encoding": book.encoding, "kind": book.kind, "heldout": held,
+            "bytes": book.size_bytes, "chars": len(laid.text), "sections": len(book.sections),
+            "replacements": book.replacements[:50], "seconds": round(time.time() - t0, 3)}
+    return {"ok": True, "book": meta, "stats": dict(book.stats), "passages": kept, "rejects": rejects,
+            "fingerprints": (hashes, weights)}
+
+
+def _notes_mode(rec: dict[str, Any], mode: str) -> dict[str, Any]:
+    """`inline`: put note text back into the body at its anchor; `drop`: forget notes (spans then refer to the
+    annotated layout, so `start/end` are kept but `text` may differ from the cleaned book for inline)."""
+    if mode == "drop":
+        return {**rec, "notes": []}
+    text = rec["text"]
+    for n in sorted(rec["notes"], key=lambda n: -int(n["offset"])):
+        text = text[:n["offset"]] + n["text"] + text[n["offset"]:]
+    return {**rec, "text": text, "notes": []}
+
+
+def _opts(cfg: CorpusConfig) -> dict[str, Any]:
+    keys = ("punctuation", "collapse_spaces", "t2s", "min_chars", "min_cjk_ratio", "passage_chars",
+            "max_passage_chars", "notes", "dedup", "shingle", "minhash_perm", "seed", "category_map")
+    return {**{k: getattr(cfg, k) for k in keys},
+            "category_rules": str(cfg.category_rules) if cfg.category_rules else None}
+
+
+def _results(jobs: list[tuple[Any, ...]], workers: int) -> Any:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield process_book(job)
+        return
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap(process_book, jobs, chunksize=1)
+
+
+def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
+    """Write train.jsonl / heldout.jsonl / rejects.jsonl / card.{md,json,png} (and books/) into `out.path`."""
+    t0 = time.time()
+    source = resolve_source(cfg)
+    files = discover(source)
+    if not files:
+        raise ConfigError(f"{source}: no input files found (expected {', '.join(SUFFIXES)}); "
+                          "pass --source DIR or download the books with `qihuang corpus fetch`")
+    out.path.mkdir(parents=True, exist_ok=True)
+    metrics = out.metrics()
+    categorise = Categoriser(cfg.category_rules, cfg.category_map)
+    base = source if source.is_dir() else source.parent
+    file_rows: list[dict[str, Any]] = []
+    cands: list[Candidate] = []
+    for p in files:
+        name = str(p.relative_to(base))
+        if p.suffix.lower() not in SUFFIXES:
+            file_rows.append({"file": name, "status": "rejected", "reason": "unsupported_type",
+                              "message": f"{name}: unsupported file type {p.suffix or '(none)'!r}"})
+            continue
+        cands.append(_candidate(p, name, categorise))
+    missing_heldout = check_heldout(cands, cfg.heldout_books, strict=False)
+    chosen = processing_order(select(cands, cfg.heldout_books, cfg.max_books), cfg.heldout_books)
+    chosen_ids = {id(c) for c in chosen}
+    skipped = len(cands) - len(chosen)
+    file_rows += [{"file": c.name, "status": "skipped", "reason": "not_selected",
+                   "message": f"{c.name}: not among the max_books={cfg.max_books} selected", "title": c.title,
+                   "category": c.category} for c in cands if id(c) not in chosen_ids]
+    opts = _opts(cfg)
+    dedup = Deduper(cfg.near_dup_threshold, cfg.minhash_perm, cfg.seed) if cfg.dedup else None
+    counts: Counter[str] = Counter()
+    parse_stats: Counter[str] = Counter()
+    reject_reasons: Counter[str] = Counter()
+    examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    overlap: Counter[tuple[str, str]] = Counter()
+    per_cat: dict[str, Counter[str]] = defaultdict(Counter)
+    per_dyn: dict[str, Counter[str]] = defaultdict(Counter)
+    leaks: Counter[str] = Counter(backslash_x=0, pianming_tag=0, mulu_tag=0)
+    heldout_files: set[str] = set()
+    overlap_text = TextOverlap()
+    with contextlib.ExitStack() as stack:
+        train = stack.enter_context(atomic_open(out.path / "train.jsonl"))
+        held = stack.enter_context(atomic_open(out.path / "heldout.jsonl"))
+        rej = stack.enter_context(atomic_open(out.path / "rejects.jsonl"))
+        books_dir: Path | None = None
+        if cfg.write_books:
+            books_dir = stack.enter_context(atomic_path(out.path / "books"))
+            books_dir.mkdir(parents=True, exist_ok=True)
+        for row in file_rows:
+            if row["status"] == "skipped":
+                continue
+            rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
+        jobs = [(c.path, c.name, c.title, c.category, is_heldout(c, cfg.heldout_books), opts,
+                 str(books_dir) if books_dir else None) for c in chosen]
+        for res in _results(jobs, cfg.workers):
+            if not res["ok"]:
+                row = {"file": res["file"], "status": "rejected", "reason": res["reason"], "message": res["message"]}
+                file_rows.append(row)
+                rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
+                metrics.log(event="file_rejected", **row)
+                continue
+            meta = res["book"]
+            parse_stats.update(res["stats"])
+            is_held = meta["heldout"]
+            if is_held:
+                heldout_files.add(meta["file"])
+            sink = held if is_held else train
+            bc: Counter[str] = Counter()
+            overlap_text.add(meta["file"], *res["fingerprints"])
+            for line, reason, preview in res["rejects"]:
+                reject_reasons[reason] += 1
+                bc["rejected"] += 1
+                if len(examples[reason]) < EXAMPLES_PER_REASON:
+                    examples[reason].append({"text": preview})
+                rej.write(line + "\n")
+            for line, pid, digest, sig, n, preview, leak in res["passages"]:
+                dup = dedup.check(pid, meta["file"], digest, sig) if dedup else None
+                if dup is not None:
+                    reject_reasons[dup["reason"]] += 1
+                    bc["duplicates"] += 1
+                    if dup["twin_book"] != meta["file"]:
+                        overlap[(meta["file"], dup["twin_book"])] += n
+                    if not is_held and dup["twin_book"] in heldout_files:
+                        counts["train_dups_of_heldout"] += 1
+                    if len(examples[dup["reason"]]) < EXAMPLES_PER_REASON:
+                        examples[dup["reason"]].append({"text": f"{pid} (twin {dup['twin']}): {preview}"})
+                    extra = json.dumps({"kind": "passage", **dup}, ensure_ascii=False)
+                    rej.write(line[:-1] + ", " + extra[1:] + "\n")
+                    continue
+                leaks["backslash_x"] += leak[0]
+                leaks["pianming_tag"] += leak[1]
+                leaks["mulu_tag"] += leak[2]
+                sink.write(line + "\n")
+                bc["passages"] += 1
+                bc["chars"] += n
+                split = "heldout" if is_held else "train"
+                counts[f"{split}_passages"] += 1
+                counts[f"{split}_chars"] += n
+                for table, key in ((per_cat, meta["category"]), (per_dyn, meta["dynasty"] or "?")):
+                    table[key]["passages"] += 1
+                    table[key]["chars"] += n
+            for table, key in ((per_cat, meta["category"]), (per_dyn, meta["dynasty"] or "?")):
+                table[key]["books"] += 1
+            row = {**meta, "status": "ingested", "passages": bc["passages"], "passage_chars": bc["chars"],
+                   "duplicates": bc["duplicates"], "rejected_passages": bc["rejected"]}
+            file_rows.append(row)
+            metrics.log(event="book", file=meta["file"], passages=bc["passages"], seconds=meta["seconds"])
+    summary = _summary(cfg, source, file_rows, counts, parse_stats, reject_reasons, examples, overlap, per_cat,
+                       per_dyn, leaks, missing_heldout, skipped, dedup, time.time() - t0)
+    summary["text_overlap"] = overlap_text.report()
+    write_card(out.path, summary, file_rows)
+    metrics.log(event="done", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    metrics.close()
+    if not summary["books_ingested"]:
+        raise ConfigError(f"{source}: none of the {len(file_rows)} input files could be used; "
+                          f"see {out.path / 'card.md'} for the reasons")
+    return {k: summary[k] for k in ("books_ingested", "books_rejected", "books_skipped", "train_passages",
+                                    "heldout_passages", "train_chars", "heldout_chars", "duplicates_removed",
+                                    "passages_rejected", "replacement_chars", "heldout_books")}
+
+
+def _summary(cfg: CorpusConfig, source: Path, rows: list[dict[str, Any]], counts: Counter[str],
+             parse_stats: Counter[str], reasons: Counter[str], examples: dict[str, list[dict[str, Any]]],
+             overlap: Counter[tuple[str, str]], per_cat: dict[str, Counter[str]], per_dyn: dict[str, Counter[str]],
+             leaks: Counter[str], missing_heldout: list[str], skipped: int, dedup: Deduper | None,
+             seconds: float) -> dict[str, Any]:
+    """The card's numbers (card.json)."""
+    ingested = [r for r in rows if r["status"] == "ingested"]
+    chars = {r["file"]: r["passage_chars"] + 0 for r in ingested}
+    book_chars = {r["file"]: r["chars"] for r in ingested}
+    overlap_rows = [
+        {"book": a, "twin_book": b, "chars": n, "share_of_book": round(n / max(1, book_chars.get(a, 1)), 4),
+         "share_of_twin": round(n / max(1, book_chars.get(b, 1)), 4)}
+        for (a, b), n in overlap.most_common(25)
+    ]
+    dups = (dedup.stats["exact_duplicate"] + dedup.stats["near_duplicate"]) if dedup else 0
+    return {
+        "source": str(source),
+        "books_seen": len(rows),
+        "books_ingested": len(ingested),
+        "books_rejected": sum(1 for r in rows if r["status"] == "rejected"),
+        "books_skipped": skipped,
+        "train_passages": counts["train_passages"],
+        "heldout_passages": counts["heldout_passages"],
+        "train_chars": counts["train_chars"],
+        "heldout_chars": counts["heldout_chars"],
+        "cleaned_chars": sum(book_chars.values()),
+        "passage_chars_kept": sum(chars.values()),
+        "duplicates_removed": dups,
+        "train_duplicates_of_heldout": counts["train_dups_of_heldout"],
+        "exact_duplicates": dedup.stats["exact_duplicate"] if dedup else 0,
+        "near_duplicates": dedup.stats["near_duplicate"] if dedup else 0,
+        "passages_rejected": sum(reasons.values()),
+        "rejects_by_reason": dict(reasons.most_common()),
+        "reject_examples": examples,
+        "replacement_chars": parse_stats["replacement_chars"],
+        "replacements": [{"file": r["file"], "byte_offsets": r["replacements"]} for r in ingested if r["replacements"]],
+        "files_rejected": [{k: r[k] for k in ("file", "reason", "message")} for r in rows if r["status"] == "rejected"],
+        "per_category": {k: dict(v) for k, v in sorted(per_cat.items())},
+        "per_dynasty": {k: dict(v) for k, v in sorted(per_dyn.items(), key=lambda kv: -kv[1]["chars"])},
+        "cross_book_overlap": overlap_rows,
+        "parse": dict(parse_stats.most_common()),
+        "body_leaks": dict(leaks),
+        "heldout_books": sorted(r["title"] for r in ingested if r["heldout"]),
+        "heldout_missing": missing_heldout,
+        "config": {"passage_chars": cfg.passage_chars, "max_books": cfg.max_books, "t2s": cfg.t2s,
+                   "punctuation": cfg.punctuation, "notes": cfg.notes, "near_dup_threshold": cfg.near_dup_threshold,
+                   "dedup": cfg.dedup},
+        "seconds": round(seconds, 2),
+    }

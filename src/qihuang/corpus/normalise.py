@@ -1,0 +1,73 @@
+"""Normalise text segments as the config asks (and only that): punctuation width, whitespace, optional
+traditional→simplified (OpenCC); every change is counted for the card."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import lru_cache
+from typing import Any
+
+from qihuang.corpus.records import Book, Paragraph
+
+_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
+_HALF_TO_FULL = {",": "，", ";": "；", ":": "：", "?": "？", "!": "！", "(": "（", ")": "）"}
+# ASCII punctuation touching a Chinese character (or a full-width bracket) on either side
+_HALF_PUNCT = re.compile(rf"(?<=[{_CJK}（）。，；：])[,;:?!()]|[,;:?!()](?=[{_CJK}（）])")
+_ANY_HALF = re.compile(r"[,;:?!()]")
+_ANY_SPACE = re.compile(r"[\t\u3000\u00a0]|[ ]{2}")
+_SPACES = re.compile(r"[ \t\u3000\u00a0]{2,}|[\t\u3000\u00a0]")
+
+
+@lru_cache(maxsize=1)
+def _opencc() -> Any:
+    from opencc import OpenCC
+
+    return OpenCC("t2s")
+
+
+def normalise_text(text: str, *, punctuation: str, collapse_spaces: bool, t2s: bool,
+                   stats: Counter[str]) -> str:
+    """One string, normalised; counts go to `stats` (punct_fullwidth, ratio_colon, spaces_collapsed, t2s_chars)."""
+    if punctuation == "fullwidth":
+        if "∶" in text:
+            stats["ratio_colon"] += text.count("∶")
+            text = text.replace("∶", "：")
+        if _ANY_HALF.search(text):
+            text, n = _HALF_PUNCT.subn(lambda m: _HALF_TO_FULL[m.group()], text)
+            stats["punct_fullwidth"] += n
+    if collapse_spaces and _ANY_SPACE.search(text):
+        text, n = _SPACES.subn(" ", text)
+        stats["spaces_collapsed"] += n
+    if t2s:
+        new = _opencc().convert(text)
+        if len(new) == len(text):
+            stats["t2s_chars"] += sum(1 for a, b in zip(text, new) if a != b)
+        else:
+            stats["t2s_chars"] += abs(len(new) - len(text)) or 1
+        text = new
+    return text
+
+
+def normalise_paragraph(p: Paragraph, **opts: Any) -> Paragraph:
+    """Normalise each segment of a paragraph separately, so note anchors stay where they were."""
+    segs = [(k, normalise_text(t, **opts)) for k, t in p.segments]
+    # trim the paragraph's outer whitespace (leading/trailing body segments only)
+    body_idx = [i for i, (k, _) in enumerate(segs) if k == "body"]
+    if body_idx:
+        first, last = body_idx[0], body_idx[-1]
+        segs[first] = ("body", segs[first][1].lstrip(" "))
+        segs[last] = ("body", segs[last][1].rstrip(" "))
+    return Paragraph([(k, t) for k, t in segs if t or k != "body"])
+
+
+def normalise_book(book: Book, *, punctuation: str, collapse_spaces: bool, t2s: bool) -> None:
+    """Normalise all paragraphs (and, for t2s, titles and section paths) in place."""
+    opts = dict(punctuation=punctuation, collapse_spaces=collapse_spaces, t2s=t2s, stats=book.stats)
+    for sec in book.sections:
+        sec.paragraphs = [normalise_paragraph(p, **opts) for p in sec.paragraphs]
+        if t2s:
+            sec.path = _opencc().convert(sec.path)
+            sec.title = _opencc().convert(sec.title)
+    if t2s:
+        book.title = _opencc().convert(book.title)

@@ -1,0 +1,207 @@
+"""Open QA: load question/reference(/source) files (qihuang held-out QA, simple JSONL, CMB-Clin JSON), generate
+answers, and score them: character-level ROUGE-L (rouge-chinese), BLEU-4, answer length and faithfulness to the
+source passage (#5's grounding score)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qihuang.evaluate.mcq_formats import EvalDataError
+
+REFERENCE_KEYS = ("reference", "answer", "output", "response")
+SOURCE_KEYS = ("source", "passage")
+
+
+@dataclass
+class QAItem:
+    """One open question, its reference answer and (optionally) the passage the answer should rest on."""
+
+    question: str
+    reference: str
+    source: str | None
+    row: int
+
+
+@dataclass
+class QASet:
+    """Valid items of a QA file and the records skipped."""
+
+    path: Path
+    format: str
+    items: list[QAItem]
+    skipped: list[dict[str, Any]]
+
+
+def _records(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EvalDataError(f"{path}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(data, list):
+            raise EvalDataError(f"{path}: expected a JSON list")
+        return data
+    out: list[Any] = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append(None)
+    return out
+
+
+def _first(rec: dict[str, Any], keys: Sequence[str]) -> str:
+    for k in keys:
+        v = rec.get(k)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return ""
+
+
+def load_qa(path: Path, limit: int = 0) -> QASet:
+    """Read a QA file: JSONL/JSON records with `question` + `reference` (or `answer`/`output`) and an optional
+    `source` passage, or CMB-Clin (`description` + `QA_pairs`: the case text is put before each question)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(f"{path}: file not found")
+    records = _records(path)
+    items: list[QAItem] = []
+    skipped: list[dict[str, Any]] = []
+    fmt = "cmb-clin" if records and isinstance(records[0], dict) and "QA_pairs" in records[0] else "qa-jsonl"
+    row = 0
+    for rec in records:
+        if fmt == "cmb-clin":
+            case = _first(rec, ("description",)) if isinstance(rec, dict) else ""
+            pairs = rec.get("QA_pairs") if isinstance(rec, dict) else None
+            for pair in pairs if isinstance(pairs, list) else [None]:
+                row += 1
+                q = _first(pair, ("question",)) if isinstance(pair, dict) else ""
+                a = _first(pair, ("answer",)) if isinstance(pair, dict) else ""
+                if not (case and q and a):
+                    skipped.append({"row": row, "reason": "missing case, question or answer"})
+                    continue
+                items.append(QAItem(f"{case}\n\n{q}", a, None, row))
+            continue
+        row += 1
+        if not isinstance(rec, dict):
+            skipped.append({"row": row, "reason": "not a JSON object"})
+            continue
+        rec = {str(k).lower(): v for k, v in rec.items()}
+        q, a = _first(rec, ("question", "instruction")), _first(rec, REFERENCE_KEYS)
+        if not q or not a:
+            skipped.append({"row": row, "reason": "empty question or reference"})
+            continue
+        items.append(QAItem(q, a, _first(rec, SOURCE_KEYS) or None, row))
+    if not items:
+        raise EvalDataError(f"{path}: no valid question/reference pair among {row} record(s)")
+    if limit:
+        items = items[:limit]
+        skipped = [s for s in skipped if s["row"] < items[-1].row]
+    return QASet(path, fmt, items, skipped)
+
+
+def _chars(text: str) -> list[str]:
+    return [c for c in text if not c.isspace()]
+
+
+def rouge_l(hypothesis: str, reference: str) -> float:
+    """Character-level ROUGE-L F1 (rouge-chinese on space-separated characters); 0.0 if either is empty."""
+    from rouge_chinese import Rouge
+
+    h, r = _chars(hypothesis), _chars(reference)
+    if not h or not r:
+        return 0.0
+    return float(Rouge(metrics=["rouge-l"]).get_scores(" ".join(h), " ".join(r))[0]["rouge-l"]["f"])
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[str], smooth: bool = False) -> float:
+    """Corpus BLEU-4 on characters (0-100): clipped n-gram precisions 1..4, geometric mean, brevity penalty,
+    one reference per hypothesis (sacrebleu's `tokenize='char'` definition). `smooth` adds 1 to the counts of
+    n > 1 (Lin & Och), useful for single sentences."""
+    matches, totals = [0] * 4, [0] * 4
+    hyp_len = ref_len = 0
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        h, r = _chars(hyp), _chars(ref)
+        hyp_len += len(h)
+        ref_len += len(r)
+        for n in range(1, 5):
+            hn, rn = _ngrams(h, n), _ngrams(r, n)
+            matches[n - 1] += sum(min(c, rn[g]) for g, c in hn.items())
+            totals[n - 1] += max(len(h) - n + 1, 0)
+    if hyp_len == 0:
+        return 0.0
+    log_p = 0.0
+    for n in range(4):
+        m, t = matches[n], totals[n]
+        if smooth and n > 0:
+            m, t = m + 1, t + 1
+        if m == 0 or t == 0:
+            return 0.0
+        log_p += math.log(m / t) / 4
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return 100.0 * bp * math.exp(log_p)
+
+
+def faithfulness(answer: str, source: str) -> float:
+    """Share of the answer's content supported by `source` (#5's `grounding_score`, same measure as training data)."""
+    from qihuang.instruct.grounding import grounding_score
+
+    return float(grounding_score(answer, source))
+
+
+def score_answers(items: Sequence[QAItem], answers: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Aggregate metrics and per-item scores for generated `answers` to `items`."""
+    per: list[dict[str, Any]] = []
+    for it, ans in zip(items, answers, strict=True):
+        rec: dict[str, Any] = {"row": it.row, "answer": ans, "rouge_l": rouge_l(ans, it.reference),
+                               "bleu4": bleu4([ans], [it.reference], smooth=True), "length": len(_chars(ans))}
+        if it.source:
+            rec["faithfulness"] = faithfulness(ans, it.source)
+            rec["reference_faithfulness"] = faithfulness(it.reference, it.source)
+        per.append(rec)
+    n = len(per)
+    with_src = [p for p in per if "faithfulness" in p]
+    summary: dict[str, Any] = {
+        "n": n,
+        "rouge_l": sum(p["rouge_l"] for p in per) / n,
+        "bleu4": bleu4(list(answers), [it.reference for it in items]),
+        "sentence_bleu4": sum(p["bleu4"] for p in per) / n,
+        "length": sum(p["length"] for p in per) / n,
+        "reference_length": sum(len(_chars(it.reference)) for it in items) / n,
+        "faithfulness": (sum(p["faithfulness"] for p in with_src) / len(with_src)) if with_src else None,
+        "reference_faithfulness": (sum(p["reference_faithfulness"] for p in with_src) / len(with_src))
+        if with_src else None,
+        "n_with_source": len(with_src),
+    }
+    return summary, per
+
+
+def evaluate_qa_set(model: Any, tokenizer: Any, data: QASet, max_new_tokens: int = 96,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """Generate greedy answers (chat template) for every item and score them."""
+    from qihuang.evaluate.mcq import generate_answer
+
+    t0 = time.time()
+    answers = []
+    for i, it in enumerate(data.items):
+        answers.append(generate_answer(model, tokenizer, it.question, max_new_tokens).strip())
+        if progress:
+            progress(i + 1, len(data.items))
+    summary, per = score_answers(data.items, answers)
+    summary.update({"format": data.format, "skipped": len(data.skipped),
+                    "skipped_rows": [s["row"] for s in data.skipped], "max_new_tokens": max_new_tokens,
+                    "seconds": round(time.time() - t0, 2)})
+    return summary, per

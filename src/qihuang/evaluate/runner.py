@@ -1,0 +1,242 @@
+"""Run the evaluation of several labelled models: bpc, MCQ files, QA files; cache each finished model so a killed
+stage resumes; then paired comparisons against the first model and the report (results.json, report.md, charts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qihuang.config import data_file
+from qihuang.evaluate.mcq_formats import EvalDataError, MCQItem, load_mcq
+from qihuang.runs import MetricsLog, StageDir, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from qihuang.evaluate import EvalConfig
+
+
+def parse_spec(spec: str, default_limit: int) -> tuple[Path, int]:
+    """`path[:N]` → (resolved path, row limit); a relative path that does not exist is looked up in shared data."""
+    limit = default_limit
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and head:
+        spec, limit = head, int(tail)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        path = data_file(spec)
+    return path, limit
+
+
+def fewshot_examples(cfg: EvalConfig, eval_file: Path) -> list[MCQItem]:
+    """The first `mcq_shots` valid items of the named dev file (for a folder: the file named like `eval_file`)."""
+    if not cfg.mcq_shots:
+        return []
+    assert cfg.mcq_fewshot_file is not None
+    path, _ = parse_spec(cfg.mcq_fewshot_file, 0)
+    if path.is_dir():
+        cands = [p for p in path.iterdir() if p.stem == eval_file.stem]
+        if not cands:
+            raise EvalDataError(f"{path}: no dev file named like {eval_file.name} for few-shot examples")
+        path = cands[0]
+    if path.resolve() == eval_file.resolve():
+        raise EvalDataError(f"{path}: few-shot file is the evaluated file")
+    items = load_mcq(path).items
+    if len(items) < cfg.mcq_shots:
+        raise EvalDataError(f"{path}: {len(items)} valid rows, fewer than mcq_shots={cfg.mcq_shots}")
+    return items[: cfg.mcq_shots]
+
+
+def _stat(path: Path | None) -> str | None:
+    """Path plus size and mtime: changes when the file is rewritten."""
+    if path is None or not Path(path).exists():
+        return None
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _model_fingerprint(model_dir: Path) -> list[str | None]:
+    files = [Path(model_dir) / "config.json", *sorted(Path(model_dir).glob("*.safetensors"))]
+    return [str(Path(model_dir).resolve()), *(_stat(f) for f in files)]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class _Parts:
+    """Per-model cache of finished measurements (bpc, each MCQ file, each QA file) under out/parts/<label>/, keyed
+    by the model's files and the settings that matter: a killed stage resumes at the next unfinished part."""
+
+    def __init__(self, root: Path, model_dir: Path, log: MetricsLog, label: str) -> None:
+        self.root, self.log, self.label = root, log, label
+        self.model_fp = _model_fingerprint(model_dir)
+        self.computed = 0
+
+    def get(self, kind: str, key: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> Any:
+        path = self.root / f"{kind}__{_safe(key)}.json"
+        fp = hashlib.sha256(json.dumps([self.model_fp, params], sort_keys=True, default=str).encode()).hexdigest()
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("fingerprint") == fp:
+                self.log.log(event="part_reused", label=self.label, part=f"{kind}:{key}")
+                return saved["value"]
+        value = compute()
+        self.computed += 1
+        write_json(path, {"fingerprint": fp, "value": value})
+        return value
+
+
+def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path | None, heldout_qa: Path | None,
+                   out_dir: Path, log: MetricsLog) -> dict[str, Any]:
+    """All measurements for one model (finished parts reused); per-item predictions go to out_dir/predictions/."""
+    from qihuang.evaluate.bpc import evaluate_bpc
+    from qihuang.evaluate.mcq import evaluate_mcq_set
+    from qihuang.evaluate.qa import evaluate_qa_set, load_qa
+    from qihuang.models import load_model
+
+    t0 = time.time()
+    loaded: list[Any] = []
+
+    def model() -> tuple[Any, Any]:
+        if not loaded:
+            log.log(event="model_load", label=label, model=str(model_dir))
+            m, tok = load_model(str(model_dir))
+            m.eval()
+            loaded.extend([m, tok])
+        return loaded[0], loaded[1]
+
+    parts = _Parts(out_dir / "parts" / _safe(label), model_dir, log, label)
+    result: dict[str, Any] = {"model": str(model_dir), "bpc": None, "mcq": {}, "qa": {}}
+    correct: dict[str, list[bool]] = {}
+    if heldout is not None and cfg.bpc_max_chars:
+        def bpc() -> dict[str, Any]:
+            r = evaluate_bpc(*model(), heldout, cfg.bpc_max_chars, cfg.bpc_window, cfg.bpc_stride)
+            log.log(event="bpc", label=label, bpc=r["bpc"], chars=r["chars"])
+            return r
+
+        result["bpc"] = parts.get("bpc", "heldout", {"file": _stat(heldout), "chars": cfg.bpc_max_chars,
+                                                      "window": cfg.bpc_window, "stride": cfg.bpc_stride}, bpc)
+    for spec in cfg.mcq_files:
+        path, limit = parse_spec(spec, cfg.mcq_limit)
+        key = _file_key(path)
+
+        def mcq(path: Path = path, limit: int = limit, key: str = key) -> dict[str, Any]:
+            summary, preds = evaluate_mcq_set(
+                *model(), load_mcq(path, limit), examples=fewshot_examples(cfg, path), scoring=cfg.mcq_scoring,
+                metric=cfg.metric, gen_max_new_tokens=cfg.mcq_gen_tokens, n_boot=cfg.bootstrap, seed=cfg.seed,
+                batch_size=cfg.mcq_batch_size, progress=_progress(log, label, key))
+            summary["file"] = str(path)
+            write_jsonl(out_dir / "predictions" / f"{_safe(label)}__mcq__{_safe(key)}.jsonl", preds)
+            log.log(event="mcq", label=label, file=key, accuracy=summary["accuracy"], n=summary["n"],
+                    skipped=summary["skipped"], questions_per_s=round(summary["questions_per_s"], 3))
+            return {"summary": summary, "correct": [p["pred"][summary["metric"]] == p["answer"] for p in preds]}
+
+        params = {"file": _stat(path), "limit": limit, "shots": cfg.mcq_shots, "fewshot": cfg.mcq_fewshot_file,
+                  "scoring": cfg.mcq_scoring, "metric": cfg.metric, "gen": cfg.mcq_gen_tokens,
+                  "bootstrap": cfg.bootstrap, "seed": cfg.seed}
+        done = parts.get("mcq", key, params, mcq)
+        result["mcq"][key], correct[key] = done["summary"], done["correct"]
+    qa_specs: list[tuple[str, Path, int]] = []
+    if heldout_qa is not None and Path(heldout_qa).exists():
+        qa_specs.append(("heldout_qa", Path(heldout_qa), cfg.qa_limit))
+    for spec in cfg.qa_files:
+        path, limit = parse_spec(spec, cfg.qa_limit)
+        qa_specs.append((_file_key(path), path, limit))
+    for key, path, limit in qa_specs:
+        def qa(key: str = key, path: Path = path, limit: int = limit) -> dict[str, Any]:
+            summary, per = evaluate_qa_set(*model(), load_qa(path, limit), cfg.qa_max_new_tokens,
+                                           progress=_progress(log, label, key))
+            summary["file"] = str(path)
+            write_jsonl(out_dir / "predictions" / f"{_safe(label)}__qa__{_safe(key)}.jsonl", per)
+            log.log(event="qa", label=label, file=key, rouge_l=summary["rouge_l"],
+                    faithfulness=summary["faithfulness"])
+            return summary
+
+        result["qa"][key] = parts.get("qa", key, {"file": _stat(path), "limit": limit,
+                                                  "tokens": cfg.qa_max_new_tokens}, qa)
+    if not parts.computed:
+        log.log(event="model_reused", label=label)
+    result["seconds"] = round(time.time() - t0, 2)
+    return {"result": result, "correct": correct}
+
+
+def _progress(log: MetricsLog, label: str, key: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+    """A progress callback that logs `done/total` to metrics.jsonl at most every `every_s` seconds."""
+    last = [time.time()]
+
+    def report(done: int, total: int) -> None:
+        if time.time() - last[0] >= every_s or done == total:
+            last[0] = time.time()
+            log.log(event="progress", label=label, file=key, done=done, total=total)
+
+    return report
+
+
+def _file_key(path: Path) -> str:
+    """A short, stable name for an eval file: its path under the shared `eval/` folder when it lies there
+    (`cmmlu/test/anatomy.csv`), else `<parent>/<name>`."""
+    path = Path(path).resolve()
+    parts = path.parts
+    if "eval" in parts[:-1]:
+        i = len(parts) - 1 - parts[::-1].index("eval")
+        if i < len(parts) - 1:
+            return "/".join(parts[i + 1:])
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def add_paired(results: dict[str, Any], correct: dict[str, dict[str, list[bool]]], n_boot: int, seed: int) -> None:
+    """For every model after the first, its MCQ accuracy difference to the first on the same items (paired
+    bootstrap CI), stored as `mcq[file]["vs_<first>"]`."""
+    from qihuang.evaluate.stats import paired_bootstrap_diff
+
+    labels = list(results)
+    if len(labels) < 2:
+        return
+    base = labels[0]
+    for label in labels[1:]:
+        for key, ok in correct.get(label, {}).items():
+            ref = correct.get(base, {}).get(key)
+            if ref is not None and len(ref) == len(ok):
+                results[label]["mcq"][key][f"vs_{base}"] = paired_bootstrap_diff(ref, ok, n_boot, seed)
+
+
+def run_all(cfg: EvalConfig, models: dict[str, Path], heldout: Path | None, heldout_qa: Path | None,
+            out: StageDir) -> dict[str, Any]:
+    """Evaluate every model (reusing cached ones) and write the report; returns the stage summary."""
+    from qihuang.evaluate.compare import write_outputs
+
+    if not models:
+        raise EvalDataError("no model to evaluate")
+    if heldout is not None and not Path(heldout).exists():
+        raise FileNotFoundError(f"{heldout}: held-out passages not found (run the corpus stage, or pass none)")
+    log = out.metrics()
+    results: dict[str, Any] = {}
+    correct: dict[str, dict[str, list[bool]]] = {}
+    for label, model_dir in models.items():
+        log.log(event="model_start", label=label, model=str(model_dir))
+        done = evaluate_model(cfg, label, Path(model_dir), heldout, heldout_qa, out.path, log)
+        results[label], correct[label] = done["result"], done["correct"]
+    add_paired(results, correct, cfg.bootstrap, cfg.seed)
+    files = {"heldout": str(heldout) if heldout else None, "heldout_qa": str(heldout_qa) if heldout_qa else None,
+             "mcq": sorted({m["file"] for r in results.values() for m in r["mcq"].values()}),
+             "qa": sorted({q["file"] for r in results.values() for q in r["qa"].values()})}
+    write_outputs(out.path, results, files, cfg)
+    log.close()
+    return summarize(results)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Compact stage summary: per model bpc, each MCQ accuracy and each QA ROUGE-L / faithfulness."""
+    out: dict[str, Any] = {}
+    for label, r in results.items():
+        out[label] = {
+            "bpc": round(r["bpc"]["bpc"], 4) if r.get("bpc") else None,
+            "mcq": {k: round(v["accuracy"], 4) for k, v in r["mcq"].items()},
+            "qa": {k: {"rouge_l": round(v["rouge_l"], 4),
+                       "faithfulness": None if v["faithfulness"] is None else round(v["faithfulness"], 4)}
+                   for k, v in r["qa"].items()},
+        }
+    return {"models": out, "report": "report.md", "results": "results.json"}

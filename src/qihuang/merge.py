@@ -1,0 +1,348 @@
+"""Adapters → standalone models (#6): load a stage's start model, save adapter + merged model with a lineage record,
+merge a run's adapters in recorded order (pretrain → sft → dpo) with a logits check, and export GGUF for llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qihuang.runs import atomic_path, write_json
+
+STAGE_ORDER = ("pretrain", "sft", "dpo")
+PROBE = [[{"role": "user", "content": "何谓阴阳？请引《素问》作答。"}],
+         [{"role": "system", "content": "你是中医古籍助手。"}, {"role": "user", "content": "桂枝汤方义如何？"}]]
+
+
+class MergeError(RuntimeError):
+    """A run cannot be merged or exported; the message names the stage or file."""
+
+
+def load_start_model(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, start record) from a merged HF dir or an adapter dir (merged onto its base here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qihuang.models import load_model, prepare_model
+
+    model_dir = Path(model_dir)
+    cfg_file = model_dir / "adapter_config.json"
+    if not cfg_file.exists():
+        model, tok = load_model(model_dir)
+        return model, tok, {"model_dir": str(model_dir), "kind": "merged"}
+    from peft import PeftModel
+
+    base = json.loads(cfg_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise MergeError(f"{cfg_file}: no base_model_name_or_path")
+    base_dir = prepare_model(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tok_dir = model_dir if (model_dir / "tokenizer_config.json").exists() else base_dir
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if model.get_input_embeddings().weight.shape[0] != len(tok):
+        model.resize_token_embeddings(len(tok))
+    model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+    return model, tok, {"model_dir": str(model_dir), "kind": "adapter", "base": str(base_dir)}
+
+
+def save_outputs(model: Any, tokenizer: Any, out_dir: Path, stage: str, base: dict[str, Any], method: str,
+                 data: list[str], system_prompt: str | None = None) -> dict[str, str | None]:
+    """Write out_dir/adapter (if a PEFT model) and out_dir/model (merged, tokenizer + chat template, and the
+    trained default system prompt in qihuang_template.json) atomically, and out_dir/lineage.json (stage, start
+    model, adapter, method, data) that `merge_run` follows."""
+    from peft import PeftModel
+
+    from qihuang.template import DEFAULTS_FILE
+
+    adapter = None
+    if isinstance(model, PeftModel):
+        with atomic_path(out_dir / "adapter") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        adapter = "adapter"
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    with atomic_path(out_dir / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if system_prompt:
+            write_json(tmp / DEFAULTS_FILE, {"system_prompt": system_prompt})
+    write_json(out_dir / "lineage.json", {"stage": stage, "base": base.get("model_dir"), "start": base,
+                                          "adapter": adapter, "model": "model", "method": method, "data": data})
+    return {"model": str(out_dir / "model"), "adapter": str(out_dir / adapter) if adapter else None}
+
+
+def _probe_logits(model: Any, tokenizer: Any) -> Any:
+    import torch
+
+    from qihuang.template import encode_prompt
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for msgs in PROBE:
+            ids = torch.tensor([encode_prompt(tokenizer, msgs)])
+            outs.append(model(input_ids=ids, use_cache=False).logits[0].float())
+    return torch.cat(outs)
+
+
+def _compare(a: Any, b: Any) -> dict[str, float]:
+    return {"max_abs_diff": float((a - b).abs().max()),
+            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+def _chain(run_dir: Path) -> list[dict[str, Any]]:
+    """Stages of the run that produced a model, in pipeline order, with their lineage."""
+    chain = []
+    for stage in STAGE_ORDER:
+        d = run_dir / stage
+        lin_file = d / "lineage.json"
+        if lin_file.exists():
+            lin = json.loads(lin_file.read_text(encoding="utf-8"))
+        elif (d / "adapter" / "adapter_config.json").exists():
+            cfg = json.loads((d / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))
+            lin = {"stage": stage, "base": cfg.get("base_model_name_or_path"), "adapter": "adapter", "model": "model"}
+        elif (d / "model" / "config.json").exists():
+            lin = {"stage": stage, "base": None, "adapter": None, "model": "model"}
+        else:
+            continue
+        lin["dir"] = str(d)
+        chain.append(lin)
+    if not chain:
+        raise MergeError(f"{run_dir}: no stage with a model or adapter ({', '.join(STAGE_ORDER)})")
+    return chain
+
+
+def merge_run(run_dir: Path, out: Path | None = None, atol: float = 1e-3) -> dict[str, Any]:
+    """Merge the run's adapters in recorded order onto the first stage's base; check logits after each merge
+    (merged vs adapter-on-base) and after reloading the saved directory; write the model and its card."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qihuang.models import prepare_model
+    from qihuang.template import DEFAULTS_FILE
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "merged"
+    chain = _chain(run_dir)
+    first = chain[0]
+    start = first["base"] if first.get("adapter") else str(Path(first["dir"]) / first["model"])
+    if not start:
+        raise MergeError(f"{first['dir']}: lineage names no base model")
+    model = AutoModelForCausalLM.from_pretrained(str(prepare_model(str(start))), dtype=torch.float32)
+    last = Path(chain[-1]["dir"])
+    tok_dir = last / "model" if (last / "model" / "tokenizer_config.json").exists() else last / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    steps: list[dict[str, Any]] = []
+    prev_model: str | None = str(start)
+    for i, lin in enumerate(chain):
+        d = Path(lin["dir"])
+        step: dict[str, Any] = {"stage": lin["stage"], "base": lin.get("base"), "method": lin.get("method"),
+                                "data": lin.get("data")}
+        if i and lin.get("base") and prev_model and Path(lin["base"]).resolve() != Path(prev_model).resolve():
+            step["note"] = f"trained on {lin['base']}, applied on top of {prev_model}"
+        if lin.get("adapter"):
+            if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+                model.resize_token_embeddings(len(tokenizer))
+            peft_model = PeftModel.from_pretrained(model, str(d / lin["adapter"]))
+            on_base = _probe_logits(peft_model, tokenizer)
+            model = peft_model.merge_and_unload()
+            step.update(kind="adapter", **_compare(on_base, _probe_logits(model, tokenizer)))
+            step["ok"] = step["max_abs_diff"] <= atol
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(d / lin["model"]), dtype=torch.float32)
+            step.update(kind="full", ok=True)
+        prev_model = str(d / lin.get("model", "model"))
+        steps.append(step)
+    final = _probe_logits(model, tokenizer)
+    model.config.use_cache = True
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (tok_dir / DEFAULTS_FILE).exists():
+            shutil.copy(tok_dir / DEFAULTS_FILE, tmp / DEFAULTS_FILE)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    check = _compare(final, _probe_logits(reloaded, tokenizer))
+    stage_model = Path(chain[-1]["dir"]) / "model"
+    vs_stage = (_compare(final, _probe_logits(AutoModelForCausalLM.from_pretrained(str(stage_model),
+                dtype=torch.float32), tokenizer)) if (stage_model / "config.json").exists() else None)
+    report = {"run": str(run_dir), "out": str(out), "base": str(start), "steps": steps, "reload": check,
+              "vs_last_stage_model": vs_stage, "atol": atol,
+              "verified": all(s["ok"] for s in steps) and check["max_abs_diff"] <= atol}
+    write_json(out / "merge_report.json", report)
+    (out / "README.md").write_text(model_card(run_dir, report), encoding="utf-8")
+    return report
+
+
+def model_card(run_dir: Path, report: dict[str, Any]) -> str:
+    """A Markdown model card: base, data, stages in order, key metrics, logits check, chat template."""
+    lines = [f"# qihuang model from run `{run_dir.name}`", "", f"Base model: `{report['base']}`", "",
+             "## Stages (applied in this order)", "", "| # | stage | method | data | merge check: max abs logit diff |",
+             "|---|---|---|---|---|"]
+    for i, s in enumerate(report["steps"], 1):
+        data = ", ".join(Path(p).name for p in s.get("data") or []) or "-"
+        diff = f"{s['max_abs_diff']:.2e}" if "max_abs_diff" in s else "full weights"
+        lines.append(f"| {i} | {s['stage']} | {s.get('method') or s.get('kind')} | {data} | {diff} |")
+    lines += [f"\nNote ({s['stage']}): {s['note']}." for s in report["steps"] if s.get("note")]
+    lines += ["", "## Metrics", ""]
+    keys = ("train_loss_before", "train_loss_after", "val_loss_before", "val_loss_after", "qa_rouge_l_before",
+            "qa_rouge_l_after", "reward_accuracy_before", "reward_accuracy_after", "reward_margin_after",
+            "logp_accuracy_before", "logp_accuracy_after", "tokens_per_s")
+    for s in report["steps"]:
+        summ_file = run_dir / s["stage"] / "summary.json"
+        summ = json.loads(summ_file.read_text(encoding="utf-8")) if summ_file.exists() else {}
+        vals = [f"{k}={summ[k]}" for k in keys if summ.get(k) is not None]
+        lines.append(f"- **{s['stage']}**: " + (", ".join(vals) or "no summary"))
+    ok = all(s["ok"] for s in report["steps"])
+    lines += ["", "## Checks", "", f"- merged vs adapter-on-base, every stage within {report['atol']}: {ok}",
+              f"- saved model reloaded: max abs logit diff {report['reload']['max_abs_diff']:.2e}; "
+              f"verified: {report['verified']}",
+              "", "## Chat template", "",
+              "The base model's own chat template (in `tokenizer_config.json` / `chat_template.jinja`) was used for "
+              "training; build serving prompts with `qihuang.template.render_prompt` so they match byte for byte.", ""]
+    return "\n".join(lines)
+
+
+def _permute(w: Any, n_head: int) -> Any:
+    """HF rotate-half q/k layout → the interleaved layout llama.cpp expects (as its converter does)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def export_gguf(model_dir: Path, target: Path, outtype: str = "f16") -> dict[str, Any]:
+    """Write a LLaMA-architecture HF model (weights, BPE tokenizer, chat template) as a GGUF file."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    cfg, tok = model.config, AutoTokenizer.from_pretrained(str(model_dir))
+    if cfg.model_type != "llama":
+        raise MergeError(f"{model_dir}: GGUF export supports LLaMA-architecture models, got {cfg.model_type}")
+    n_head, n_kv, vocab = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    rope = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e4)
+    with atomic_path(Path(target)) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        w.add_name(Path(model_dir).name)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_hidden_layers)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_rope_dimension_count(head_dim)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_kv)
+        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+        w.add_rope_freq_base(float(rope))
+        w.add_vocab_size(vocab)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        added = tok.added_tokens_decoder
+        tokens, types = [], []
+        for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+            tokens.append(t)
+            types.append(gguf.TokenType.NORMAL if i not in added else
+                         gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        for i in range(len(tokens), vocab):
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm" if len(tok) >= 49152 and "Ġ" in tok.get_vocab() else "default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        gguf.SpecialVocab(str(model_dir), load_merges=True, n_vocab=vocab).add_to_gguf(w, quiet=True)
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+        n = 0
+        for name, t in model.state_dict().items():
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue
+            gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+            if gname is None:
+                raise MergeError(f"{model_dir}: no GGUF name for tensor {name}")
+            data = t.detach().numpy()
+            if name.endswith("q_proj.weight"):
+                data = _permute(data, n_head)
+            elif name.endswith("k_proj.weight"):
+                data = _permute(data, n_kv)
+            data = data.astype(np.float16 if outtype == "f16" and data.ndim > 1 else np.float32)
+            w.add_tensor(gname, np.ascontiguousarray(data))
+            n += 1
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return {"tensors": n, "bytes": Path(target).stat().st_size, "outtype": outtype}
+
+
+def verify_gguf(model_dir: Path, path: Path) -> dict[str, Any]:
+    """Read the GGUF back (GGUFReader: architecture, tensors, vocabulary) and load it with transformers
+    (`gguf_file=`): compare tokenisation and logits with the HF model."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reader = GGUFReader(str(path))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    g_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    g_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    cmp = _compare(_probe_logits(hf, tok), _probe_logits(g_model, tok))
+    same_ids = all(tok(t, add_special_tokens=False)["input_ids"] == g_tok(t, add_special_tokens=False)["input_ids"]
+                   for t in ("黄帝问曰：余闻上古之人", "Hello, world! 123"))
+    return {"architecture": arch, "tensors": len(reader.tensors), "vocab": n_tokens, "same_tokenization": same_ids,
+            **cmp, "ok": arch == "llama" and cmp["top1_agreement"] >= 0.98 and n_tokens == hf.config.vocab_size}
+
+
+def _resolve_model_dir(path: Path) -> Path:
+    for cand in (path, path / "merged", path / "dpo" / "model", path / "sft" / "model", path / "model"):
+        if (cand / "config.json").exists():
+            return cand
+    raise MergeError(f"{path}: no model directory found (looked for merged/, dpo/model, sft/model, model/)")
+
+
+@click.command("merge")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output dir (default RUN_DIR/merged).")
+@click.option("--atol", type=float, default=1e-3, show_default=True, help="Max |Δlogit| merged vs adapter-on-base.")
+def merge_cli(run_dir: Path, out: Path | None, atol: float) -> None:
+    """Merge a run's adapters (pretrain → sft → dpo) into one standalone HF model with a model card."""
+    report = merge_run(run_dir, out, atol)
+    for s in report["steps"]:
+        click.echo(f"{s['stage']}: {s.get('kind')} max|Δlogit|={s.get('max_abs_diff', 0):.2e}")
+    click.echo(f"merged → {report['out']} (verified: {report['verified']})")
+    if not report["verified"]:
+        raise SystemExit(1)
+
+
+@click.command("export")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--gguf", "gguf_out", type=str, default=None, is_flag=False, flag_value="",
+              help="Write a GGUF (optionally to this file; default PATH/model-<outtype>.gguf).")
+@click.option("--outtype", type=click.Choice(["f32", "f16"]), default="f16", show_default=True)
+@click.option("--verify/--no-verify", default=True, help="Read back with GGUFReader and transformers.")
+def export_cli(path: Path, gguf_out: str | None, outtype: str, verify: bool) -> None:
+    """Export a model directory or run (merged/, dpo/model, sft/model) to GGUF for llama.cpp."""
+    if gguf_out is None:
+        raise click.UsageError("choose a format: --gguf [FILE]")
+    model_dir = _resolve_model_dir(path)
+    target = Path(gguf_out) if gguf_out else model_dir / f"model-{outtype}.gguf"
+    info = export_gguf(model_dir, target, outtype)
+    click.echo(f"wrote {target} ({info['tensors']} tensors, {info['bytes'] / 1e6:.1f} MB)")
+    if verify:
+        check = verify_gguf(model_dir, target)
+        click.echo(f"verify: {json.dumps(check)}")
+        if not check["ok"]:
+            raise SystemExit(1)
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """Copy a model directory atomically (pass-through stages)."""
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp)

@@ -1,0 +1,373 @@
+"""Generation engine (no HTTP): loads a model directory, renders the shared chat template and generates with
+streaming, stop sequences, sampling and a greedy fast path (KV cache reuse + prompt-lookup drafting, exact)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
+
+
+class EngineError(RuntimeError):
+    """A request the engine cannot serve (e.g. prompt longer than the model's context)."""
+
+
+class PromptTooLong(EngineError):
+    """The rendered prompt plus max_new_tokens does not fit the model's context window."""
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """A model dir, preset name or run dir (`runs/demo` → its last model stage: dpo → sft → pretrain → tokenizer)."""
+    from qihuang.models import ModelError, prepare_model
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        for stage in RUN_MODEL_STAGES:
+            cand = path / stage / "model"
+            if (cand / "config.json").exists():
+                return cand
+        raise ModelError(f"{path}: neither a model directory nor a run directory with "
+                         f"{'/'.join(RUN_MODEL_STAGES)}/model inside")
+    if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+        return path
+    return prepare_model(str(spec))
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]], defaults: dict[str, Any] | None = None) -> str:
+    """The serving prompt through the one chat template shared with training (`qihuang.template`), with the
+    trained default system prompt put first when the conversation has none."""
+    from qihuang.template import render_prompt as template_render
+    from qihuang.template import with_defaults
+
+    return str(template_render(tokenizer, with_defaults(list(messages), defaults or {}), add_generation_prompt=True))
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings of one request."""
+
+    max_new_tokens: int = 256
+    """Upper bound on generated tokens."""
+    temperature: float = 0.0
+    """0 → greedy; otherwise softmax temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: generation ends before the first occurrence (not included in the output)."""
+    seed: int | None = None
+    """Seed for sampling (None → nondeterministic)."""
+
+
+@dataclass
+class Chunk:
+    """A piece of streamed output; the last chunk carries `finish_reason`."""
+
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str | None = None
+
+
+class _Detokenizer:
+    """Incremental detokenization that never emits half a UTF-8 character (byte-level BPE and CJK)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):]
+
+
+class _StopMatcher:
+    """Holds back text that could start a stop string; reports where a stop string occurs."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to emit, stopped)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def _lookup_draft(ids: list[int], max_ngram: int, num_draft: int) -> list[int]:
+    """Prompt-lookup drafting: continue the latest earlier occurrence of the sequence's last n-gram."""
+    n_ids = len(ids)
+    for n in range(min(max_ngram, n_ids - 1), 0, -1):
+        tail = ids[-n:]
+        for start in range(n_ids - n - 1, -1, -1):
+            if ids[start:start + n] == tail:
+                follow = ids[start + n:start + n + num_draft]
+                if follow:
+                    return follow
+    return []
+
+
+class Engine:
+    """A loaded causal LM plus its tokenizer; thread-safe (one forward pass at a time, requests interleave)."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "qihuang", path: Path | None = None,
+                 lookup_draft: int = 8, lookup_ngram: int = 3, static: bool | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+        self.lookup_draft = lookup_draft
+        self.lookup_ngram = lookup_ngram
+        self.backend = "hf"
+        self._lock = threading.Lock()
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.device = next(model.parameters()).device
+        self.static = (self.device.type == "cuda") if static is None else static
+        self._static_lock = threading.Lock()
+        self._decoder: Any = None
+        from qihuang.serve.fastpath import cache_kwarg
+
+        self._cache_kw = cache_kwarg(model)
+        self.chat_defaults: dict[str, Any] = {}
+        if path is not None:
+            from qihuang.template import chat_defaults
+
+            self.chat_defaults = chat_defaults(path)
+        eos: set[int] = set()
+        for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+            if isinstance(src, int):
+                eos.add(src)
+            elif isinstance(src, (list, tuple)):
+                eos.update(int(x) for x in src)
+        for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
+            tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+            if isinstance(tid, int) and tid >= 0:
+                eos.add(tid)
+        self.eos_ids = frozenset(eos)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu", dtype: str = "float32", name: str | None = None,
+             lookup_draft: int = 8, static: bool | None = None) -> Engine:
+        """Load a model dir / preset / run dir (base + LoRA adapter dirs are merged on load). `static`: decode
+        over a static KV cache (CUDA graph on GPU; default on for CUDA devices)."""
+        from qihuang.models import ModelError, load_model, load_tokenizer
+
+        path = resolve_model_dir(model_dir)
+        if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+            import json
+
+            from peft import PeftModel
+
+            base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+            model, _ = load_model(base, dtype=dtype, device=device)
+            if (path / "tokenizer_config.json").exists():
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(path))
+            else:
+                tokenizer = load_tokenizer(base)
+            try:
+                model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            except Exception as exc:
+                raise ModelError(f"{path}: cannot apply LoRA adapter to {base} ({exc})") from exc
+        else:
+            model, tokenizer = load_model(path, dtype=dtype, device=device)
+        label = name or (path.parent.parent.name + "-" + path.parent.name if path.name == "model" else path.name)
+        return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static)
+
+    # ---- prompts -------------------------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt text for a conversation, ending with the assistant turn's opening."""
+        return render_prompt(self.tokenizer, messages, self.chat_defaults)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt (the template already holds the special tokens)."""
+        from qihuang.template import encode_text
+
+        return encode_text(self.tokenizer, prompt)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of `text` (usage accounting)."""
+        return len(self.encode(text))
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def _forward(self, ids: list[int], cache: Any, keep: int) -> Any:
+        import torch
+
+        inp = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with self._lock, torch.inference_mode():
+            out = self.model(input_ids=inp, use_cache=True, logits_to_keep=keep, **{self._cache_kw: cache})
+        return out.logits[0].float()
+
+    def _pick(self, logits: Any, params: SamplingParams, gen: Any) -> int:
+        import torch
+
+        if params.temperature <= 0:
+            return int(torch.argmax(logits))
+        scores = logits / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            cum = torch.cumsum(sorted_p, dim=-1)
+            drop = cum - sorted_p > params.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+    def _token_stream(self, prompt_ids: list[int], params: SamplingParams,
+                      cancelled: Callable[[], bool]) -> Iterator[int]:
+        """Yield generated token ids (EOS excluded); the caller stops by closing or via `cancelled`."""
+        import torch
+        from transformers import DynamicCache
+
+        gen = None
+        if params.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
+        if self.static:
+            yield from self._static_stream(prompt_ids, params, cancelled, gen)
+            return
+        cache = DynamicCache()
+        logits = self._forward(prompt_ids, cache, keep=1)
+        nxt = self._pick(logits[-1], params, gen)
+        seq = list(prompt_ids)
+        produced = 0
+        greedy_lookup = params.temperature <= 0 and self.lookup_draft > 0
+        while True:
+            if nxt in self.eos_ids or cancelled():
+                return
+            yield nxt
+            produced += 1
+            seq.append(nxt)
+            if produced >= params.max_new_tokens:
+                return
+            room = params.max_new_tokens - produced
+            draft = _lookup_draft(seq, self.lookup_ngram, min(self.lookup_draft, room)) if greedy_lookup else []
+            if not draft:
+                logits = self._forward([nxt], cache, keep=1)
+                nxt = self._pick(logits[-1], params, gen)
+                continue
+            logits = self._forward([nxt, *draft], cache, keep=0)
+            best = torch.argmax(logits, dim=-1).tolist()
+            accepted = 0
+            while accepted < len(draft) and draft[accepted] == best[accepted]:
+                accepted += 1
+            cache.crop(accepted - len(draft))  # drop the rejected drafts
+            for tok in draft[:accepted]:
+                if tok in self.eos_ids or cancelled():
+                    return
+                yield tok
+                produced += 1
+                seq.append(tok)
+            if produced >= params.max_new_tokens:
+                return
+            nxt = best[accepted]
+
+    def _static_stream(self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool],
+                       gen: Any) -> Iterator[int]:
+        """Decode over one preallocated static KV cache (CUDA-graph step on GPU); one request at a time."""
+        from qihuang.serve.fastpath import StaticDecoder
+
+        with self._static_lock:
+            if self._decoder is None:
+                self._decoder = StaticDecoder(self.model, self.max_context)
+            dec = self._decoder
+            nxt = self._pick(dec.prefill(prompt_ids), params, gen)
+            for produced in range(1, params.max_new_tokens + 1):
+                if nxt in self.eos_ids or cancelled():
+                    return
+                yield nxt
+                if produced >= params.max_new_tokens:
+                    return
+                nxt = self._pick(dec.step(nxt), params, gen)
+
+    def generate(self, messages: Sequence[dict[str, Any]] | None = None, params: SamplingParams | None = None,
+                 prompt: str | None = None, cancelled: Callable[[], bool] | None = None) -> Iterator[Chunk]:
+        """Stream `Chunk`s for a conversation (or a raw rendered `prompt`); the last one has `finish_reason`
+        ("stop", "length" or "cancelled")."""
+        params = params or SamplingParams()
+        cancelled = cancelled or (lambda: False)
+        text = prompt if prompt is not None else self.render(messages or [])
+        prompt_ids = self.encode(text)
+        if not prompt_ids:
+            raise EngineError("empty prompt")
+        if len(prompt_ids) + params.max_new_tokens > self.max_context:
+            raise PromptTooLong(f"prompt has {len(prompt_ids)} tokens; with max_tokens={params.max_new_tokens} it "
+                                f"exceeds the model's context of {self.max_context} tokens")
+        detok = _Detokenizer(self.tokenizer)
+        stops = _StopMatcher(params.stop)
+        n = 0
+        finish = "stop"
+        tokens = self._token_stream(prompt_ids, params, cancelled)
+        try:
+            for tok in tokens:
+                n += 1
+                piece, hit = stops.feed(detok.push(tok))
+                if piece:
+                    yield Chunk(piece, n, len(prompt_ids))
+                if hit:
+                    yield Chunk("", n, len(prompt_ids), "stop")
+                    return
+            if cancelled():
+                finish = "cancelled"
+            elif n >= params.max_new_tokens:
+                finish = "length"
+        finally:
+            tokens.close()
+        piece, hit = stops.feed(detok.flush())
+        tail = piece if hit else piece + stops.flush()
+        yield Chunk(tail, n, len(prompt_ids), "stop" if hit else finish)
+
+    def stream(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256, temperature: float = 0.0,
+               **kwargs: Any) -> Iterator[str]:
+        """Yield text pieces of the answer as they are generated."""
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
+        for chunk in self.generate(messages, params):
+            if chunk.text:
+                yield chunk.text
+
+    def complete(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256, temperature: float = 0.0,
+                 **kwargs: Any) -> str:
+        """The whole answer as one string."""
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs))

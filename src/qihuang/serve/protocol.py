@@ -1,0 +1,218 @@
+"""Pydantic models of the OpenAI chat-completions API (request, response, stream chunks, errors, model list), plus
+the `citations` extension field."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+HARD_MAX_MESSAGES = 256
+HARD_MAX_CHARS = 100_000
+HARD_MAX_TOKENS = 8192
+
+
+class TextPart(BaseModel):
+    """A text content part (OpenAI's list form of `content`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str = Field(max_length=HARD_MAX_CHARS)
+
+
+class ChatMessage(BaseModel):
+    """One conversation turn."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart] = Field(description="Text, or a list of text parts")
+    name: str | None = Field(default=None, max_length=64)
+
+    def text(self) -> str:
+        """The content as one string."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    """`stream_options` of the OpenAI API."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions body (OpenAI-compatible; `retrieval`/`passages_k` are qihuang extensions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(default=None, max_length=256, description="Served model id (optional)")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=HARD_MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1, le=HARD_MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=HARD_MAX_TOKENS)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1000)
+    n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(default=None, description="Up to 4 stop strings")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="Accepted, not applied")
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="Accepted, not applied")
+    user: str | None = Field(default=None, max_length=256)
+    retrieval: bool = Field(default=True, description="Retrieve passages from the classics and cite them")
+    passages_k: int | None = Field(default=None, ge=0, le=10, description="How many passages to retrieve")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(len(s) > 64 for s in items):
+            raise ValueError("stop sequences must be at most 64 characters")
+        return v
+
+    def stop_list(self) -> list[str]:
+        """`stop` as a list of non-empty strings."""
+        items = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return [s for s in items if s]
+
+    def wanted_tokens(self, default: int) -> int:
+        """max_completion_tokens, else max_tokens, else the server default."""
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class Citation(BaseModel):
+    """A passage the answer rests on: 《书名·篇名》, passage id and the quoted span."""
+
+    index: int = Field(description="The [n] marker used in the prompt")
+    id: str
+    book: str
+    section: str
+    title: str
+    dynasty: str = ""
+    quote: str
+    quote_start: int = Field(description="Character offset of the quote in the cleaned book")
+    quote_end: int
+    score: float
+    cited: bool = Field(description="The answer marks this passage or reuses its wording")
+
+
+class Usage(BaseModel):
+    """Token counts."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """The generated message."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One (the only) completion."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+def new_id() -> str:
+    """An OpenAI-style completion id."""
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+class ChatCompletion(BaseModel):
+    """Non-streaming response."""
+
+    id: str = Field(default_factory=new_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    citations: list[Citation] = Field(default_factory=list)
+
+
+class Delta(BaseModel):
+    """Incremental message content of a stream chunk."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    """A choice inside a stream chunk."""
+
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streaming response (`data: {...}`); the stream ends with `data: [DONE]`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    citations: list[Citation] | None = None
+
+
+class ModelCard(BaseModel):
+    """An entry of GET /v1/models."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qihuang"
+
+
+class ModelList(BaseModel):
+    """GET /v1/models response."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI-style error body."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """`{"error": {...}}`."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    """GET /health response."""
+
+    status: Literal["ok", "shutting_down"]
+    model: str
+    active: int
+    queued: int
+    passages: int
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """The JSON of an OpenAI-style error."""
+    return ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code)).model_dump()

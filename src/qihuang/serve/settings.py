@@ -1,0 +1,132 @@
+"""Config dataclasses of `qihuang serve`, `qihuang chat` and `qihuang search` (one docstring per field)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qihuang.config import ConfigError
+
+
+@dataclass
+class RetrievalConfig:
+    """How passages are retrieved and put into the prompt."""
+
+    passages: Path | None = None
+    """Passages JSONL (corpus/train.jsonl) or a run dir; None → from the run dir given as --model, else no retrieval."""
+    passages_k: int = 3
+    """Passages retrieved per question and put into the prompt."""
+    passage_chars: int = 160
+    """Characters of each passage shown in the prompt (centred on the best-matching sentence)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.passages_k <= 10:
+            raise ConfigError(f"passages_k must be in 0..10, got {self.passages_k}")
+        if self.passage_chars < 20:
+            raise ConfigError(f"passage_chars must be >= 20, got {self.passage_chars}")
+
+
+@dataclass
+class ServeConfig(RetrievalConfig):
+    """`qihuang serve`: OpenAI-compatible API + web chat page."""
+
+    model: str = "smollm2-135m"
+    """Model dir, preset name or run dir (→ its last model stage: dpo → sft → pretrain → tokenizer)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Backend: hf (transformers, CPU/GPU) or vllm (GPU, when installed)."""
+    device: str = "cpu"
+    """Torch device for the hf engine (cpu, cuda; on cuda decoding uses a static KV cache + CUDA graph)."""
+    adapters: list[str] = field(default_factory=list)
+    """LoRA adapters for --engine vllm as NAME=DIR; a request picks one with `model: NAME`."""
+    host: str = "127.0.0.1"
+    """Bind address."""
+    port: int = 8000
+    """Port (0 → a free one)."""
+    api_keys: list[str] = field(default_factory=list)
+    """Bearer API keys; when set, every endpoint but /health requires one (also via QIHUANG_API_KEYS, comma-separated)."""
+    max_concurrency: int = 2
+    """Generations running at once (they interleave token by token)."""
+    max_queue: int = 32
+    """Requests waiting for a slot; beyond that the server answers 503."""
+    queue_timeout_s: float = 120.0
+    """Seconds a request may wait in the queue before a 503."""
+    max_messages: int = 32
+    """Most messages per request."""
+    max_chars: int = 8000
+    """Most characters over all messages of a request."""
+    max_tokens: int = 512
+    """Largest max_tokens a request may ask for."""
+    default_max_tokens: int = 0
+    """max_tokens when the request gives none (0 → min(256, max_tokens))."""
+    threads: int = 0
+    """torch CPU threads (0 → leave torch's default)."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM/SIGINT: seconds to let running answers finish before they are cancelled."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.max_queue < 0:
+            raise ConfigError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.default_max_tokens == 0:
+            self.default_max_tokens = min(256, self.max_tokens)
+        if not 1 <= self.default_max_tokens <= self.max_tokens:
+            raise ConfigError(f"default_max_tokens ({self.default_max_tokens}) must be in 1..max_tokens "
+                              f"({self.max_tokens})")
+        if self.max_messages < 1 or self.max_chars < 1:
+            raise ConfigError("max_messages and max_chars must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if any("=" not in a or not a.split("=", 1)[0].strip() for a in self.adapters):
+            raise ConfigError(f"adapters must look like NAME=DIR, got {self.adapters}")
+        if self.adapters and self.engine != "vllm":
+            raise ConfigError("adapters are served by --engine vllm (merge them for the hf engine: qihuang merge)")
+        if any(not k.strip() for k in self.api_keys):
+            raise ConfigError("api_keys must not contain empty keys")
+
+
+@dataclass
+class ChatConfig(RetrievalConfig):
+    """`qihuang chat`: terminal chat with streaming, history, /reset, /cite on|off."""
+
+    model: str = "smollm2-135m"
+    """Model dir, preset name or run dir."""
+    device: str = "cpu"
+    """Torch device."""
+    max_tokens: int = 256
+    """Tokens per answer."""
+    temperature: float = 0.0
+    """Sampling temperature (0 → greedy)."""
+    cite: bool = True
+    """Retrieve passages and show citations (toggle in chat with /cite on|off)."""
+    threads: int = 0
+    """torch CPU threads (0 → leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
+
+
+@dataclass
+class SearchConfig:
+    """`qihuang search "…"`: ranked passages, no model needed."""
+
+    passages: Path = Path("runs/demo")
+    """Passages JSONL (corpus/train.jsonl) or a run dir."""
+    k: int = 5
+    """How many passages to show."""
+    rebuild: bool = False
+    """Rebuild the cached index."""
+    json: bool = False
+    """Print JSON lines instead of text."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= 100:
+            raise ConfigError(f"k must be in 1..100, got {self.k}")

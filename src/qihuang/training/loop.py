@@ -1,0 +1,225 @@
+"""The training loop: packed batches keyed by step, gradient accumulation (DDP-aware through accelerate), cosine
+LR, clipping, spike guard with rollback, atomic checkpoints with exact resume, periodic evaluation, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qihuang.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from qihuang.training.data import PackedData
+from qihuang.training.loss import CausalLMLoss
+from qihuang.training.metrics import TensorBoard, flops_per_token, peak_tflops
+from qihuang.training.schedule import SpikeGuard, lr_at
+
+FAULT_ENV = "QIHUANG_FAULT_AT_STEP"
+"""Testing aid: kill -9 this process right after the given optimizer step (exact-resume test)."""
+
+
+class MicroBatchTooLarge(RuntimeError):
+    """The micro-batch ran out of accelerator memory; the message names the largest one that fits."""
+
+
+def largest_fitting_micro_batch(loss_mod: Any, data: PackedData, device: Any, start: int) -> int:
+    """Probe forward+backward with halved micro-batches after an out-of-memory error; 0 if none fits."""
+    import torch
+
+    mb = start // 2
+    while mb >= 1:
+        try:
+            batch = {k: v.to(device) for k, v in data.batch(data.sample_ids(0, mb)).items()}
+            loss_mod(**batch).backward()
+            return mb
+        except torch.OutOfMemoryError:
+            mb //= 2
+        finally:
+            for p in loss_mod.parameters():
+                p.grad = None
+            if getattr(device, "type", "cpu") == "cuda":
+                torch.cuda.empty_cache()
+    return 0
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs (filled from PretrainConfig)."""
+
+    seq_len: int
+    micro_batch: int
+    grad_accum: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    clip: float
+    max_steps: int
+    schedule_steps: int
+    spike_factor: float
+    spike_max_in_row: int
+    rollback_lr_factor: float
+    checkpoint_every_steps: int
+    checkpoint_every_minutes: float
+    keep_checkpoints: int
+    eval_every: int
+    log_every: int
+    ce_chunk_tokens: int
+    compile: bool
+    doc_mask: bool
+    peak_tflops: float | None
+    tensorboard: bool
+
+
+def _optimizer(params: list[Any], s: LoopSettings, device: Any) -> Any:
+    import torch
+
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, **fast)
+
+
+def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, ckpt_root: Path, metrics: Any,
+               train_seconds: float | None, evaluate: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train `model` in place; resumes from `ckpt_root` if it holds a checkpoint. Returns counters."""
+    import torch
+
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in params)
+    cfg = getattr(model, "config", None) or model.get_base_model().config
+    fpt = flops_per_token(n_params, n_train, cfg.num_hidden_layers, cfg.hidden_size, s.seq_len)
+    peak = peak_tflops(accelerator.device, s.peak_tflops)
+    opt = _optimizer(params, s, accelerator.device)
+    loss_mod = CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile)
+    loss_mod, opt = accelerator.prepare(loss_mod, opt)
+    guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row)
+    st: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "lr_scale": 1.0, "evals": []}
+    warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
+
+    def restore() -> bool:
+        meta = load_latest(accelerator, ckpt_root, warn)
+        if meta is None:
+            return False
+        for k in ("step", "tokens", "train_seconds", "lr_scale", "evals"):
+            st[k] = meta[k]
+        guard.load(meta["guard"])
+        return True
+
+    resumed_from = st["step"] if restore() else None
+    if resumed_from is not None and main:
+        metrics.log(event="resumed", step=st["step"])
+    tb = TensorBoard(ckpt_root.parent / "tensorboard", s.tensorboard and main)
+    G = s.micro_batch * s.grad_accum * world
+    fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+    session_t0 = time.time()
+    base_seconds = st["train_seconds"]
+    last_ckpt_t = time.time()
+    win_t, win_tokens = time.time(), 0
+    opt.zero_grad(set_to_none=True)
+
+    def checkpoint() -> None:
+        nonlocal last_ckpt_t
+        meta = {k: st[k] for k in ("tokens", "lr_scale", "evals")}
+        meta["train_seconds"] = base_seconds + time.time() - session_t0
+        meta["guard"] = guard.state()
+        save_checkpoint(accelerator, ckpt_root, st["step"], meta, keep=s.keep_checkpoints)
+        last_ckpt_t = time.time()
+
+    stop_reason = "max_steps"
+    while st["step"] < s.max_steps:
+        elapsed = base_seconds + time.time() - session_t0
+        if train_seconds is not None and elapsed >= train_seconds:
+            stop_reason = "time_budget"
+            break
+        step = st["step"]
+        ids = data.sample_ids(step * G, G)
+        n_valid = data.n_targets(ids)
+        lr = lr_at(step, s.lr, s.warmup_steps, s.schedule_steps, s.min_lr_ratio) * st["lr_scale"]
+        for g in opt.param_groups:
+            g["lr"] = lr
+        nll_sum = torch.zeros((), device=accelerator.device)
+        try:
+            for a in range(s.grad_accum):
+                lo = (a * world + rank) * s.micro_batch
+                batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.micro_batch]).items()}
+                sync = contextlib.nullcontext() if a == s.grad_accum - 1 else accelerator.no_sync(loss_mod)
+                with sync, accelerator.autocast():
+                    nll = loss_mod(**batch)
+                    accelerator.backward(nll * world / n_valid)
+                nll_sum += nll.detach().float()
+        except torch.OutOfMemoryError as exc:
+            opt.zero_grad(set_to_none=True)
+            del exc
+            with accelerator.autocast():
+                fits = largest_fitting_micro_batch(loss_mod, data, accelerator.device, s.micro_batch)
+            hint = (f"the largest that fits is {fits}: rerun with --micro-batch {fits} --grad-accum "
+                    f"{max(s.grad_accum * s.micro_batch // fits, 1)} for the same global batch"
+                    if fits else "even micro_batch=1 does not fit: lower seq_len, use LoRA or grad_checkpoint")
+            raise MicroBatchTooLarge(f"micro_batch={s.micro_batch} at seq_len={s.seq_len} ran out of memory; "
+                                     + hint) from None
+        loss = float(accelerator.reduce(nll_sum, reduction="sum")) / n_valid
+        decision = guard.check(loss)
+        grad_norm = None
+        if decision == "ok":
+            if s.clip > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(params, s.clip))
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if decision == "rollback":
+            skipped, rollbacks = guard.skipped, guard.rollbacks
+            scale = st["lr_scale"] * s.rollback_lr_factor
+            if list_checkpoints(ckpt_root):
+                restore()
+                session_t0, base_seconds = time.time(), st["train_seconds"]
+            guard.skipped, guard.rollbacks = skipped, rollbacks
+            st["lr_scale"] = scale
+            if main:
+                metrics.log(event="rollback", step=st["step"], lr_scale=scale, loss=loss)
+            continue
+        st["step"] += 1
+        st["tokens"] += G * s.seq_len
+        win_tokens += G * s.seq_len
+        if main and (st["step"] % s.log_every == 0 or st["step"] == s.max_steps):
+            dt = max(time.time() - win_t, 1e-9)
+            tps = win_tokens / dt
+            row = {"step": st["step"], "loss": round(loss, 5), "lr": lr, "tokens": st["tokens"],
+                   "tokens_per_s": round(tps, 1), "skipped": guard.skipped, "decision": decision}
+            if grad_norm is not None:
+                row["grad_norm"] = round(grad_norm, 4)
+            if peak:
+                row["mfu"] = round(tps * fpt / (peak * 1e12), 4)
+            metrics.log(**row)
+            tb.log(st["step"], row)
+            win_t, win_tokens = time.time(), 0
+        if evaluate and s.eval_every > 0 and st["step"] % s.eval_every == 0 and st["step"] < s.max_steps:
+            if main:
+                res = evaluate(accelerator.unwrap_model(loss_mod).model)
+                st["evals"].append({"step": st["step"], **res})
+                metrics.log(step=st["step"], **res)
+                tb.log(st["step"], res)
+            accelerator.wait_for_everyone()
+            win_t = time.time()
+        due_steps = s.checkpoint_every_steps > 0 and st["step"] % s.checkpoint_every_steps == 0
+        due_time = s.checkpoint_every_minutes > 0 and time.time() - last_ckpt_t >= s.checkpoint_every_minutes * 60
+        if (due_steps or due_time) and st["step"] < s.max_steps:
+            checkpoint()
+        if fault and st["step"] == fault:
+            os.kill(os.getpid(), signal.SIGKILL)
+    tb.close()
+    total_seconds = base_seconds + time.time() - session_t0
+    return {"steps": st["step"], "tokens": st["tokens"], "train_seconds": round(total_seconds, 2),
+            "tokens_per_s": round(st["tokens"] / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
+            "rollbacks": guard.rollbacks, "lr_scale": st["lr_scale"], "stop_reason": stop_reason,
+            "resumed_from_step": resumed_from, "evals": st["evals"], "flops_per_token": fpt,
+            "trainable_params": n_train, "params": n_params}

@@ -1,0 +1,146 @@
+"""Engine: greedy output identical to `model.generate` (the fast path is exact), streaming pieces, stop strings,
+max tokens, seeded sampling, cancellation, UTF-8-safe detokenization and run-dir resolution."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qihuang.serve.engine import (
+    Engine, PromptTooLong, SamplingParams, _Detokenizer, _lookup_draft, _StopMatcher, resolve_model_dir,
+)
+
+MESSAGES = [{"role": "user", "content": "脉浮而缓者何也？脉浮而缓者，风在表也。"}]
+
+
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_greedy_matches_model_generate(engine: Engine, n: int) -> None:
+    import torch
+
+    ids = engine.encode(engine.render(MESSAGES))
+    out = engine.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                max_new_tokens=n, do_sample=False)[0][len(ids):].tolist()
+    ref_ids = [t for t in out if t not in engine.eos_ids]
+    ref_ids = ref_ids[: next((i for i, t in enumerate(out) if t in engine.eos_ids), len(out))]
+    got = list(engine._token_stream(ids, SamplingParams(max_new_tokens=n), lambda: False))
+    assert got == ref_ids
+    assert engine.complete(MESSAGES, max_new_tokens=n) == engine.tokenizer.decode(ref_ids, skip_special_tokens=True)
+
+
+def test_lookup_path_equals_plain_greedy(engine: Engine) -> None:
+    prompt = engine.render([{"role": "user", "content": "一二三四五六七八九十，一二三四五六七八九十，一二三"}])
+    with_lookup = list(engine.generate(prompt=prompt, params=SamplingParams(max_new_tokens=48)))
+    engine.lookup_draft, saved = 0, engine.lookup_draft
+    try:
+        plain = list(engine.generate(prompt=prompt, params=SamplingParams(max_new_tokens=48)))
+    finally:
+        engine.lookup_draft = saved
+    assert "".join(c.text for c in with_lookup) == "".join(c.text for c in plain)
+    assert with_lookup[-1].completion_tokens == plain[-1].completion_tokens == 48
+    assert with_lookup[-1].finish_reason == "length"
+
+
+def test_lookup_draft() -> None:
+    assert _lookup_draft([1, 2, 3, 4, 9, 2, 3], 3, 2) == [4, 9]
+    assert _lookup_draft([5, 6, 7], 3, 4) == []
+    assert _lookup_draft([1, 1, 1], 2, 3) == [1]
+
+
+def test_stream_pieces_and_usage(engine: Engine) -> None:
+    chunks = list(engine.generate(MESSAGES, SamplingParams(max_new_tokens=12)))
+    assert chunks[-1].finish_reason in ("stop", "length")
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].prompt_tokens == len(engine.encode(engine.render(MESSAGES)))
+    assert "".join(engine.stream(MESSAGES, max_new_tokens=12)) == "".join(c.text for c in chunks)
+
+
+def test_sampling_seeded_and_bounded(engine: Engine) -> None:
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    a = "".join(c.text for c in engine.generate(MESSAGES, p))
+    b = "".join(c.text for c in engine.generate(MESSAGES, p))
+    assert a == b
+    other = {"".join(c.text for c in engine.generate(MESSAGES, SamplingParams(max_new_tokens=10, temperature=1.5,
+                                                                               seed=s))) for s in range(4)}
+    assert len(other) > 1
+
+
+def test_cancel_stops_generation(engine: Engine) -> None:
+    calls = {"n": 0}
+
+    def cancelled() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    chunks = list(engine.generate(MESSAGES, SamplingParams(max_new_tokens=200), cancelled=cancelled))
+    assert chunks[-1].finish_reason == "cancelled" and chunks[-1].completion_tokens <= 3
+
+
+def test_prompt_too_long(engine: Engine) -> None:
+    with pytest.raises(PromptTooLong):
+        list(engine.generate([{"role": "user", "content": "脉" * 3000}], SamplingParams(max_new_tokens=8)))
+
+
+def test_stop_matcher_holds_back_prefixes() -> None:
+    m = _StopMatcher(["END", "。。"])
+    assert m.feed("abcE") == ("abc", False)
+    assert m.feed("N") == ("", False)
+    assert m.feed("x。") == ("ENx", False)
+    assert m.feed("。tail") == ("", True)
+    m2 = _StopMatcher([])
+    assert m2.feed("E") == ("E", False)
+
+
+def test_detokenizer_is_utf8_safe(engine: Engine) -> None:
+    text = "黄连味苦寒，主热气目痛。𠀀字"
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    det = _Detokenizer(engine.tokenizer)
+    pieces = [det.push(i) for i in ids] + [det.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_resolve_run_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "demo"
+    for stage in ("pretrain", "sft"):
+        shutil.copytree(tiny_model_dir, run / stage / "model")
+    (run / "dpo").mkdir()  # unfinished stage without a model: skipped
+    (run / "sft" / "model" / "qihuang_template.json").write_text('{"system_prompt": "你是岐黄古籍助手。"}',
+                                                                  encoding="utf-8")
+    assert resolve_model_dir(run) == run / "sft" / "model"
+    assert resolve_model_dir(tiny_model_dir) == tiny_model_dir
+    eng = Engine.load(run)
+    assert eng.name == "demo-sft" and eng.complete(MESSAGES, max_new_tokens=3) is not None
+    assert "你是岐黄古籍助手。" in eng.render(MESSAGES)  # the trained default system prompt (template #6)
+    assert "你是岐黄古籍助手。" not in eng.render([{"role": "system", "content": "另"}, *MESSAGES])
+    from qihuang.models import ModelError
+
+    with pytest.raises(ModelError):
+        resolve_model_dir(tmp_path / "demo" / "dpo")
+
+
+def test_base_plus_lora_adapter_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """An adapter directory (peft) is loaded onto its base and merged; output equals the merged model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from qihuang.models import load_model
+
+    base, tok = load_model(tiny_model_dir)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                 init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 1.0)  # a strong adapter: its effect on the output must show
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    merged = Engine(peft_model.merge_and_unload(), tok, name="merged")
+    eng = Engine.load(adapter)
+    plain = Engine.load(tiny_model_dir)
+    want = merged.complete(MESSAGES, max_new_tokens=12, temperature=1.0, seed=5)
+    assert eng.complete(MESSAGES, max_new_tokens=12, temperature=1.0, seed=5) == want
+    assert plain.complete(MESSAGES, max_new_tokens=12, temperature=1.0, seed=5) != want  # the adapter matters

@@ -1,0 +1,96 @@
+"""DPO on the tiny LLaMA: pair checks (chosen == rejected dropped with reason), held-out reward accuracy moves
+up after training, pass-through when disabled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qihuang.config import ConfigError
+from qihuang.preference import DPOConfig, check_pair, dpo, load_pairs, preference_metrics
+from qihuang.runs import StageDir, read_jsonl, run_stage
+from qihuang.template import TemplateError
+
+QUESTIONS = ["何谓阴阳", "五行相生", "桂枝汤主治", "何谓治未病", "肝之所主", "肾之所藏", "心之所主", "肺之所司"]
+
+
+def _pairs(n: int) -> list[dict[str, Any]]:
+    return [{"conversations": [{"from": "human", "value": QUESTIONS[i % 8] + "？" * (1 + i // 8)}],
+             "chosen": "答曰：" + QUESTIONS[i % 8], "rejected": "不知不知不知"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir: Path) -> Any:
+    from qihuang.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.mark.parametrize("record,reason", [
+    ({"conversations": [{"from": "human", "value": "Q"}], "chosen": "同", "rejected": " 同 "}, "chosen_equals_rejected"),
+    ({"conversations": [{"from": "human", "value": "Q"}], "chosen": "", "rejected": "B"}, "empty_answer"),
+    ({"conversations": [{"from": "gpt", "value": "Q"}], "chosen": "A", "rejected": "B"}, "roles_out_of_order"),
+    ({"conversations": [{"from": "human", "value": " "}], "chosen": "A", "rejected": "B"}, "empty_content"),
+    ({"conversations": [{"from": "human", "value": "长" * 300}], "chosen": "A", "rejected": "B"}, "prompt_too_long"),
+    ({"conversations": [{"from": "human", "value": "Q"}]}, "no_chosen_rejected"),
+])
+def test_bad_pairs_rejected_with_reason(tok: Any, record: dict[str, Any], reason: str) -> None:
+    with pytest.raises(TemplateError) as exc:
+        check_pair(record, tok, max_length=128)
+    assert exc.value.reason == reason
+
+
+def test_pair_shapes(tok: Any) -> None:
+    p = check_pair({"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}, tok, 128)
+    assert p.prompt == [{"role": "user", "content": "Q"}] and p.chosen == "A" and p.rejected == "B"
+    row = check_pair(_pairs(1)[0], tok, 128, system="S").row()
+    assert row["prompt"][0] == {"role": "system", "content": "S"} and row["chosen"][0]["role"] == "assistant"
+
+
+def test_metrics_and_config() -> None:
+    ref = [(-10.0, -10.0), (-5.0, -4.0)]
+    assert preference_metrics(ref, ref, 0.1)["reward_accuracy"] == 0.0
+    after = preference_metrics(ref, [(-9.0, -11.0), (-5.5, -3.5)], 0.1)
+    assert after["reward_accuracy"] == 0.5 and after["reward_margin"] == pytest.approx(0.05)
+    with pytest.raises(ConfigError):
+        DPOConfig(beta=0)
+
+
+def test_dpo_raises_heldout_reward_accuracy(tmp_path: Path, tiny_model_dir: Path, tok: Any) -> None:
+    data = tmp_path / "pairs.jsonl"
+    bad = [{"conversations": [{"from": "human", "value": "同"}], "chosen": "一样", "rejected": "一样"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _pairs(40) + bad), encoding="utf-8")
+    pairs, rejects = load_pairs([data], tok, 128, None)
+    assert len(pairs) == 40 and [r["reason"] for r in rejects] == ["chosen_equals_rejected"]
+    cfg = DPOConfig(data=[data], max_steps=6, batch_size=4, learning_rate=1e-2, max_length=128,
+                    heldout_fraction=0.2, lora_r=8, save_steps=3)
+    out = StageDir(tmp_path / "dpo")
+    s = run_stage(out, cfg, lambda: dpo(cfg, tiny_model_dir, out))
+    assert s["heldout_pairs"] == 8 and s["train_pairs"] == 32 and s["rejected"] == {"chosen_equals_rejected": 1}
+    assert s["reward_accuracy_before"] == 0.0
+    assert s["reward_accuracy_after"] >= 0.75 and s["reward_margin_after"] > 0
+    assert s["logp_margin_after"] > s["logp_margin_before"]
+    assert (out.path / "model" / "config.json").exists() and (out.path / "adapter").is_dir()
+    assert [r["reason"] for r in read_jsonl(out.path / "rejects.jsonl")] == ["chosen_equals_rejected"]
+
+
+def test_disabled_dpo_passes_the_model_through(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = DPOConfig(enabled=False)
+    out = StageDir(tmp_path / "dpo")
+    s = run_stage(out, cfg, lambda: dpo(cfg, tiny_model_dir, out))
+    assert s["enabled"] is False
+    assert (out.path / "model" / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_full_dpo_uses_a_frozen_reference_copy(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _pairs(16)), encoding="utf-8")
+    cfg = DPOConfig(data=[data], method="full", max_steps=2, batch_size=4, learning_rate=1e-3, max_length=128,
+                    heldout_fraction=0.25, save_steps=10)
+    out = StageDir(tmp_path / "dpo")
+    s = run_stage(out, cfg, lambda: dpo(cfg, tiny_model_dir, out))
+    assert s["adapter"] is None and s["trainable"]["trainable"] == s["trainable"]["total"]
+    assert s["reward_margin_after"] > 0 and s["reward_accuracy_after"] > s["reward_accuracy_before"]

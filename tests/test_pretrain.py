@@ -1,0 +1,170 @@
+"""Continual pretraining on tiny-llama: end to end, LoRA with new-token rows, exact resume after kill -9,
+corrupt checkpoints, and real 2-process DDP (gloo) against a single process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qihuang.config import ConfigError
+from qihuang.pretrain import PretrainConfig, pretrain
+from qihuang.runs import StageDir, run_stage
+from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
+from tests.training.helpers import write_passages
+
+QIHUANG = str(Path(sys.executable).parent / "qihuang")
+FAST = dict(seq_len=32, micro_batch=2, warmup_steps=1, general_ratio=0.0, eval_chars=300, eval_seq_len=64,
+            tensorboard=False, checkpoint_every_minutes=0.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("ptdata")
+    return write_passages(d / "train.jsonl", 30, 3), write_passages(d / "heldout.jsonl", 4, 4, book="留书")
+
+
+@pytest.fixture(scope="module")
+def extended(tiny_model_dir: Path, data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = StageDir(tmp_path_factory.mktemp("ext") / "tokenizer")
+    extend_tokenizer(TokenizerConfig(), tiny_model_dir, *data, out)
+    return out.path / "model"
+
+
+def _losses(stage: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_full_pretrain_end_to_end(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "pretrain")
+    cfg = PretrainConfig(max_steps=16, lr=3e-3, checkpoint_every_steps=5, eval_every=8, **FAST)
+    summary = run_stage(out, cfg, lambda: pretrain(cfg, extended, *data, out))
+    assert out.is_done() and (out.path / "loss.png").stat().st_size > 1000
+    assert summary["steps"] == 16 and summary["tokens"] == 16 * 2 * 32 and summary["tokens_per_s"] > 0
+    assert summary["skipped_steps"] == 0 and summary["bpc_base"] > summary["bpc_after"]
+    assert summary["bpc_after"] < summary["bpc_before"]
+    losses = _losses(out.path)
+    assert sum(losses[s] for s in (14, 15, 16)) < sum(losses[s] for s in (1, 2, 3))
+    rows = out.metrics().read()
+    assert any("bpc" in r and r.get("step") == 8 for r in rows) and all("lr" in r for r in rows if "loss" in r)
+    before, after = _weights(extended), _weights(out.path / "model")
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert sorted(p.name for p in (out.path / "checkpoints").iterdir()) == ["step-0000010", "step-0000015"]
+    from qihuang.models import load_model
+
+    model, tok = load_model(out.path / "model")
+    assert len(tok) == model.get_input_embeddings().weight.shape[0]
+
+
+def test_lora_trains_new_rows_and_merges(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "lora")
+    cfg = PretrainConfig(max_steps=6, lr=1e-2, mode="lora", lora_rank=4, checkpoint_every_steps=0,
+                         eval_base=False, **FAST)
+    summary = pretrain(cfg, extended, *data, out)
+    assert summary["trainable_params"] < summary["params"] / 2
+    ext = json.loads((extended / "qihuang_extension.json").read_text())
+    lo, hi = ext["added_range"]
+    before, after = _weights(extended), _weights(out.path / "model")
+    emb_b, emb_a = before["model.embed_tokens.weight"], after["model.embed_tokens.weight"]
+    assert torch.equal(emb_b[:lo], emb_a[:lo])  # old rows untouched
+    assert not torch.allclose(emb_b[lo:hi], emb_a[lo:hi])  # new rows trained
+    key = "model.layers.1.self_attn.q_proj.weight"
+    assert not torch.allclose(before[key], after[key])  # LoRA merged into the saved weights
+    assert not any("lora" in k for k in after)
+
+
+def test_freeze_layers_keeps_bottom(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "frozen")
+    cfg = PretrainConfig(max_steps=3, lr=1e-2, freeze_layers=1, checkpoint_every_steps=0, eval_base=False, **FAST)
+    pretrain(cfg, extended, *data, out)
+    before, after = _weights(extended), _weights(out.path / "model")
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(before["model.layers.1.mlp.up_proj.weight"], after["model.layers.1.mlp.up_proj.weight"])
+
+
+def _cli(out: Path, model: Path, data: tuple[Path, Path], extra: list[str], env: dict[str, str] | None = None,
+         launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    args = [*(launcher or [QIHUANG]), "pretrain", "--model", str(model), "--train", str(data[0]), "--heldout",
+            str(data[1]), "--out", str(out), "--seq-len", "32", "--micro-batch", "2", "--warmup-steps", "1",
+            "--general-ratio", "0", "--eval-chars", "200", "--eval-seq-len", "64", "--no-tensorboard",
+            "--no-eval-base", "--checkpoint-every-minutes", "0", "--lr", "3e-3", *extra]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_exact_resume_after_kill(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    extra = ["--max-steps", "10", "--checkpoint-every-steps", "4"]
+    killed = _cli(tmp_path / "a", extended, data, extra, env={"QIHUANG_FAULT_AT_STEP": "6"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "a" / "done").exists() and (tmp_path / "a" / "checkpoints" / "step-0000004").is_dir()
+    resumed = _cli(tmp_path / "a", extended, data, extra)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["resumed_from_step"] == 4
+    straight = StageDir(tmp_path / "b")
+    cfg = PretrainConfig(max_steps=10, checkpoint_every_steps=4, lr=3e-3, eval_chars=200, eval_base=False,
+                         **{k: v for k, v in FAST.items() if k != "eval_chars"})
+    run_stage(straight, cfg, lambda: pretrain(cfg, extended, *data, straight))
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert a == b  # the same data order and bit-identical losses
+    wa, wb = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
+def test_corrupt_checkpoint_falls_back(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "c")
+    cfg = PretrainConfig(max_steps=6, lr=3e-3, checkpoint_every_steps=2, keep_checkpoints=3, eval_base=False,
+                         **FAST)
+    pretrain(cfg, extended, *data, out)
+    ckpts = out.path / "checkpoints"
+    newest = ckpts / "step-0000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
+    again = StageDir(tmp_path / "c")
+    summary = pretrain(PretrainConfig(**{**cfg.__dict__, "max_steps": 8}), extended, *data, again)
+    assert summary["resumed_from_step"] == 2
+    warnings = [r for r in again.metrics().read() if r.get("event") == "warning"]
+    assert any(str(newest) in r["message"] and "truncated" in r["message"] for r in warnings)
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ConfigError):
+        PretrainConfig(general_ratio=1.0)
+    with pytest.raises(ConfigError):
+        PretrainConfig(mode="lora", freeze_layers=2)
+    with pytest.raises(ConfigError):
+        PretrainConfig(max_steps=10, warmup_steps=10)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    extra = ["--max-steps", "4", "--checkpoint-every-steps", "0", "--micro-batch", "1", "--lr", "1e-3"]
+    single = StageDir(tmp_path / "single")
+    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=0, micro_batch=1, grad_accum=2, lr=1e-3,
+                         eval_chars=200, eval_base=False, **{k: v for k, v in FAST.items()
+                                                            if k not in ("eval_chars", "micro_batch")})
+    run_stage(single, cfg, lambda: pretrain(cfg, extended, *data, single))
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
+                "--no-python", QIHUANG]
+    ddp = _cli(tmp_path / "ddp", extended, data, extra, launcher=torchrun)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 2
+    s, d = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    assert sorted(s) == sorted(d) == [1, 2, 3, 4]
+    for k in s:
+        assert d[k] == pytest.approx(s[k], rel=1e-5)
+    ws, wd = _weights(tmp_path / "single" / "model"), _weights(tmp_path / "ddp" / "model")
+    for k in ws:
+        torch.testing.assert_close(wd[k], ws[k], rtol=1e-4, atol=1e-5)

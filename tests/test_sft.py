@@ -1,0 +1,210 @@
+"""SFT on the tiny LLaMA: data checks and counting, mixing, curriculum, packing without cross-attention,
+LoRA training that lowers held-out loss, outputs, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qihuang.config import ConfigError
+from qihuang.runs import StageDir, read_jsonl, run_stage
+from qihuang.sft import SFTConfig, _lora_config, _source_limits, build_data, sft, to_dataset
+from qihuang.sftdata import Example, curriculum, load_examples, mix, rouge_l
+from qihuang.template import IGNORE_INDEX
+
+QA = [("何谓阴阳", "阴阳者天地之道也"), ("五行相生", "木生火火生土"), ("桂枝汤主治", "太阳中风汗出恶风"),
+      ("何谓治未病", "上工治未病"), ("肝之所主", "肝主疏泄藏血"), ("肾之所藏", "肾藏精主骨")]
+
+
+def _dialogues(n: int, multi_every: int = 3) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        conv = [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        if i % multi_every == 0:
+            conv += [{"from": "human", "value": "请再说一遍"}, {"from": "gpt", "value": a}]
+        out.append({"conversations": conv, "meta": {"difficulty": (i * 7 % 10) / 10}})
+    return out
+
+
+BAD_LINES = [
+    {"conversations": [{"from": "human", "value": "只有问题"}]},
+    {"conversations": [{"from": "gpt", "value": "先答"}, {"from": "human", "value": "后问"}]},
+    {"conversations": [{"from": "human", "value": " "}, {"from": "gpt", "value": "空问"}]},
+    {"conversations": [{"from": "human", "value": "长" * 400}, {"from": "gpt", "value": "太长"}]},
+]
+
+
+def _write(path: Path, records: list[dict[str, Any]], extra: str = "") -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records) + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir: Path) -> Any:
+    from qihuang.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+def test_config_cross_checks() -> None:
+    with pytest.raises(ConfigError):
+        SFTConfig(data=[Path("a"), Path("b")], data_ratios=[1.0])
+    with pytest.raises(ConfigError):
+        SFTConfig(val_fraction=0.0, early_stopping_patience=2)
+    with pytest.raises(ConfigError):
+        SFTConfig(max_steps=0)
+
+
+def test_bad_input_is_counted_and_listed(tmp_path: Path, tok: Any) -> None:
+    path = _write(tmp_path / "d.jsonl", _dialogues(4) + BAD_LINES, extra="{not json\n")
+    cfg = SFTConfig(data=[path], max_length=96, val_fraction=0.25)
+    train, val, summary = build_data(cfg, tok, tmp_path)
+    assert summary["rejected"] == {"no_assistant_turn": 1, "roles_out_of_order": 1, "empty_content": 1,
+                                   "too_long": 1, "bad_json": 1}
+    assert summary["n_kept"] == 4 and len(train) + len(val) == 4
+    rejects = list(read_jsonl(tmp_path / "rejects.jsonl"))
+    assert sorted(r["index"] for r in rejects) == [4, 5, 6, 7, 8]
+    assert {r["reason"] for r in rejects} == set(summary["rejected"])
+
+
+def test_mix_ratios_and_curriculum(tmp_path: Path, tok: Any) -> None:
+    a = load_examples(_write(tmp_path / "a.jsonl", _dialogues(6)), tok, 128)
+    b = load_examples(_write(tmp_path / "b.json", []), tok, 128)
+    assert b == []
+    b = [Example(e.input_ids, e.labels, "b", e.index, e.difficulty) for e in a[:2]]
+    mixed = mix([a, b], [1.0, 3.0], total=12, seed=0)
+    assert len(mixed) == 12 and sum(e.source == "b" for e in mixed) == 9  # 3/4 of 12, small source repeated
+    ordered = curriculum(a, stages=3, seed=0)
+    buckets = [[e.difficulty for e in ordered[i: i + 2]] for i in range(0, 6, 2)]
+    assert max(buckets[0]) <= min(buckets[1]) and max(buckets[1]) <= min(buckets[2])
+    assert curriculum(a, stages=0) == a
+    assert len(load_examples(tmp_path / "a.jsonl", tok, 128, limit=2, seed=1)) == 2
+    cfg = SFTConfig(data=[tmp_path / "a.jsonl", tmp_path / "b.json"], data_ratios=[1.0, 3.0], max_samples=8,
+                    val_fraction=0.0, early_stopping_patience=0)
+    assert _source_limits(cfg) == [3, 7]
+
+
+def test_packing_resets_positions_without_cross_attention(tmp_path: Path, tok: Any, tiny_model_dir: Path) -> None:
+    import torch
+    from qihuang.models import load_model
+    from qihuang.sft import PackedCollator
+
+    examples = load_examples(_write(tmp_path / "a.jsonl", _dialogues(6)), tok, 128)
+    ds = to_dataset(examples, packing=True, max_length=128, stages=0)
+    assert len(ds) < len(examples)
+    assert sum(sum(r) for r in ds["seq_lengths"]) == sum(len(e.input_ids) for e in examples)
+    row = max(range(len(ds)), key=lambda i: len(ds[i]["seq_lengths"]))
+    assert len(ds[row]["seq_lengths"]) >= 2
+    other = min(range(len(ds)), key=lambda i: len(ds[i]["input_ids"]))
+    collator = PackedCollator(tok.pad_token_id)
+    batch = collator([ds[row], ds[other]])  # two rows: the shorter is right-padded
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 2
+    assert collator.tokens == len(ds[row]["input_ids"]) + len(ds[other]["input_ids"])
+    collator([ds[other]])
+    assert collator.trained_tokens(1) == collator.batch_tokens[0] and len(collator.batch_tokens) == 2
+    pad_from = len(ds[other]["input_ids"])
+    assert (batch["labels"][1, pad_from:] == IGNORE_INDEX).all()
+    model, _ = load_model(tiny_model_dir)
+    model.eval()
+    lengths = ds[row]["seq_lengths"]
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for n in lengths:
+            alone = model(input_ids=batch["input_ids"][:, start: start + n], use_cache=False).logits[0]
+            assert torch.allclose(packed[start: start + n], alone, atol=1e-4)
+            assert batch["position_ids"][0, start] == 0 and batch["labels"][0, start] == IGNORE_INDEX
+            start += n
+        batched = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        assert torch.allclose(batched[0], packed, atol=1e-4)  # the padded neighbour row changes nothing
+    plain = PackedCollator(tok.pad_token_id)([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]},
+                                              {"input_ids": [8], "labels": [-100]}])
+    assert plain["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and "position_ids" not in plain
+
+
+def test_new_tokens_become_trainable(tiny_model_dir: Path) -> None:
+    from qihuang.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    assert _lora_config(SFTConfig(), tok).trainable_token_indices is None
+    tok.add_tokens(["阴阳", "桂枝汤"])
+    cfg = _lora_config(SFTConfig(lora_targets=["q_proj", "v_proj"]), tok)
+    assert sorted(cfg.trainable_token_indices) == [len(tok) - 2, len(tok) - 1]
+    assert set(cfg.target_modules) == {"q_proj", "v_proj"}
+    assert _lora_config(SFTConfig(train_new_tokens=False), tok).trainable_token_indices is None
+
+
+def test_rouge_l() -> None:
+    assert rouge_l("阴阳者天地之道", "阴阳者天地之道") == 1.0
+    assert rouge_l("", "阴阳") == 0.0
+    assert 0 < rouge_l("阴阳者", "阴阳者天地之道也") < 1
+
+
+def test_sft_lora_end_to_end_and_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.template import chat_defaults, render_prompt
+
+    data = _write(tmp_path / "train.jsonl", _dialogues(24) + BAD_LINES[:2])
+    held = _write(tmp_path / "qa.jsonl", [{"question": q, "reference": a, "source": "t", "meta": {}} for q, a in QA])
+    cfg = SFTConfig(data=[data], eval_data=held, max_length=96, max_steps=8, eval_steps=4, batch_size=4,
+                    learning_rate=2e-2, lora_r=8, qa_samples=2, qa_max_new_tokens=4, early_stopping_patience=0,
+                    system_prompt="你是中医古籍助手。")
+    out = StageDir(tmp_path / "sft")
+    s = run_stage(out, cfg, lambda: sft(cfg, tiny_model_dir, out))
+    assert s["val_loss_after"] < s["val_loss_before"] - 0.05
+    assert s["train_loss_after"] < s["train_loss_before"]
+    assert s["data"]["n_rejected"] == 2 and s["steps"] == 8 and s["tokens_per_s"] > 0
+    assert s["qa_rouge_l_before"] is not None and s["best_checkpoint"]
+    assert (out.path / "adapter" / "adapter_config.json").exists() and (out.path / "loss.png").exists()
+    assert any("loss" in m for m in out.metrics().read())
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    tuned = AutoModelForCausalLM.from_pretrained(str(out.path / "model"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not base.state_dict()[name].equal(tuned.state_dict()[name])
+    from qihuang.models import load_tokenizer
+
+    msgs = [{"role": "user", "content": "何谓阴阳"}]
+    assert render_prompt(load_tokenizer(out.path / "model"), msgs) == render_prompt(load_tokenizer(tiny_model_dir), msgs)
+    assert chat_defaults(out.path / "model") == {"system_prompt": "你是中医古籍助手。"}
+    lineage = json.loads((out.path / "lineage.json").read_text())
+    assert lineage["base"] == str(tiny_model_dir) and lineage["adapter"] == "adapter"
+    # resume: a longer budget picks up from the last checkpoint instead of restarting
+    cfg2 = SFTConfig(**{**cfg.__dict__, "max_steps": 9, "qa_samples": 0})
+    s2 = run_stage(out, cfg2, lambda: sft(cfg2, tiny_model_dir, out), force=True)
+    assert s2["resumed_from"] and s2["resumed_from"].endswith("checkpoint-8") and s2["steps"] == 9
+
+
+def test_full_fine_tuning_moves_every_weight_kind(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    data = _write(tmp_path / "train.jsonl", _dialogues(12))
+    cfg = SFTConfig(data=[data], method="full", max_length=96, max_steps=2, batch_size=4, learning_rate=1e-3,
+                    val_fraction=0.2, qa_samples=0, early_stopping_patience=0, eval_steps=2)
+    out = StageDir(tmp_path / "sft")
+    s = run_stage(out, cfg, lambda: sft(cfg, tiny_model_dir, out))
+    assert s["adapter"] is None and not (out.path / "adapter").exists()
+    assert s["trainable"]["trainable"] == s["trainable"]["total"]
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(str(out.path / "model")).state_dict()
+    for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"):
+        assert not base[name].equal(tuned[name]), name
+
+
+def test_time_budget_stops_training() -> None:
+    from types import SimpleNamespace
+
+    from qihuang.trainer_callbacks import TimeBudget
+
+    budget = TimeBudget(minutes=0.5)
+    budget.t0 -= 31
+    control = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
+    budget.on_step_end(SimpleNamespace(eval_strategy="steps"), None, control)
+    assert control.should_training_stop and control.should_save and control.should_evaluate
+    relaxed = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
+    TimeBudget(minutes=None).on_step_end(SimpleNamespace(eval_strategy="no"), None, relaxed)
+    assert not relaxed.should_training_stop
