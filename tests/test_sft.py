@@ -208,3 +208,30 @@ def test_time_budget_stops_training() -> None:
     relaxed = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
     TimeBudget(minutes=None).on_step_end(SimpleNamespace(eval_strategy="no"), None, relaxed)
     assert not relaxed.should_training_stop
+
+
+def test_lora_on_extended_vocabulary_trains_new_rows(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """After `tokenizer extend` the new rows are peft trainable tokens: training runs and moves exactly them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    tok.add_tokens(["阴", "阳", "桂"])
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    ext = tmp_path / "extended"
+    model.save_pretrained(ext)
+    tok.save_pretrained(ext)
+    data = _write(tmp_path / "train.jsonl", _dialogues(12))
+    cfg = SFTConfig(data=[data], max_length=96, max_steps=3, eval_steps=3, batch_size=4, learning_rate=5e-2,
+                    lora_r=4, qa_samples=0, val_fraction=0.0, early_stopping_patience=0)
+    out = StageDir(tmp_path / "sft")
+    run_stage(out, cfg, lambda: sft(cfg, ext, out))
+    before = AutoModelForCausalLM.from_pretrained(str(ext)).get_input_embeddings().weight
+    after = AutoModelForCausalLM.from_pretrained(str(out.path / "model")).get_input_embeddings().weight
+    moved = (before - after).abs().sum(dim=1) > 0
+    new = torch.zeros_like(moved)
+    new[len(tok) - 3:] = True
+    assert moved[new].all() and not moved[~new].any()

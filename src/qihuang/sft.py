@@ -235,6 +235,23 @@ class PackedCollator:
         return {"input_ids": ids, "labels": labels, "position_ids" if packed else "attention_mask": extra}
 
 
+def plain_loss_trainer(base: type) -> type:
+    """`base` (trl's SFTTrainer) with the model's own loss: trl's fused LM-head loss reads `lm_head.weight`
+    directly and so misses (and crashes on) peft's trainable-token rows for an extended vocabulary."""
+
+    class PlainLossSFTTrainer(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            keep = ("input_ids", "attention_mask", "position_ids", "labels")
+            kwargs = {k: v for k, v in inputs.items() if k in keep}
+            if num_items_in_batch is not None:
+                kwargs["num_items_in_batch"] = num_items_in_batch
+            outputs = model(**kwargs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    return PlainLossSFTTrainer
+
+
 def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any, ckpt_dir: Path,
                   callbacks: list[Any]) -> Any:
     """A trl SFTTrainer for pre-tokenised (and possibly pre-packed) data on CPU (fp32, no checkpointing), with
@@ -260,8 +277,11 @@ def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val
     peft_config = _lora_config(cfg, tokenizer) if cfg.method == "lora" else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PackedCollator(pad)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer_cls = SFTTrainer
+    if peft_config is not None and getattr(peft_config, "trainable_token_indices", None):
+        trainer_cls = plain_loss_trainer(SFTTrainer)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.qihuang_collator = collator
     return trainer
 

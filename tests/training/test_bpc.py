@@ -36,3 +36,17 @@ def test_bpc_matches_direct_nll(tiny_model_dir: Path) -> None:
     w = bits_per_char(model, tok, texts, seq_len=16, stride=8)
     assert w["tokens"] == r["tokens"] and w["bpc"] == pytest.approx(r["bpc"], rel=0.05)
     assert bits_per_char(model, tok, texts, max_chars=20)["chars"] == 20
+
+
+def test_windows_score_every_token_once_whatever_the_stride() -> None:
+    from qihuang.training.bpc import _windows
+
+    ids = list(range(23))
+    for seq_len in (2, 3, 6, 8, 30):
+        for stride in range(1, seq_len + 1):
+            wins = _windows(ids, seq_len, stride)
+            assert sum(n for _, n in wins) == len(ids) - 1, (seq_len, stride)
+            for w, n in wins:
+                assert len(w) <= seq_len and n < len(w)  # each scored token has at least one token before it
+            scored = [t for w, n in wins for t in w[len(w) - n:]]
+            assert scored == ids[1:], (seq_len, stride)

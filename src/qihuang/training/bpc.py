@@ -38,17 +38,18 @@ def _context_token(tokenizer: Any) -> int:
 
 def _windows(ids: list[int], seq_len: int, stride: int) -> list[tuple[list[int], int]]:
     """Sliding windows over `ids` (ids[0] is the context token): (window, number of scored tokens at its end)."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len {seq_len} < 2: a window needs a context token and a scored token")
     out: list[tuple[list[int], int]] = []
     prev_end = 1  # ids[0] itself is never scored
     begin = 0
     while prev_end < len(ids):
-        end = min(begin + seq_len, len(ids))
-        if end <= prev_end:
-            begin += stride
-            continue
-        out.append((ids[begin:end], end - prev_end))
+        # A window starts at least one token before the first token it scores: that token needs its context.
+        start = min(begin, prev_end - 1)
+        end = min(start + seq_len, len(ids))
+        out.append((ids[start:end], end - prev_end))
         prev_end = end
-        begin += stride
+        begin = start + stride
     return out
 
 
