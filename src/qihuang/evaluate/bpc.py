@@ -3,9 +3,10 @@ so models with different tokenizers compare fairly. Long passages are scored wit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from qihuang.runs import read_jsonl
 
 
 def read_passages(path: Path, max_chars: int) -> list[dict[str, Any]]:
@@ -18,20 +19,11 @@ def read_passages(path: Path, max_chars: int) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: held-out passages not found")
     by_book: dict[str, list[dict[str, Any]]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            text = str(rec.get("text") or "") if isinstance(rec, dict) else ""
-            if text.strip():
-                book = str(rec.get("book") or "?")
-                by_book.setdefault(book, []).append({"id": rec.get("id", f"line{lineno}"), "book": book,
-                                                     "text": text})
+    for lineno, rec in enumerate(read_jsonl(path), 1):
+        text = str(rec.get("text") or "")
+        if text.strip():
+            book = str(rec.get("book") or "?")
+            by_book.setdefault(book, []).append({"id": rec.get("id", f"record{lineno}"), "book": book, "text": text})
     if not by_book:
         raise ValueError(f"{path}: no passage with a non-empty `text` field")
     out: list[dict[str, Any]] = []

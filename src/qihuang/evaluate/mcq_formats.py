@@ -134,7 +134,8 @@ def _parse_options(raw: Any) -> dict[str, str] | None:
     return None
 
 
-def _json_records(path: Path) -> list[Any]:
+def json_records(path: Path) -> list[Any]:
+    """Records of a JSON list or JSONL file (a malformed line becomes None, reported by the caller as a bad row)."""
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
         try:
@@ -142,7 +143,7 @@ def _json_records(path: Path) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise EvalDataError(f"{path}: not valid JSON ({exc.msg})") from exc
         if not isinstance(data, list):
-            raise EvalDataError(f"{path}: expected a JSON list of question records")
+            raise EvalDataError(f"{path}: expected a JSON list of records")
         return data
     records: list[Any] = []
     for line in text.splitlines():
@@ -157,7 +158,7 @@ def _json_records(path: Path) -> list[Any]:
 
 def _read_json(path: Path, fallback_category: str) -> MCQSet:
     out = MCQSet(path, "jsonl" if path.suffix.lower() != ".json" else "json", [])
-    for rownum, rec in enumerate(_json_records(path), 1):
+    for rownum, rec in enumerate(json_records(path), 1):
         out.total_rows += 1
         if not isinstance(rec, dict):
             _skip(out, rownum, "not a JSON object")

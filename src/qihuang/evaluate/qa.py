@@ -4,7 +4,6 @@ source passage (#5's grounding score)."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qihuang.evaluate.mcq_formats import EvalDataError
+from qihuang.evaluate.mcq_formats import EvalDataError, json_records
 
 REFERENCE_KEYS = ("reference", "answer", "output", "response")
 SOURCE_KEYS = ("source", "passage")
@@ -39,26 +38,6 @@ class QASet:
     skipped: list[dict[str, Any]]
 
 
-def _records(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise EvalDataError(f"{path}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(data, list):
-            raise EvalDataError(f"{path}: expected a JSON list")
-        return data
-    out: list[Any] = []
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                out.append(None)
-    return out
-
-
 def _first(rec: dict[str, Any], keys: Sequence[str]) -> str:
     for k in keys:
         v = rec.get(k)
@@ -73,7 +52,7 @@ def load_qa(path: Path, limit: int = 0) -> QASet:
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(f"{path}: file not found")
-    records = _records(path)
+    records = json_records(path)
     items: list[QAItem] = []
     skipped: list[dict[str, Any]] = []
     fmt = "cmb-clin" if records and isinstance(records[0], dict) and "QA_pairs" in records[0] else "qa-jsonl"
