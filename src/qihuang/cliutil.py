@@ -78,3 +78,38 @@ def config_options(cls: type, prefix: str = "") -> Callable[[Callable[..., Any]]
         return wrapper
 
     return decorate
+
+
+def model_passages_options(model_help: str, train_help: str, heldout_help: str) -> Callable[[Callable[..., Any]],
+                                                                                            Callable[..., Any]]:
+    """Decorator: `--model`, `--train`, `--heldout`, `--out`, `--force` for a stage that reads a model and
+    passages (the command receives model_spec, train_path, heldout_path, out_path, force)."""
+    options = [
+        click.option("--model", "model_spec", default="smollm2-135m", show_default=True, help=model_help),
+        click.option("--train", "train_path", type=click.Path(path_type=Path, exists=True), required=True,
+                     help=train_help),
+        click.option("--heldout", "heldout_path", type=click.Path(path_type=Path, exists=True), required=True,
+                     help=heldout_help),
+        click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+                     help="Stage folder to write"),
+        click.option("--force", is_flag=True, help="Rerun even if the stage folder is marked done"),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def run_stage_command(out_path: Path, cfg: Any, work: Callable[[Any], dict[str, Any]], force: bool,
+                      hide: tuple[str, ...] = ()) -> None:
+    """Run a stage from the CLI with the pipeline's semantics (config, `done`, resume) and print its summary."""
+    import json
+
+    from qihuang.runs import StageDir, run_stage
+
+    out = StageDir(out_path)
+    summary = run_stage(out, cfg, lambda: work(out), force=force)
+    click.echo(json.dumps({k: v for k, v in summary.items() if k not in hide}, ensure_ascii=False, indent=1))

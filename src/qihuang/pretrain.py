@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import click
 
-from qihuang.cliutil import config_options
+from qihuang.cliutil import config_options, model_passages_options, run_stage_command
 from qihuang.config import ConfigError
 from qihuang.runs import StageDir
 
@@ -316,21 +316,14 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
 
 @click.command("pretrain")
 @config_options(PretrainConfig)
-@click.option("--model", "model_spec", default="smollm2-135m", show_default=True,
-              help="Model to train: preset, HF directory (e.g. a tokenizer stage's model/) or .gguf")
-@click.option("--train", "train_path", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Training passages (JSONL with `text`)")
-@click.option("--heldout", "heldout_path", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Held-out passages for bits/char (JSONL with `text`, `book`)")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Stage folder to write")
-@click.option("--force", is_flag=True, help="Rerun even if the stage folder is marked done")
+@model_passages_options("Model to train: preset, HF directory (e.g. a tokenizer stage's model/) or .gguf",
+                        "Training passages (JSONL with `text`)",
+                        "Held-out passages for bits/char (JSONL with `text`, `book`)")
 def pretrain_cli(cfg: PretrainConfig, model_spec: str, train_path: Path, heldout_path: Path, out_path: Path,
                  force: bool) -> None:
     """Continual pretraining (full or LoRA); rerunning a killed run resumes from its last checkpoint."""
     from qihuang.models import prepare_model
-    from qihuang.runs import run_stage
 
-    out = StageDir(out_path)
     model_dir = prepare_model(model_spec)
-    summary = run_stage(out, cfg, lambda: pretrain(cfg, model_dir, train_path, heldout_path, out), force=force)
-    click.echo(json.dumps({k: v for k, v in summary.items() if k != "evals"}, ensure_ascii=False, indent=1))
+    run_stage_command(out_path, cfg, lambda out: pretrain(cfg, model_dir, train_path, heldout_path, out), force,
+                      hide=("evals",))

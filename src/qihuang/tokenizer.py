@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from qihuang.cliutil import config_options
+from qihuang.cliutil import config_options, model_passages_options, run_stage_command
 from qihuang.config import ConfigError
 from qihuang.runs import StageDir
 
@@ -249,22 +249,14 @@ def tokenizer_cli() -> None:
 
 @tokenizer_cli.command("extend")
 @config_options(TokenizerConfig)
-@click.option("--model", "model_spec", default="smollm2-135m", show_default=True,
-              help="Base model: preset, HF directory or .gguf")
-@click.option("--train", "train_path", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Training passages (JSONL with `text`) whose characters are counted")
-@click.option("--heldout", "heldout_path", type=click.Path(path_type=Path, exists=True), required=True,
-              help="Held-out passages for tokens/char")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Stage folder to write")
-@click.option("--force", is_flag=True, help="Rerun even if the stage folder is marked done")
+@model_passages_options("Base model: preset, HF directory or .gguf",
+                        "Training passages (JSONL with `text`) whose characters are counted",
+                        "Held-out passages for tokens/char")
 def extend_cmd(cfg: TokenizerConfig, model_spec: str, train_path: Path, heldout_path: Path, out_path: Path,
                force: bool) -> None:
     """Add the corpus' split characters to the vocabulary; writes OUT/model (HF directory)."""
     from qihuang.models import prepare_model
-    from qihuang.runs import run_stage
 
-    out = StageDir(out_path)
     model_dir = prepare_model(model_spec)
-    summary = run_stage(out, cfg, lambda: extend_tokenizer(cfg, model_dir, train_path, heldout_path, out),
-                        force=force)
-    click.echo(json.dumps({k: v for k, v in summary.items() if k != "sample_added"}, ensure_ascii=False, indent=1))
+    run_stage_command(out_path, cfg, lambda out: extend_tokenizer(cfg, model_dir, train_path, heldout_path, out),
+                      force, hide=("sample_added",))

@@ -21,6 +21,11 @@ class PromptTooLong(EngineError):
     """The rendered prompt plus max_new_tokens does not fit the model's context window."""
 
 
+def model_label(path: Path) -> str:
+    """The served model name: `<run>-<stage>` for a stage's `model/` folder, else the folder name."""
+    return f"{path.parent.parent.name}-{path.parent.name}" if path.name == "model" else path.name
+
+
 def resolve_model_dir(spec: str | Path) -> Path:
     """A model dir, preset name or run dir (`runs/demo` → its last model stage: dpo → sft → pretrain → tokenizer)."""
     from qihuang.models import ModelError, prepare_model
@@ -210,7 +215,7 @@ class Engine:
                 raise ModelError(f"{path}: cannot apply LoRA adapter to {base} ({exc})") from exc
         else:
             model, tokenizer = load_model(path, dtype=dtype, device=device)
-        label = name or (path.parent.parent.name + "-" + path.parent.name if path.name == "model" else path.name)
+        label = name or model_label(path)
         return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static)
 
     # ---- prompts -------------------------------------------------------------------------------------------

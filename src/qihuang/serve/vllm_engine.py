@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.models import ModelError
-from qihuang.serve.engine import Chunk, EngineError, PromptTooLong, SamplingParams, render_prompt, resolve_model_dir
+from qihuang.serve.engine import (Chunk, EngineError, PromptTooLong, SamplingParams, model_label, render_prompt,
+                                   resolve_model_dir)
 
 
 class VLLMEngine:
@@ -57,7 +58,7 @@ class VLLMEngine:
         llm = LLMEngine.from_engine_args(args)
         tok = AutoTokenizer.from_pretrained(str(path))
         ctx = int(llm.model_config.max_model_len) if hasattr(llm, "model_config") else int(max_model_len or 2048)
-        label = path.parent.parent.name + "-" + path.parent.name if path.name == "model" else path.name
+        label = model_label(path)
         return cls(llm, tok, label, ctx, lora, chat_defaults(path))
 
     # ---- the same prompt interface as Engine -----------------------------------------------------------------
