@@ -1,12 +1,16 @@
 """MCQ scoring throughput on CPU: prefix sharing + batching (ours) vs a naive per-option forward loop, same run.
 
-    python benchmarks/mcq_throughput.py [--model smollm2-135m] [--file eval/cmmlu/test/clinical_knowledge.csv]
-        [--n 32] [--n-naive 8] [--batch-size 1] [--threads 2]
+    python benchmarks/mcq_throughput.py [--model smollm2-135m] [--file F ...] [--n 48] [--n-naive 8]
+        [--batch-size 2] [--threads 2] [--formulation cf|mcf]
 
-Both paths score the same 4-option questions (zero-shot prompt, every option's answer line); the naive loop runs on
-the first `--n-naive` of them, and their log-likelihoods are checked to agree (to the 4 decimals kept). Ours runs the instruction header
-once for the whole file (its KV cache reused), each question's prompt once (batched, left-padded) and all options
-of the batch in one more forward on that cache. Ends with one line:
+Default questions: the first 4-option questions of the six CMMLU medical subjects (clinical_knowledge,
+college_medicine, professional_medicine, anatomy, nutrition, virology), split evenly. Both paths score the same
+questions zero-shot, every option's answer: its text after the question alone in the default cloze formulation
+`cf`, or its answer line after the listed options in `mcf`. The naive loop (one full forward per option) runs on
+`--n-naive` of them spread over the files, and the log-likelihoods are checked to agree. Ours
+(`evaluate_mcq_set`, the production path) runs the instruction header once (its KV cache reused), and packs each
+question's prompt with all of its options behind it into one sequence (tree attention mask, positions restarting
+per option), several questions per forward, the LM head only where an option token is predicted. Ends with one line:
 `RESULT mcq_throughput <q/s> questions/s baseline=<q/s> ratio=<x>`.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,42 +27,55 @@ from qihuang.evaluate.mcq_formats import MCQSet, answer_text, format_question, l
 from qihuang.evaluate.runner import parse_spec
 from qihuang.models import load_model
 
+MEDICAL = ("clinical_knowledge", "college_medicine", "professional_medicine", "anatomy", "nutrition", "virology")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--file", default="eval/cmmlu/test/clinical_knowledge.csv",
-                    help="multiple-choice file with 4-option questions (path or shared-data name)")
-    ap.add_argument("--n", type=int, default=32, help="questions scored by the batched, prefix-shared path")
+    ap.add_argument("--file", action="append", default=None,
+                    help="multiple-choice file with 4-option questions (path or shared-data name; repeatable). "
+                         f"Default: the {len(MEDICAL)} CMMLU medical subjects")
+    ap.add_argument("--n", type=int, default=48,
+                    help="questions scored by the batched, prefix-shared path (split evenly over the files)")
     ap.add_argument("--n-naive", type=int, default=8, help="questions scored by the naive loop")
-    ap.add_argument("--batch-size", type=int, default=1, help="questions per forward (EvalConfig.mcq_batch_size)")
+    ap.add_argument("--batch-size", type=int, default=2, help="questions per forward (EvalConfig.mcq_batch_size)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--formulation", choices=["cf", "mcf"], default="cf",
+                    help="cf: question alone, option texts scored (the eval default); mcf: options listed")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    path, _ = parse_spec(args.file, 0)
-    items = [it for it in load_mcq(path).items if len(it.options) == 4][: args.n]
+    files = args.file or [f"eval/cmmlu/test/{name}.csv" for name in MEDICAL]
+    per_file = -(-args.n // len(files))
+    items = []
+    for spec in files:
+        path, _ = parse_spec(spec, 0)
+        items += [it for it in load_mcq(path).items if len(it.options) == 4][:per_file]
+    items = items[: args.n]
     if len(items) < max(args.n_naive, 1):
-        raise SystemExit(f"{path}: only {len(items)} 4-option questions")
+        raise SystemExit(f"{', '.join(files)}: only {len(items)} 4-option questions")
+    naive_items = items[:: max(1, len(items) // args.n_naive)][: args.n_naive]  # spread over the files
     model, tok = load_model(args.model)
     model.eval()
-    common = shared_text()  # the instruction header (plus few-shot examples when used): cached once
-    n_tokens = sum(len(tok(common + format_question(it), add_special_tokens=False).input_ids)
+    cloze = args.formulation == "cf"
+    common = shared_text(cloze=cloze)  # the instruction header (plus few-shot examples when used): cached once
+    n_tokens = sum(len(tok(common + format_question(it, cloze), add_special_tokens=False).input_ids)
                    for it in items) / len(items)
-    print(f"model {args.model}, file {path}, {len(items)} questions (4 options), mean prompt {n_tokens:.0f} tokens, "
-          f"threads {args.threads}")
+    print(f"model {args.model}, files {', '.join(Path(f).stem for f in files)}, {len(items)} questions (4 options), mean prompt {n_tokens:.0f} tokens, "
+          f"threads {args.threads}, formulation {args.formulation}")
 
-    warm = MCQSet(path, "bench", items[:2])
-    evaluate_mcq_set(model, tok, warm, batch_size=args.batch_size, n_boot=100)
+    warm = MCQSet(Path(files[0]), "bench", items[:2])
+    evaluate_mcq_set(model, tok, warm, batch_size=args.batch_size, n_boot=100, formulation=args.formulation)
     t0 = time.perf_counter()  # the production path: evaluate_mcq_set (shared header cache, sorted batches)
-    summary, preds = evaluate_mcq_set(model, tok, MCQSet(path, "bench", items), batch_size=args.batch_size,
-                                      n_boot=100)
+    summary, preds = evaluate_mcq_set(model, tok, MCQSet(Path(files[0]), "bench", items), batch_size=args.batch_size,
+                                      n_boot=100, formulation=args.formulation)
     ours_qps = len(items) / (time.perf_counter() - t0)
-    ours = [p["ll"] for p in preds]
+    ours = [p["ll"] for p in preds[:: max(1, len(items) // args.n_naive)][: args.n_naive]]
 
     t0 = time.perf_counter()
-    naive = [score_options_naive(model, tok, format_question(it), [answer_text(it, k) for k in it.options],
-                                 shared_text=common) for it in items[: args.n_naive]]
+    naive = [score_options_naive(model, tok, format_question(it, cloze), [answer_text(it, k, cloze) for k in it.options],
+                                 shared_text=common) for it in naive_items]
     naive_qps = len(naive) / (time.perf_counter() - t0)
 
     diff = max(abs(a - b) for o, n in zip(ours, naive) for a, b in zip(o, n.ll))

@@ -67,6 +67,32 @@ def test_letter_only_mode(tiny: tuple[Any, Any], tmp_path: Path) -> None:
         EvalConfig(mcq_scoring="letter", mcq_metric="ll_char")
 
 
+def test_cloze_formulation(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    """cf: the prompt is the question alone, each option's bare text is scored (== the naive loop); no letter
+    variant; letter/generate still list the options; a letter metric with cf is refused up front."""
+    model, tok = tiny
+    data = load_mcq(write_text(tmp_path / "good.csv", GOOD_CMMLU))
+    item = data.items[0]
+    prompt = format_question(item, cloze=True)
+    assert all(f"{k}. {v}" not in prompt for k, v in item.options.items()) and prompt.endswith("答案：")
+    assert answer_text(item, "B", cloze=True) == item.options["B"]
+    summary, preds = evaluate_mcq_set(model, tok, data, scoring="loglik", metric="ll_char", formulation="cf",
+                                      n_boot=200, batch_size=3)
+    assert summary["formulation"] == "cf" and set(summary["variants"]) == {"ll", "ll_char", "ll_tok"}
+    text = shared_text(cloze=True)
+    for it, p in zip(data.items, preds):
+        ref = score_options_naive(model, tok, format_question(it, True), [answer_text(it, k, True) for k in it.options],
+                                  shared_text=text)
+        assert p["ll"] == pytest.approx([round(v, 4) for v in ref.ll], abs=2e-3)
+    letter, _ = evaluate_mcq_set(model, tok, data, scoring="letter", metric="letter", formulation="cf", n_boot=200)
+    assert letter["formulation"] == "mcf"
+    with pytest.raises(ConfigError, match="not computed"):
+        EvalConfig(mcq_scoring="loglik", mcq_metric="letter", mcq_formulation="cf")
+    assert EvalConfig(mcq_scoring="loglik", mcq_metric="letter", mcq_formulation="mcf").metric == "letter"
+    with pytest.raises(ValueError, match="formulation"):
+        evaluate_mcq_set(model, tok, data, formulation="cloze")
+
+
 def test_pick_variants() -> None:
     from qihuang.evaluate.mcq import OptionScores
 

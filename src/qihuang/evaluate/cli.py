@@ -118,7 +118,8 @@ def mcq_cmd(model: str, files: tuple[str, ...], out: Path | None, cfg: EvalConfi
     for spec in cfg.mcq_files:
         path, limit = parse_spec(spec, cfg.mcq_limit)
         s, _ = evaluate_mcq_set(m, tok, load_mcq(path, limit), examples=fewshot_examples(cfg, path),
-                                scoring=cfg.mcq_scoring, metric=cfg.metric, gen_max_new_tokens=cfg.mcq_gen_tokens,
+                                scoring=cfg.mcq_scoring, metric=cfg.metric, formulation=cfg.mcq_formulation,
+                                gen_max_new_tokens=cfg.mcq_gen_tokens,
                                 n_boot=cfg.bootstrap, seed=cfg.seed, batch_size=cfg.mcq_batch_size)
         variants = " ".join(f"{k}={100 * v:.1f}" for k, v in s["variants"].items())
         click.echo(f"{path}: acc {100 * s['accuracy']:.1f}% [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}] "

@@ -43,7 +43,8 @@ def render_markdown(results: dict[str, Any], files: dict[str, Any]) -> str:
     out = lines + [""]
     if mcq_keys:
         first = next(r["mcq"][k] for r in results.values() for k in mcq_keys if k in r["mcq"])
-        out += [f"MCQ accuracy is `{first['metric']}` ({first['shots']}-shot, scoring `{first['scoring']}`); "
+        out += [f"MCQ accuracy is `{first['metric']}` ({first['shots']}-shot, scoring `{first['scoring']}`"
+                f"{', formulation `' + first['formulation'] + '`' if first.get('formulation') else ''}); "
                 "bpc is bits per character of held-out text (tokenizer-independent); ROUGE-L, faithfulness in %, "
                 "BLEU-4 corpus-level, all on characters.", ""]
         out += ["### MCQ by scoring variant", "", "| model | file | n | chance % | " +

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qihuang.evaluate.mcq_formats import MCQItem, MCQSet, answer_text, build_prompt, format_question, shared_text
+from qihuang.evaluate.mcq_formats import (FORMULATIONS, MCQItem, MCQSet, answer_text, build_prompt, format_question,
+                                          shared_text)
 from qihuang.evaluate.stats import accuracy, bootstrap_ci
 
 LL_VARIANTS = ("ll", "ll_char", "ll_tok", "letter")
@@ -62,17 +63,35 @@ def _cache_from(model: Any, shared: SharedPrefix | None, batch: int) -> Any:
                         config=model.config)
 
 
+def _tree_rows(p_ids: list[list[int]], c_ids: list[list[list[int]]], letters_only: bool
+               ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """Per question: its packed tokens (prompt, then every option but its last token), the segment of each token
+    (0 = prompt, j + 1 = option j) and each token's position after the prompt start."""
+    toks, segs, offs = [], [], []
+    for p, conts in zip(p_ids, c_ids):
+        row, seg, off = list(p), [0] * len(p), list(range(len(p)))
+        if not letters_only:
+            for j, c in enumerate(conts):
+                row += c[:-1]
+                seg += [j + 1] * (len(c) - 1)
+                off += range(len(p), len(p) + len(c) - 1)
+        toks.append(row)
+        segs.append(seg)
+        offs.append(off)
+    return toks, segs, offs
+
+
 def score_options_batch(model: Any, tokenizer: Any, prefixes: list[str], continuations: list[list[str]],
                         shared: SharedPrefix | None = None, letters_only: bool = False) -> list[OptionScores]:
-    """Score several questions at once, sharing each question's prefix across its options.
+    """Score several questions at once in ONE forward, each question's prompt shared by all its options.
 
     The token sequence of option j of question i is `shared.ids + ids(prefixes[i]) + ids(continuations[i][j])`.
-    One forward runs all question prefixes (left-padded after the shared cache, attention mask and positions set,
-    logits kept for the last position only) and keeps their KV cache; the cache rows are repeated per option
-    (`batch_select_indices`) and one forward runs every option continuation of every question, right-padded (a
-    padded position comes after every real token of its row, so causal attention keeps real tokens clean).
-    `letters_only` stops after the prompt forward: only the first token of each continuation (the option letter)
-    is scored, and `ll` then holds that letter score.
+    Each batch row packs a question's prompt followed by all of its options (tree attention): a 4D mask lets every
+    option token see the shared cache, the prompt and the earlier tokens of its own option only, and position ids
+    restart after the prompt for each option, so each option is scored exactly as if it followed the prompt alone.
+    Rows are right-padded (pads come after every real token, so no real token sees them). The LM head runs only on
+    the positions that predict an option token. `letters_only` packs no options: only the first token of each
+    continuation (the option letter) is scored, and `ll` then holds that letter score.
     """
     import torch
 
@@ -82,47 +101,46 @@ def score_options_batch(model: Any, tokenizer: Any, prefixes: list[str], continu
         raise ValueError("empty prompt or continuation")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_shared = len(shared.ids) if shared else 0
-    b, width_p = len(p_ids), max(len(p) for p in p_ids)
-    inp = torch.full((b, width_p), pad, dtype=torch.long)
-    mask = torch.zeros((b, n_shared + width_p), dtype=torch.long)
-    mask[:, :n_shared] = 1
-    for i, p in enumerate(p_ids):
-        inp[i, width_p - len(p):] = torch.tensor(p)
-        mask[i, n_shared + width_p - len(p):] = 1
-    pos = n_shared + (mask[:, n_shared:].cumsum(1) - 1).clamp(min=0)
-    rows = [(q, c) for q, conts in enumerate(c_ids) for c in conts]
+    toks, segs, offs = _tree_rows(p_ids, c_ids, letters_only)
+    b, width = len(toks), max(len(t) for t in toks)
+    inp = torch.full((b, width), pad, dtype=torch.long)
+    seg = torch.full((b, width), -1, dtype=torch.long)
+    pos = torch.zeros((b, width), dtype=torch.long)
+    for i, (t, s, o) in enumerate(zip(toks, segs, offs)):
+        inp[i, : len(t)] = torch.tensor(t)
+        seg[i, : len(s)] = torch.tensor(s)
+        pos[i, : len(o)] = torch.tensor(o) + n_shared
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    tree = causal[None] & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # [b, query, key]
+    mask = torch.cat([torch.ones((b, width, n_shared), dtype=torch.bool), tree], dim=2)[:, None]
+    # where each option token is predicted from: the prompt's last position, then the option's own positions
+    rows_b, rows_t, targets, owner = [], [], [], []
+    for i, (p, conts) in enumerate(zip(p_ids, c_ids)):
+        start = len(p)
+        for j, c in enumerate(conts):
+            upto = 1 if letters_only else len(c)
+            rows_b += [i] * upto
+            rows_t += [len(p) - 1] + list(range(start, start + upto - 1))
+            targets += c[:upto]
+            owner += [(i, j)] * upto
+            start += len(c) - 1
+    m: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.inference_mode():
-        out = model(input_ids=inp, attention_mask=mask, position_ids=pos, cache=_cache_from(model, shared, b),
-                    use_cache=True, logits_to_keep=1)
-        first_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (b, V)
-        ll = [float(first_lp[q, c[0]]) for q, c in rows]
-        letter = list(ll)
-        width_c = 0 if letters_only else max(len(c) for _, c in rows) - 1
-        if width_c > 0:
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            qidx = torch.tensor([q for q, _ in rows])
-            cache.batch_select_indices(qidx)
-            batch = torch.full((len(rows), width_c), pad, dtype=torch.long)
-            for r, (_, c) in enumerate(rows):
-                batch[r, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-            full_mask = torch.cat([mask[qidx], torch.ones((len(rows), width_c), dtype=torch.long)], dim=1)
-            lens = torch.tensor([n_shared + len(p_ids[q]) for q, _ in rows])
-            cpos = lens[:, None] + torch.arange(width_c)[None, :]
-            logits = model(input_ids=batch, attention_mask=full_mask, position_ids=cpos, cache=cache,
-                           use_cache=True).logits.float()
-            logz = torch.logsumexp(logits, dim=-1)
-            for r, (_, c) in enumerate(rows):
-                k = len(c) - 1
-                if k:
-                    tgt = torch.tensor(c[1:], dtype=torch.long)
-                    ll[r] += float((logits[r, :k].gather(1, tgt[:, None])[:, 0] - logz[r, :k]).sum())
-    result, r = [], 0
-    for q, conts in enumerate(continuations):
-        n = len(conts)
-        result.append(OptionScores(ll[r:r + n], [len(c) for c in conts], [len(c) for c in c_ids[q]],
-                                   letter[r:r + n]))
-        r += n
-    return result
+        hidden = m.get_decoder()(input_ids=inp, attention_mask=mask, position_ids=pos,
+                                 cache=_cache_from(model, shared, b), use_cache=shared is not None
+                                 ).last_hidden_state
+        logits = m.get_output_embeddings()(hidden[torch.tensor(rows_b), torch.tensor(rows_t)]).float()
+        lps = (logits.gather(1, torch.tensor(targets)[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
+    ll = [[0.0] * len(conts) for conts in c_ids]
+    letter = [[0.0] * len(conts) for conts in c_ids]
+    seen: set[tuple[int, int]] = set()
+    for (i, j), lp in zip(owner, lps):
+        ll[i][j] += lp
+        if (i, j) not in seen:
+            seen.add((i, j))
+            letter[i][j] = lp
+    return [OptionScores(ll[q], [len(c) for c in conts], [len(c) for c in c_ids[q]], letter[q])
+            for q, conts in enumerate(continuations)]
 
 
 def score_options_shared(model: Any, tokenizer: Any, prefix: str, continuations: list[str]) -> OptionScores:
@@ -193,30 +211,38 @@ def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int
 
 
 def evaluate_mcq_set(model: Any, tokenizer: Any, data: MCQSet, *, examples: list[MCQItem] | None = None,
-                     scoring: str = "loglik", metric: str = "ll_char", gen_max_new_tokens: int = 16,
+                     scoring: str = "loglik", metric: str = "ll_char", formulation: str = "mcf",
+                     gen_max_new_tokens: int = 16,
                      n_boot: int = 1000, seed: int = 0, batch_size: int = 8,
                      progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Score every item of `data`; returns (summary, per-item predictions).
 
     `scoring`: "loglik" (all log-likelihood variants), "letter" (only the answer letter's probability: one forward
     per batch, cheapest), "generate" or "both" (loglik + generate); `metric` is the variant reported as
-    `accuracy` (falls back to the first available one).
+    `accuracy` (falls back to the first available one). `formulation` ("mcf" or "cf", see
+    `mcq_formats.FORMULATIONS`) shapes the log-likelihood prompts; letter scoring and generation always list the
+    options (mcf). In cf the option letter is not scored, so there is no "letter" variant.
     """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation {formulation!r}: expected one of {FORMULATIONS}")
+    cloze = formulation == "cf" and scoring in ("loglik", "both")
     t0 = time.time()
     preds: list[dict[str, Any]] = [{"row": it.row, "category": it.category, "answer": it.answer, "pred": {}}
                                    for it in data.items]
     prompts = [build_prompt(it, examples) for it in data.items]
     if scoring in ("loglik", "both", "letter"):
-        shared = encode_shared(model, tokenizer, shared_text(examples))  # header + shots: run once per file
-        own = [format_question(it) for it in data.items]
+        shared = encode_shared(model, tokenizer, shared_text(examples, cloze))  # header + shots: once per file
+        own = [format_question(it, cloze) for it in data.items]
         order = sorted(range(len(own)), key=lambda i: len(own[i]))  # similar lengths batched: little padding
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             scores = score_options_batch(model, tokenizer, [own[i] for i in idx],
-                                         [[answer_text(data.items[i], k) for k in data.items[i].options]
+                                         [[answer_text(data.items[i], k, cloze) for k in data.items[i].options]
                                           for i in idx], shared, letters_only=scoring == "letter")
             for i, sc in zip(idx, scores):
                 chosen = pick(sc, list(data.items[i].options))
+                if cloze:
+                    chosen.pop("letter")
                 preds[i]["pred"].update({"letter": chosen["letter"]} if scoring == "letter" else chosen)
                 preds[i]["ll"] = [round(v, 4) for v in sc.ll]
             if progress:
@@ -253,6 +279,7 @@ def evaluate_mcq_set(model: Any, tokenizer: Any, data: MCQSet, *, examples: list
         "format": data.format,
         "shots": len(examples or []),
         "scoring": scoring,
+        "formulation": "cf" if cloze else "mcf",
         "questions_per_s": len(preds) / max(seconds, 1e-9),
         "seconds": round(seconds, 2),
     }

@@ -199,25 +199,32 @@ def load_mcq(path: Path, limit: int = 0) -> MCQSet:
 
 
 HEADER = "以下是单项选择题，请选出正确答案。\n\n"
+CLOZE_HEADER = "以下是医学问题，请给出正确答案。\n\n"
+FORMULATIONS = ("mcf", "cf")
+"""mcf: the options are listed in the prompt and each is scored as its answer line (`B. 清热泻火`); cf (cloze): the
+prompt is the question alone and each option's own text is scored as its answer (OLMES: small models do better)."""
 
 
-def format_question(item: MCQItem) -> str:
-    """The question with its lettered options and the answer cue (`答案：`), no answer."""
+def format_question(item: MCQItem, cloze: bool = False) -> str:
+    """The question (with its lettered options unless `cloze`) and the answer cue (`答案：`), no answer."""
+    if cloze:
+        return f"{item.question}\n答案："
     opts = "\n".join(f"{k}. {v}" for k, v in item.options.items())
     return f"{item.question}\n{opts}\n答案："
 
 
-def answer_text(item: MCQItem, letter: str) -> str:
-    """What follows `答案：` for option `letter`: the letter and the option text (`B. 清热泻火`)."""
-    return f"{letter}. {item.options[letter]}"
+def answer_text(item: MCQItem, letter: str, cloze: bool = False) -> str:
+    """What follows `答案：` for option `letter`: the letter and the option text (`B. 清热泻火`), or the text alone
+    when `cloze`."""
+    return item.options[letter] if cloze else f"{letter}. {item.options[letter]}"
 
 
-def shared_text(examples: list[MCQItem] | None = None) -> str:
+def shared_text(examples: list[MCQItem] | None = None, cloze: bool = False) -> str:
     """The part every prompt of a file shares: header and solved examples (each ending with its answer line)."""
-    shots = "".join(f"{format_question(ex)}{answer_text(ex, ex.answer)}\n\n" for ex in examples or [])
-    return f"{HEADER}{shots}"
+    shots = "".join(f"{format_question(ex, cloze)}{answer_text(ex, ex.answer, cloze)}\n\n" for ex in examples or [])
+    return f"{CLOZE_HEADER if cloze else HEADER}{shots}"
 
 
-def build_prompt(item: MCQItem, examples: list[MCQItem] | None = None) -> str:
+def build_prompt(item: MCQItem, examples: list[MCQItem] | None = None, cloze: bool = False) -> str:
     """Header, solved examples, then the question up to `答案：` (= shared_text + format_question)."""
-    return shared_text(examples) + format_question(item)
+    return shared_text(examples, cloze) + format_question(item, cloze)

@@ -126,8 +126,9 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
         def mcq(path: Path = path, limit: int = limit, key: str = key) -> dict[str, Any]:
             summary, preds = evaluate_mcq_set(
                 *model(), load_mcq(path, limit), examples=fewshot_examples(cfg, path), scoring=cfg.mcq_scoring,
-                metric=cfg.metric, gen_max_new_tokens=cfg.mcq_gen_tokens, n_boot=cfg.bootstrap, seed=cfg.seed,
-                batch_size=cfg.mcq_batch_size, progress=_progress(log, label, key))
+                metric=cfg.metric, formulation=cfg.mcq_formulation, gen_max_new_tokens=cfg.mcq_gen_tokens,
+                n_boot=cfg.bootstrap, seed=cfg.seed, batch_size=cfg.mcq_batch_size,
+                progress=_progress(log, label, key))
             summary["file"] = str(path)
             write_jsonl(out_dir / "predictions" / f"{_safe(label)}__mcq__{_safe(key)}.jsonl", preds)
             log.log(event="mcq", label=label, file=key, accuracy=summary["accuracy"], n=summary["n"],
@@ -135,7 +136,8 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
             return {"summary": summary, "correct": [p["pred"][summary["metric"]] == p["answer"] for p in preds]}
 
         params = {"file": _stat(path), "limit": limit, "shots": cfg.mcq_shots, "fewshot": cfg.mcq_fewshot_file,
-                  "scoring": cfg.mcq_scoring, "metric": cfg.metric, "gen": cfg.mcq_gen_tokens,
+                  "scoring": cfg.mcq_scoring, "metric": cfg.metric,
+                  "formulation": cfg.mcq_formulation, "gen": cfg.mcq_gen_tokens,
                   "bootstrap": cfg.bootstrap, "seed": cfg.seed}
         done = parts.get("mcq", key, params, mcq)
         result["mcq"][key], correct[key] = done["summary"], done["correct"]
