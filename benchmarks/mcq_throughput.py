@@ -1,7 +1,7 @@
 """MCQ scoring throughput on CPU: prefix sharing + batching (ours) vs a naive per-option forward loop, same run.
 
     python benchmarks/mcq_throughput.py [--model smollm2-135m] [--file F ...] [--n 48] [--n-naive 8]
-        [--batch-size 2] [--threads 2] [--formulation cf|mcf]
+        [--batch-size 4] [--threads 2] [--formulation cf|mcf]
 
 Default questions: the first 4-option questions of the six CMMLU medical subjects (clinical_knowledge,
 college_medicine, professional_medicine, anatomy, nutrition, virology), split evenly. Both paths score the same
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from qihuang.evaluate import EvalConfig
 from qihuang.evaluate.mcq import evaluate_mcq_set, score_options_naive
 from qihuang.evaluate.mcq_formats import MCQSet, answer_text, format_question, load_mcq, shared_text
 from qihuang.evaluate.runner import parse_spec
@@ -39,7 +40,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48,
                     help="questions scored by the batched, prefix-shared path (split evenly over the files)")
     ap.add_argument("--n-naive", type=int, default=8, help="questions scored by the naive loop")
-    ap.add_argument("--batch-size", type=int, default=2, help="questions per forward (EvalConfig.mcq_batch_size)")
+    ap.add_argument("--batch-size", type=int, default=EvalConfig().mcq_batch_size,
+                    help="questions per forward (default: EvalConfig.mcq_batch_size)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formulation", choices=["cf", "mcf"], default="cf",
                     help="cf: question alone, option texts scored (the eval default); mcf: options listed")

@@ -83,3 +83,24 @@ def test_bad_yaml_names_file(tmp_path: Path) -> None:
 def test_field_docs_are_read() -> None:
     assert field_docs(Outer)["steps"] == "How many steps."
     assert field_docs(Inner)["mode"] == "A mode."
+
+
+def test_shipped_recipes_load() -> None:
+    """Every YAML under recipes/ is a valid recipe or eval config (typos in a shipped file fail here, not in a
+    user's run); the eval tables name only files that exist under the data root when it is present."""
+    from qihuang.config import data_file, load_config
+    from qihuang.evaluate import EvalConfig
+    from qihuang.pipeline import load_recipe
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for name in ("demo.yaml", "tiny.yaml"):
+        recipe = load_recipe(root / name)
+        assert recipe.name == name.removesuffix(".yaml")
+    cfg = load_config(EvalConfig, root / "eval_full.yaml")
+    assert cfg.mcq_formulation == "cf" and len(cfg.mcq_files) > 60
+    try:
+        for spec in cfg.mcq_files + cfg.qa_files:
+            path = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1].isdigit() else spec
+            assert data_file(path).is_file()
+    except ConfigError as exc:  # no shared data on this machine
+        pytest.skip(str(exc))

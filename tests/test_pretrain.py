@@ -94,6 +94,50 @@ def test_freeze_layers_keeps_bottom(extended: Path, data: tuple[Path, Path], tmp
     assert not torch.equal(before["model.layers.1.mlp.up_proj.weight"], after["model.layers.1.mlp.up_proj.weight"])
 
 
+def test_embeddings_mode_trains_only_embeddings(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "emb")
+    cfg = PretrainConfig(max_steps=3, lr=1e-2, mode="embeddings", checkpoint_every_steps=0, eval_base=False, **FAST)
+    summary = pretrain(cfg, extended, *data, out)
+    before, after = _weights(extended), _weights(out.path / "model")
+    assert summary["trainable_params"] == before["model.embed_tokens.weight"].numel()  # tied LM head: same rows
+    assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert changed == ["model.embed_tokens.weight"]
+    with pytest.raises(ConfigError, match="freeze_layers"):
+        PretrainConfig(mode="embeddings", freeze_layers=1)
+
+
+def test_embedding_lr_multiplier_groups(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.training.loop import LoopSettings, _optimizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    s = LoopSettings(seq_len=8, micro_batch=1, grad_accum=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
+                     weight_decay=0.1, clip=1.0, max_steps=1, schedule_steps=1, spike_factor=0.0, spike_max_in_row=3,
+                     rollback_lr_factor=0.5, checkpoint_every_steps=0, checkpoint_every_minutes=0, keep_checkpoints=1,
+                     eval_every=0, log_every=1, ce_chunk_tokens=0, compile=False, doc_mask=True, peak_tflops=None,
+                     tensorboard=False, embed_lr_mult=5.0)
+    opt = _optimizer(model, list(model.parameters()), s, torch.device("cpu"))
+    emb = model.get_input_embeddings().weight
+    group = next(g for g in opt.param_groups if any(p is emb for p in g["params"]))
+    assert group["lr_mult"] == 5.0 and group["weight_decay"] == 0.0 and len(group["params"]) == 1
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    """max_minutes with a huge max_steps: the cosine is shortened to what the budget allows, so it ends annealed."""
+    out = StageDir(tmp_path / "fit")
+    cfg = PretrainConfig(max_steps=100_000, max_minutes=0.3, lr=1e-3, min_lr_ratio=0.1, checkpoint_every_steps=0,
+                         eval_base=False, **FAST)
+    summary = pretrain(cfg, extended, *data, out)
+    event = next(r for r in out.metrics().read() if r.get("event") == "schedule_fitted")
+    assert event["step"] == 8 and summary["schedule_steps"] == event["schedule_steps"] < 100_000
+    assert summary["stop_reason"] == "time_budget"
+    lrs = [r["lr"] for r in out.metrics().read() if "loss" in r]
+    assert lrs[-1] < 0.5 * max(lrs)  # annealed well below the peak by the end of the budget
+
+
 def _cli(out: Path, model: Path, data: tuple[Path, Path], extra: list[str], env: dict[str, str] | None = None,
          launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     args = [*(launcher or [QIHUANG]), "pretrain", "--model", str(model), "--train", str(data[0]), "--heldout",

@@ -85,6 +85,34 @@ def test_disabled_passes_base_through(tiny_model_dir: Path, passages: tuple[Path
     assert prepare_model(str(out.path / "model")) == out.path / "model"
 
 
+def test_fragment_pieces_suppressed_after_extension(tiny_model_dir: Path, passages: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
+    """Byte fragments (incomplete UTF-8) are listed only for an extended tokenizer, and an engine on the extended
+    model masks them out of every next-token distribution."""
+    from transformers import AutoTokenizer
+
+    from qihuang.serve.engine import Engine, SamplingParams
+    from qihuang.tokenizer import fragment_token_ids
+
+    out = StageDir(tmp_path / "frag")
+    extend_tokenizer(TokenizerConfig(), tiny_model_dir, *passages, out)
+    tok = AutoTokenizer.from_pretrained(str(out.path / "model"))
+    assert fragment_token_ids(AutoTokenizer.from_pretrained(str(tiny_model_dir)), min_added_chars=1) == []
+    frags = fragment_token_ids(tok, min_added_chars=1)
+    assert frags and all("\ufffd" in tok.decode([i]) for i in frags)
+    others = [tok.decode([i]) for i in range(len(tok)) if i not in set(frags)]
+    assert all(t == "\ufffd" for t in others if "\ufffd" in t)  # only U+FFFD's own (valid) bytes remain
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(out.path / "model"))
+    engine = Engine(model, tok, lookup_draft=0)
+    engine.suppressed = fragment_token_ids(tok, min_added_chars=1)
+    logits = engine._forward(engine.encode("脾胃"), None, keep=1)
+    assert all(logits[-1, i] == float("-inf") for i in engine.suppressed)
+    text = "".join(c.text for c in engine.generate(prompt="脾胃", params=SamplingParams(max_new_tokens=8)))
+    assert "\ufffd" not in text
+
+
 def test_sentencepiece_tokenizer(passages: tuple[Path, Path], tmp_path: Path) -> None:
     import sentencepiece as spm
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -29,6 +29,9 @@ class PretrainConfig:
     """Wall-time budget of the whole stage, evaluations included (training stops early to fit it)."""
     schedule_steps: int | None = None
     """Length of the cosine schedule in steps (default: max_steps)."""
+    fit_schedule: bool = True
+    """With max_minutes: after 7 timed steps, shorten the cosine schedule to the steps the time budget allows,
+    so the LR is annealed by the end (the fitted length is kept in checkpoints for exact resume)."""
     seq_len: int = 256
     """Tokens per packed training sequence."""
     micro_batch: int = 4
@@ -45,8 +48,13 @@ class PretrainConfig:
     """AdamW weight decay (matrices only)."""
     clip: float = 1.0
     """Gradient-norm clipping (0: off)."""
-    mode: Literal["full", "lora"] = "full"
-    """full fine-tuning, or LoRA adapters (merged into the saved model)."""
+    mode: Literal["full", "lora", "embeddings"] = "full"
+    """full fine-tuning, LoRA adapters (merged into the saved model), or embeddings: only the token embeddings and
+    LM head learn (the body is frozen; backward still runs through it, but computes no weight gradients: ~1.2×
+    the tokens/s of full on 2 CPU cores) — the first stage of vocabulary adaptation (Chinese-LLaMA, Ziya)."""
+    embed_lr_mult: float = 1.0
+    """LR multiplier for the token embeddings / LM head (no weight decay there). On the 2-core demo both ×3 and
+    ×0.3 did worse than ×1 (benchmarks/RESULTS.md, session 2)."""
     freeze_layers: int = 0
     """full mode: freeze the bottom N decoder layers (no backward through them; embeddings then learn from the
     output side only, through tied weights)."""
@@ -121,8 +129,10 @@ class PretrainConfig:
             raise ConfigError("pretrain.warmup_steps must be < the schedule length (max_steps)")
         if not 0 <= self.general_ratio < 1:
             raise ConfigError("pretrain.general_ratio must be in [0, 1)")
-        if self.mode == "lora" and self.freeze_layers:
+        if self.mode != "full" and self.freeze_layers:
             raise ConfigError("pretrain.freeze_layers applies to mode=full only")
+        if self.embed_lr_mult <= 0:
+            raise ConfigError("pretrain.embed_lr_mult must be > 0")
         if self.lora_rank < 1 or self.freeze_layers < 0:
             raise ConfigError("pretrain: lora_rank >= 1 and freeze_layers >= 0 are required")
         if not 0 <= self.grad_checkpoint <= 1:
@@ -178,6 +188,11 @@ def prepare_for_training(cfg: PretrainConfig, model: Any, extension: dict[str, A
         model = get_peft_model(model, lcfg)
         if cfg.grad_checkpoint > 0:
             model.enable_input_require_grads()
+        return model
+    if cfg.mode == "embeddings":
+        keep = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
         return model
     if cfg.freeze_layers:
         layers = model.get_decoder().layers
@@ -272,7 +287,8 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
         checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_minutes=cfg.checkpoint_every_minutes,
         keep_checkpoints=cfg.keep_checkpoints, eval_every=cfg.eval_every, log_every=cfg.log_every,
         ce_chunk_tokens=cfg.ce_chunk_tokens, compile=cfg.compile, doc_mask=cfg.doc_mask, peak_tflops=cfg.peak_tflops,
-        tensorboard=cfg.tensorboard)
+        tensorboard=cfg.tensorboard, embed_lr_mult=cfg.embed_lr_mult,
+        fit_schedule_to_time=cfg.fit_schedule)
     train_seconds = None
     if cfg.max_minutes is not None:
         final_eval = float(before.get("before", {}).get("eval_seconds", 0.0))

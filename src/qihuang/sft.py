@@ -24,6 +24,8 @@ def answer_questions(model: Any, tokenizer: Any, prompts: list[list[Message]], m
     """Greedy answers to chat prompts built with the shared template (left-padded batches)."""
     import torch
 
+    from qihuang.tokenizer import suppressed_ids
+
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -35,7 +37,8 @@ def answer_questions(model: Any, tokenizer: Any, prompts: list[list[Message]], m
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         with torch.no_grad():
             gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, use_cache=True)
+                                 do_sample=False, pad_token_id=pad, use_cache=True,
+                                 suppress_tokens=list(suppressed_ids(tokenizer)) or None)
         answers += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     model.train(was_training)
     return answers

@@ -8,6 +8,7 @@ decode to their own text, and leave special tokens and the chat template untouch
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -65,6 +66,43 @@ class TokenizerConfig:
             raise ConfigError("tokenizer: max_added >= 0, max_words >= 0 and min_count >= 1 are required")
         if self.max_words > 0 and self.words_file is None:
             raise ConfigError("tokenizer.max_words > 0 needs tokenizer.words_file")
+
+
+def fragment_token_ids(tokenizer: Any, min_added_chars: int = 100) -> list[int]:
+    """Ids of vocabulary pieces that are not whole text: byte-level BPE pieces (or SentencePiece `<0xNN>` byte
+    fallbacks) holding an incomplete UTF-8 character. Only for a tokenizer extended with characters (at least
+    `min_added_chars` single-character added tokens), else []. After extension those pieces never occur in the
+    tokenized training text of covered characters, so an extended model may still emit them but has not learnt to
+    complete them: decoding then shows U+FFFD. Suppressing them at generation costs only characters outside the
+    extension (0.1% of the corpus at the default coverage)."""
+    added = [t for t in tokenizer.get_added_vocab() if len(t) == 1 and _is_cjk(t)]
+    if len(added) < min_added_chars:
+        return []
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for tid, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if piece is None or tid in special:
+            continue
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            raw = bytes([int(piece[3:5], 16)])
+        elif all(ch in to_byte for ch in piece):
+            raw = bytes(to_byte[ch] for ch in piece)
+        else:
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            out.append(tid)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def suppressed_ids(tokenizer: Any) -> tuple[int, ...]:
+    """`fragment_token_ids`, computed once per tokenizer object (for `generate(suppress_tokens=...)`)."""
+    return tuple(fragment_token_ids(tokenizer))
 
 
 def _is_cjk(ch: str) -> bool:

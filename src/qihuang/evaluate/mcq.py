@@ -202,11 +202,14 @@ def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int
                                              add_generation_prompt=True)
     else:
         text = prompt
+    from qihuang.tokenizer import suppressed_ids
+
     ids = torch.tensor([_ids(tokenizer, text)])
+    suppress = list(suppressed_ids(tokenizer))  # an extended vocabulary's untrained byte fragments (U+FFFD)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.eos_token_id if tokenizer.pad_token_id is None
-                             else tokenizer.pad_token_id)
+                             else tokenizer.pad_token_id, suppress_tokens=suppress or None)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 

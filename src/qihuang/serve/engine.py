@@ -187,6 +187,11 @@ class Engine:
             if isinstance(tid, int) and tid >= 0:
                 eos.add(tid)
         self.eos_ids = frozenset(eos)
+        from qihuang.tokenizer import fragment_token_ids
+
+        # byte fragments an extended vocabulary no longer trains (they would decode to U+FFFD): never sampled
+        self.suppressed = fragment_token_ids(tokenizer)
+        self._suppress_idx: Any = None
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", dtype: str = "float32", name: str | None = None,
@@ -240,7 +245,17 @@ class Engine:
         inp = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self._lock, torch.inference_mode():
             out = self.model(input_ids=inp, use_cache=True, logits_to_keep=keep, **{self._cache_kw: cache})
-        return out.logits[0].float()
+        return self._mask(out.logits[0].float())
+
+    def _mask(self, logits: Any) -> Any:
+        """Logits with the suppressed token ids at -inf (last dimension = vocabulary)."""
+        if not self.suppressed:
+            return logits
+        import torch
+
+        if self._suppress_idx is None or self._suppress_idx.device != logits.device:
+            self._suppress_idx = torch.tensor(self.suppressed, dtype=torch.long, device=logits.device)
+        return logits.index_fill(-1, self._suppress_idx, float("-inf"))
 
     def _pick(self, logits: Any, params: SamplingParams, gen: Any) -> int:
         import torch
@@ -318,14 +333,14 @@ class Engine:
             if self._decoder is None:
                 self._decoder = StaticDecoder(self.model, self.max_context)
             dec = self._decoder
-            nxt = self._pick(dec.prefill(prompt_ids), params, gen)
+            nxt = self._pick(self._mask(dec.prefill(prompt_ids)), params, gen)
             for produced in range(1, params.max_new_tokens + 1):
                 if nxt in self.eos_ids or cancelled():
                     return
                 yield nxt
                 if produced >= params.max_new_tokens:
                     return
-                nxt = self._pick(dec.step(nxt), params, gen)
+                nxt = self._pick(self._mask(dec.step(nxt)), params, gen)
 
     def generate(self, messages: Sequence[dict[str, Any]] | None = None, params: SamplingParams | None = None,
                  prompt: str | None = None, cancelled: Callable[[], bool] | None = None) -> Iterator[Chunk]:

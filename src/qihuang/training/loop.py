@@ -73,14 +73,35 @@ class LoopSettings:
     doc_mask: bool
     peak_tflops: float | None
     tensorboard: bool
+    embed_lr_mult: float = 1.0
+    """LR multiplier of the token-embedding / LM-head matrices (new vocabulary rows learn from few occurrences)."""
+    fit_schedule_to_time: bool = False
+    """With a time budget: after a few timed steps, shorten the cosine schedule to the steps the budget allows
+    (stored in checkpoints, so a resumed run keeps the same schedule), so that the LR is annealed at the end."""
 
 
-def _optimizer(params: list[Any], s: LoopSettings, device: Any) -> Any:
+def _embedding_params(model: Any) -> set[int]:
+    """ids of the input-embedding and LM-head weights (also inside a peft wrapper: its trainable-token deltas)."""
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    found = {id(mod.weight) for mod in (m.get_input_embeddings(), m.get_output_embeddings())
+             if mod is not None and getattr(mod, "weight", None) is not None}
+    for name, p in model.named_parameters():  # peft: trainable_token_indices deltas, modules_to_save copies
+        if p.requires_grad and ("embed_tokens" in name or "lm_head" in name):
+            found.add(id(p))
+    return found
+
+
+def _optimizer(model: Any, params: list[Any], s: LoopSettings, device: Any) -> Any:
+    """AdamW; groups: matrices (decayed), vectors, embeddings/LM head (lr × embed_lr_mult, not decayed)."""
     import torch
 
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    emb = _embedding_params(model)
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in emb]
+    no_decay = [p for p in params if p.ndim < 2 and id(p) not in emb]
+    embed = [p for p in params if id(p) in emb]
+    groups = [{"params": decay, "weight_decay": s.weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+              {"params": embed, "weight_decay": 0.0, "lr_mult": s.embed_lr_mult}]
     groups = [g for g in groups if g["params"]]
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, **fast)
@@ -100,11 +121,12 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     cfg = getattr(model, "config", None) or model.get_base_model().config
     fpt = flops_per_token(n_params, n_train, cfg.num_hidden_layers, cfg.hidden_size, s.seq_len)
     peak = peak_tflops(accelerator.device, s.peak_tflops)
-    opt = _optimizer(params, s, accelerator.device)
+    opt = _optimizer(model, params, s, accelerator.device)
     loss_mod = CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile)
     loss_mod, opt = accelerator.prepare(loss_mod, opt)
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row)
-    st: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "lr_scale": 1.0, "evals": []}
+    st: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "lr_scale": 1.0, "evals": [],
+                          "schedule_steps": s.schedule_steps, "schedule_fitted": False}
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
 
     def restore() -> bool:
@@ -113,6 +135,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             return False
         for k in ("step", "tokens", "train_seconds", "lr_scale", "evals"):
             st[k] = meta[k]
+        st["schedule_steps"] = meta.get("schedule_steps", s.schedule_steps)
+        st["schedule_fitted"] = meta.get("schedule_fitted", False)
         guard.load(meta["guard"])
         return True
 
@@ -127,10 +151,14 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     last_ckpt_t = time.time()
     win_t, win_tokens = time.time(), 0
     opt.zero_grad(set_to_none=True)
+    # (step at which to fit the schedule, time the timing window opened, step it opened at): steps 2..8 timed
+    fit_at: list[Any] | None = None
+    if s.fit_schedule_to_time and train_seconds is not None and not st["schedule_fitted"]:
+        fit_at = [st["step"] + 8, None, st["step"] + 1]
 
     def checkpoint() -> None:
         nonlocal last_ckpt_t
-        meta = {k: st[k] for k in ("tokens", "lr_scale", "evals")}
+        meta = {k: st[k] for k in ("tokens", "lr_scale", "evals", "schedule_steps", "schedule_fitted")}
         meta["train_seconds"] = base_seconds + time.time() - session_t0
         meta["guard"] = guard.state()
         save_checkpoint(accelerator, ckpt_root, st["step"], meta, keep=s.keep_checkpoints)
@@ -145,9 +173,20 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         step = st["step"]
         ids = data.sample_ids(step * G, G)
         n_valid = data.n_targets(ids)
-        lr = lr_at(step, s.lr, s.warmup_steps, s.schedule_steps, s.min_lr_ratio) * st["lr_scale"]
+        if fit_at is not None and step == fit_at[0] and not st["schedule_fitted"]:
+            per_step = (time.time() - fit_at[1]) / max(fit_at[0] - fit_at[2], 1)
+            left = (train_seconds or 0.0) - (base_seconds + time.time() - session_t0)
+            fitted = step + int(left / max(per_step, 1e-9))
+            if world > 1:  # every rank must follow the same schedule: the slowest one's
+                fitted = int(accelerator.gather(torch.tensor([fitted], device=accelerator.device)).min())
+            st["schedule_steps"] = max(min(fitted, s.schedule_steps), s.warmup_steps + 1, step + 1)
+            st["schedule_fitted"] = True
+            if main:
+                metrics.log(event="schedule_fitted", step=step, schedule_steps=st["schedule_steps"],
+                            seconds_per_step=round(per_step, 3))
+        lr = lr_at(step, s.lr, s.warmup_steps, st["schedule_steps"], s.min_lr_ratio) * st["lr_scale"]
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         nll_sum = torch.zeros((), device=accelerator.device)
         try:
             for a in range(s.grad_accum):
@@ -188,6 +227,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
                 metrics.log(event="rollback", step=st["step"], lr_scale=scale, loss=loss)
             continue
         st["step"] += 1
+        if fit_at is not None and st["step"] == fit_at[2]:
+            fit_at[1] = time.time()  # the first step (warm-up of kernels, allocations) is not timed
         st["tokens"] += G * s.seq_len
         win_tokens += G * s.seq_len
         if main and (st["step"] % s.log_every == 0 or st["step"] == s.max_steps):
@@ -222,4 +263,5 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             "tokens_per_s": round(st["tokens"] / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
             "rollbacks": guard.rollbacks, "lr_scale": st["lr_scale"], "stop_reason": stop_reason,
             "resumed_from_step": resumed_from, "evals": st["evals"], "flops_per_token": fpt,
+            "schedule_steps": st["schedule_steps"],
             "trainable_params": n_train, "params": n_params}
