@@ -107,7 +107,7 @@ def test_fragment_pieces_suppressed_after_extension(tiny_model_dir: Path, passag
     model = AutoModelForCausalLM.from_pretrained(str(out.path / "model"))
     engine = Engine(model, tok, lookup_draft=0)
     engine.suppressed = fragment_token_ids(tok, min_added_chars=1)
-    logits = engine._forward(engine.encode("脾胃"), None, keep=1)
+    logits = engine._forward(engine.prompts.encode("脾胃"), None, keep=1)
     assert all(logits[-1, i] == float("-inf") for i in engine.suppressed)
     text = "".join(c.text for c in engine.generate(prompt="脾胃", params=SamplingParams(max_new_tokens=8)))
     assert "\ufffd" not in text

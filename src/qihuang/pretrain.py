@@ -190,7 +190,9 @@ def prepare_for_training(cfg: PretrainConfig, model: Any, extension: dict[str, A
             model.enable_input_require_grads()
         return model
     if cfg.mode == "embeddings":
-        keep = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+        from qihuang.training.loop import embedding_params
+
+        keep = embedding_params(model)
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)
         return model

@@ -34,7 +34,7 @@ def test_non_stream_answer_has_usage_and_citations(live: Any, engine: Any) -> No
     usage = data["usage"]
     assert 0 < usage["completion_tokens"] <= 12
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert usage["prompt_tokens"] > engine.count_tokens(QUESTION)  # template + passages
+    assert usage["prompt_tokens"] > engine.prompts.count_tokens(QUESTION)  # template + passages
     cites = data["citations"]
     assert cites and cites[0]["id"] == "test-003" and cites[0]["book"] == "拟方汇编"
     assert cites[0]["section"] == "桂枝汤条" and "桂枝汤" in cites[0]["quote"]

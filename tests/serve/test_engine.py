@@ -20,7 +20,7 @@ MESSAGES = [{"role": "user", "content": "脉浮而缓者何也？脉浮而缓者
 def test_greedy_matches_model_generate(engine: Engine, n: int) -> None:
     import torch
 
-    ids = engine.encode(engine.render(MESSAGES))
+    ids = engine.prompts.encode(engine.prompts.render(MESSAGES))
     out = engine.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                 max_new_tokens=n, do_sample=False)[0][len(ids):].tolist()
     ref_ids = [t for t in out if t not in engine.eos_ids]
@@ -31,7 +31,7 @@ def test_greedy_matches_model_generate(engine: Engine, n: int) -> None:
 
 
 def test_lookup_path_equals_plain_greedy(engine: Engine) -> None:
-    prompt = engine.render([{"role": "user", "content": "一二三四五六七八九十，一二三四五六七八九十，一二三"}])
+    prompt = engine.prompts.render([{"role": "user", "content": "一二三四五六七八九十，一二三四五六七八九十，一二三"}])
     with_lookup = list(engine.generate(prompt=prompt, params=SamplingParams(max_new_tokens=48)))
     engine.lookup_draft, saved = 0, engine.lookup_draft
     try:
@@ -53,7 +53,7 @@ def test_stream_pieces_and_usage(engine: Engine) -> None:
     chunks = list(engine.generate(MESSAGES, SamplingParams(max_new_tokens=12)))
     assert chunks[-1].finish_reason in ("stop", "length")
     assert all(c.finish_reason is None for c in chunks[:-1])
-    assert chunks[-1].prompt_tokens == len(engine.encode(engine.render(MESSAGES)))
+    assert chunks[-1].prompt_tokens == len(engine.prompts.encode(engine.prompts.render(MESSAGES)))
     assert "".join(engine.stream(MESSAGES, max_new_tokens=12)) == "".join(c.text for c in chunks)
 
 
@@ -113,8 +113,8 @@ def test_resolve_run_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert resolve_model_dir(tiny_model_dir) == tiny_model_dir
     eng = Engine.load(run)
     assert eng.name == "demo-sft" and eng.complete(MESSAGES, max_new_tokens=3) is not None
-    assert "你是岐黄古籍助手。" in eng.render(MESSAGES)  # the trained default system prompt (template #6)
-    assert "你是岐黄古籍助手。" not in eng.render([{"role": "system", "content": "另"}, *MESSAGES])
+    assert "你是岐黄古籍助手。" in eng.prompts.render(MESSAGES)  # the trained default system prompt (template #6)
+    assert "你是岐黄古籍助手。" not in eng.prompts.render([{"role": "system", "content": "另"}, *MESSAGES])
     from qihuang.models import ModelError
 
     with pytest.raises(ModelError):

@@ -61,7 +61,7 @@ def test_prepare_prompt_puts_passages_with_ids(engine: Any, index: PassageIndex)
     prep = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, 32)
     assert prep.hits[0].passage.id == "test-003"
     assert "[1] 《拟方汇编·桂枝汤条》（test-003）" in prep.prompt and "问题：桂枝汤治什么？" in prep.prompt
-    assert prep.prompt_tokens == engine.count_tokens(prep.prompt)
+    assert prep.prompt_tokens == engine.prompts.count_tokens(prep.prompt)
     # a max_tokens that leaves room for less drops the lowest-ranked passages first
     room = engine.max_context - prep.prompt_tokens + 5
     smaller = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, room)

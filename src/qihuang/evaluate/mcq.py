@@ -122,7 +122,7 @@ def score_options_batch(model: Any, tokenizer: Any, prefixes: list[str], continu
             rows_b += [i] * upto
             rows_t += [len(p) - 1] + list(range(start, start + upto - 1))
             targets += c[:upto]
-            owner += [(i, j)] * upto
+            owner += [(i, j, True)] + [(i, j, False)] * (upto - 1)  # the first scored token is the letter
             start += len(c) - 1
     m: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.inference_mode():
@@ -133,11 +133,9 @@ def score_options_batch(model: Any, tokenizer: Any, prefixes: list[str], continu
         lps = (logits.gather(1, torch.tensor(targets)[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
     ll = [[0.0] * len(conts) for conts in c_ids]
     letter = [[0.0] * len(conts) for conts in c_ids]
-    seen: set[tuple[int, int]] = set()
-    for (i, j), lp in zip(owner, lps):
+    for (i, j, first), lp in zip(owner, lps):
         ll[i][j] += lp
-        if (i, j) not in seen:
-            seen.add((i, j))
+        if first:
             letter[i][j] = lp
     return [OptionScores(ll[q], [len(c) for c in conts], [len(c) for c in c_ids[q]], letter[q])
             for q, conts in enumerate(continuations)]

@@ -53,6 +53,29 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]], defaults: 
 
 
 @dataclass
+class PromptCodec:
+    """A served model's prompt side, shared by every engine: the training chat template (with the model's saved
+    defaults, e.g. its system prompt) and the tokenizer."""
+
+    tokenizer: Any
+    chat_defaults: dict[str, Any] = field(default_factory=dict)
+
+    def render(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt text for a conversation, ending with the assistant turn's opening."""
+        return render_prompt(self.tokenizer, messages, self.chat_defaults)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt (the template already holds the special tokens)."""
+        from qihuang.template import encode_text
+
+        return encode_text(self.tokenizer, prompt)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of `text` (usage accounting)."""
+        return len(self.encode(text))
+
+
+@dataclass
 class SamplingParams:
     """Decoding settings of one request."""
 
@@ -171,11 +194,9 @@ class Engine:
         from qihuang.serve.fastpath import cache_kwarg
 
         self._cache_kw = cache_kwarg(model)
-        self.chat_defaults: dict[str, Any] = {}
-        if path is not None:
-            from qihuang.template import chat_defaults
+        from qihuang.template import chat_defaults
 
-            self.chat_defaults = chat_defaults(path)
+        self.prompts = PromptCodec(tokenizer, chat_defaults(path) if path is not None else {})
         eos: set[int] = set()
         for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
             if isinstance(src, int):
@@ -222,21 +243,6 @@ class Engine:
             model, tokenizer = load_model(path, dtype=dtype, device=device)
         label = name or model_label(path)
         return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static)
-
-    # ---- prompts -------------------------------------------------------------------------------------------
-    def render(self, messages: Sequence[dict[str, Any]]) -> str:
-        """The prompt text for a conversation, ending with the assistant turn's opening."""
-        return render_prompt(self.tokenizer, messages, self.chat_defaults)
-
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of a rendered prompt (the template already holds the special tokens)."""
-        from qihuang.template import encode_text
-
-        return encode_text(self.tokenizer, prompt)
-
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens of `text` (usage accounting)."""
-        return len(self.encode(text))
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _forward(self, ids: list[int], cache: Any, keep: int) -> Any:
@@ -348,8 +354,8 @@ class Engine:
         ("stop", "length" or "cancelled")."""
         params = params or SamplingParams()
         cancelled = cancelled or (lambda: False)
-        text = prompt if prompt is not None else self.render(messages or [])
-        prompt_ids = self.encode(text)
+        text = prompt if prompt is not None else self.prompts.render(messages or [])
+        prompt_ids = self.prompts.encode(text)
         if not prompt_ids:
             raise EngineError("empty prompt")
         if len(prompt_ids) + params.max_new_tokens > self.max_context:

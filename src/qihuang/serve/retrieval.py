@@ -359,8 +359,8 @@ def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIn
         if hits and last_user is not None:
             context = format_context(hits, query, passage_chars)
             turn[last_user] = {**turn[last_user], "content": f"{context}\n\n问题：{query}"}
-        prompt = engine.render(turn)
-        n = engine.count_tokens(prompt)
+        prompt = engine.prompts.render(turn)
+        n = engine.prompts.count_tokens(prompt)
         if n + max_new_tokens <= engine.max_context:
             return Prepared(prompt, n, hits, query)
         if not hits:

@@ -1,5 +1,5 @@
 """Optional vLLM backend (`qihuang serve --engine vllm`, GPU machines with vLLM installed): the same interface as
-`Engine` (render / count_tokens / generate → Chunk stream), the same chat template, LoRA adapters by name.
+`Engine` (`prompts` codec / generate → Chunk stream), the same chat template, LoRA adapters by name.
 
 One background thread owns vLLM's `LLMEngine` and steps it; requests are added and aborted through a command
 queue, so concurrent API requests are batched by vLLM (continuous batching) and a cancelled request is aborted.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.models import ModelError
-from qihuang.serve.engine import (Chunk, EngineError, PromptTooLong, SamplingParams, model_label, render_prompt,
+from qihuang.serve.engine import (Chunk, EngineError, PromptCodec, PromptTooLong, SamplingParams, model_label,
                                    resolve_model_dir)
 
 
@@ -31,7 +31,7 @@ class VLLMEngine:
         self.name = name
         self.max_context = max_context
         self.adapters = dict(adapters or {})
-        self.chat_defaults = chat_defaults or {}
+        self.prompts = PromptCodec(tokenizer, chat_defaults or {})
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._outputs: dict[str, queue.Queue[Any]] = {}
         self._ids = itertools.count()
@@ -60,21 +60,6 @@ class VLLMEngine:
         ctx = int(llm.model_config.max_model_len) if hasattr(llm, "model_config") else int(max_model_len or 2048)
         label = model_label(path)
         return cls(llm, tok, label, ctx, lora, chat_defaults(path))
-
-    # ---- the same prompt interface as Engine -----------------------------------------------------------------
-    def render(self, messages: Sequence[dict[str, Any]]) -> str:
-        """The prompt text through the shared chat template."""
-        return render_prompt(self.tokenizer, messages, self.chat_defaults)
-
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of a rendered prompt."""
-        from qihuang.template import encode_text
-
-        return encode_text(self.tokenizer, prompt)
-
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens of `text`."""
-        return len(self.encode(text))
 
     # ---- the stepping thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -126,7 +111,7 @@ class VLLMEngine:
 
         params = params or SamplingParams()
         cancelled = cancelled or (lambda: False)
-        ids = self.encode(prompt if prompt is not None else self.render(messages or []))
+        ids = self.prompts.encode(prompt if prompt is not None else self.prompts.render(messages or []))
         if len(ids) + params.max_new_tokens > self.max_context:
             raise PromptTooLong(f"prompt has {len(ids)} tokens; with max_tokens={params.max_new_tokens} it exceeds "
                                 f"the model's context of {self.max_context} tokens")

@@ -80,7 +80,7 @@ class LoopSettings:
     (stored in checkpoints, so a resumed run keeps the same schedule), so that the LR is annealed at the end."""
 
 
-def _embedding_params(model: Any) -> set[int]:
+def embedding_params(model: Any) -> set[int]:
     """ids of the input-embedding and LM-head weights (also inside a peft wrapper: its trainable-token deltas)."""
     m = model.get_base_model() if hasattr(model, "get_base_model") else model
     found = {id(mod.weight) for mod in (m.get_input_embeddings(), m.get_output_embeddings())
@@ -95,7 +95,7 @@ def _optimizer(model: Any, params: list[Any], s: LoopSettings, device: Any) -> A
     """AdamW; groups: matrices (decayed), vectors, embeddings/LM head (lr × embed_lr_mult, not decayed)."""
     import torch
 
-    emb = _embedding_params(model)
+    emb = embedding_params(model)
     decay = [p for p in params if p.ndim >= 2 and id(p) not in emb]
     no_decay = [p for p in params if p.ndim < 2 and id(p) not in emb]
     embed = [p for p in params if id(p) in emb]
