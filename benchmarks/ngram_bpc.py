@@ -1,0 +1,80 @@
+"""Count-based reference for held-out bits/char: add-½ character unigram and Witten-Bell interpolated bigram trained
+on growing samples of the training passages, scored on the first held-out characters (file order).
+
+    python benchmarks/ngram_bpc.py [--train runs/demo/corpus/train.jsonl] [--heldout runs/demo/corpus/heldout.jsonl]
+        [--chars 4000] [--sizes 20000 60000 200000 0]
+
+Puts the pretraining bits/char goal in context: what character statistics of N training characters are worth on
+the same held-out text (size 0 = all). Ends with one line per size: `NGRAM <chars> unigram=<bpc> bigram=<bpc>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from collections import Counter
+
+from qihuang.training.bpc import take_chars
+from qihuang.training.data import read_texts
+
+
+def score(train: list[str], held: list[str], unseen_types: int = 5000) -> tuple[float, float]:
+    """(unigram bpc, bigram bpc) of `held` under models counted on `train`; `^` marks a passage start."""
+    uni: Counter[str] = Counter()
+    bi: Counter[tuple[str, str]] = Counter()
+    ctx: Counter[str] = Counter()
+    for text in train:
+        t = "^" + text
+        uni.update(text)
+        bi.update(zip(t, t[1:]))
+        ctx.update(t[:-1])
+    n, vocab = sum(uni.values()), len(uni) + 1
+    types = Counter(a for a, _ in bi)
+
+    def p_uni(c: str) -> float:
+        return (uni[c] + 0.5) / (n + 0.5 * (vocab + unseen_types))
+
+    def p_bi(a: str, c: str) -> float:
+        if not ctx[a]:
+            return p_uni(c)
+        lam = ctx[a] / (ctx[a] + types[a])
+        return lam * bi[a, c] / ctx[a] + (1 - lam) * p_uni(c)
+
+    hu = hb = 0.0
+    chars = 0
+    for text in held:
+        t = "^" + text
+        for a, c in zip(t, t[1:]):
+            hu -= math.log2(p_uni(c))
+            hb -= math.log2(p_bi(a, c))
+            chars += 1
+    return hu / chars, hb / chars
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", default="runs/demo/corpus/train.jsonl")
+    ap.add_argument("--heldout", default="runs/demo/corpus/heldout.jsonl")
+    ap.add_argument("--chars", type=int, default=4000, help="held-out characters scored")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 60_000, 200_000, 0])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    train = read_texts(args.train)
+    held = take_chars(read_texts(args.heldout), args.chars)
+    shuffled = list(train)
+    random.Random(args.seed).shuffle(shuffled)
+    print(f"train {sum(map(len, train)):,} chars, held-out {sum(map(len, held)):,} chars")
+    for size in args.sizes:
+        sample, total = [], 0
+        for text in shuffled:
+            if size and total >= size:
+                break
+            sample.append(text)
+            total += len(text)
+        u, b = score(sample, held)
+        print(f"NGRAM {size or total} unigram={u:.3f} bigram={b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
