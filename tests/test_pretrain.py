@@ -114,7 +114,8 @@ def test_embedding_lr_multiplier_groups(tiny_model_dir: Path) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     s = LoopSettings(seq_len=8, micro_batch=1, grad_accum=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
-                     weight_decay=0.1, clip=1.0, max_steps=1, schedule_steps=1, spike_factor=0.0, spike_max_in_row=3,
+                     weight_decay=0.1, clip=1.0, max_steps=1, schedule_steps=1, spike_factor=0.0, spike_grad_factor=0.0,
+                     spike_max_in_row=3,
                      rollback_lr_factor=0.5, checkpoint_every_steps=0, checkpoint_every_minutes=0, keep_checkpoints=1,
                      eval_every=0, log_every=1, ce_chunk_tokens=0, compile=False, doc_mask=True, peak_tflops=None,
                      tensorboard=False, embed_lr_mult=5.0)
@@ -123,6 +124,47 @@ def test_embedding_lr_multiplier_groups(tiny_model_dir: Path) -> None:
     group = next(g for g in opt.param_groups if any(p is emb for p in g["params"]))
     assert group["lr_mult"] == 5.0 and group["weight_decay"] == 0.0 and len(group["params"]) == 1
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A step whose gradient is NaN (loss finite) is skipped: the weights stay finite and training goes on."""
+    import numpy as np
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.training.data import PackedData
+    from qihuang.training.loop import LoopSettings, train_loop
+
+    class Log:
+        rows: list[dict] = []
+
+        def log(self, **row: object) -> None:
+            self.rows.append(row)
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    rng = np.random.default_rng(0)
+    stream = rng.integers(3, model.config.vocab_size, 2000)
+    data = PackedData(stream=stream, doc_start=np.zeros(len(stream), dtype=bool), seq_len=16, seed=0)
+    calls = {"n": 0}
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return torch.full_like(grad, float("nan")) if calls["n"] == 4 else grad
+
+    model.model.layers[0].mlp.down_proj.weight.register_hook(poison)
+    s = LoopSettings(seq_len=16, micro_batch=2, grad_accum=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
+                     weight_decay=0.0, clip=1.0, max_steps=6, schedule_steps=6, spike_factor=0.0,
+                     spike_grad_factor=0.0, spike_max_in_row=3, rollback_lr_factor=0.5, checkpoint_every_steps=0,
+                     checkpoint_every_minutes=0, keep_checkpoints=1, eval_every=0, log_every=1, ce_chunk_tokens=0,
+                     compile=False, doc_mask=True, peak_tflops=None, tensorboard=False)
+    before = model.model.layers[1].mlp.up_proj.weight.detach().clone()
+    log = Log()
+    out = train_loop(model, data, s, Accelerator(cpu=True), tmp_path / "ckpt", log, None)
+    assert out["steps"] == 6 and out["grad_skipped_steps"] == 1 and out["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.model.layers[1].mlp.up_proj.weight, before)  # the other steps were applied
+    decisions = [r["decision"] for r in log.rows if "decision" in r]
+    assert decisions.count("skip") == 1 and all(np.isfinite(r["loss"]) for r in log.rows if "loss" in r)
 
 
 def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ class PretrainConfig:
     """Also score the model before vocabulary extension (bpc_base), when the input records one."""
     spike_factor: float = 3.0
     """Skip a step whose loss exceeds this × its moving average (0: off)."""
+    spike_grad_factor: float = 0.0
+    """Also skip a step whose gradient norm (before clipping) exceeds this × the moving average of accepted
+    steps' norms (0: off)."""
     spike_max_in_row: int = 3
     """That many skipped steps in a row roll back to the last checkpoint with a lower LR."""
     rollback_lr_factor: float = 0.5
@@ -285,7 +288,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
         seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, lr=cfg.lr,
         warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, clip=cfg.clip,
         max_steps=cfg.max_steps, schedule_steps=cfg.schedule_steps or cfg.max_steps, spike_factor=cfg.spike_factor,
-        spike_max_in_row=cfg.spike_max_in_row, rollback_lr_factor=cfg.rollback_lr_factor,
+        spike_grad_factor=cfg.spike_grad_factor, spike_max_in_row=cfg.spike_max_in_row, rollback_lr_factor=cfg.rollback_lr_factor,
         checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_minutes=cfg.checkpoint_every_minutes,
         keep_checkpoints=cfg.keep_checkpoints, eval_every=cfg.eval_every, log_every=cfg.log_every,
         ce_chunk_tokens=cfg.ce_chunk_tokens, compile=cfg.compile, doc_mask=cfg.doc_mask, peak_tflops=cfg.peak_tflops,

@@ -94,6 +94,25 @@ def test_spike_guard_skips_then_rolls_back() -> None:
     assert np.isfinite(h.ema)
 
 
+def test_spike_guard_gradient_norm_arm() -> None:
+    g = SpikeGuard(factor=3.0, max_in_row=3, min_steps=3, grad_factor=4.0)
+    assert [g.check(5.0, n) for n in (2.0, 2.0, 2.0, 2.0)] == ["ok"] * 4
+    assert g.check(5.0, 9.0) == "skip" and g.grad_skipped == 1 and g.skipped == 1  # ordinary loss, 4.5x norm
+    assert g.grad_ema == pytest.approx(2.0)  # a skipped step does not move the averages
+    assert g.check(5.0, 7.0) == "ok" and g.in_row == 0
+    h = SpikeGuard()
+    h.load(g.state())
+    assert h.grad_factor == 4.0 and h.grad_ema == g.grad_ema and h.grad_skipped == 1
+
+
+def test_spike_guard_non_finite_gradient_always_skipped() -> None:
+    g = SpikeGuard(factor=0.0, grad_factor=0.0)  # both ratio arms off
+    assert g.check(5.0, 1.0) == "ok"
+    assert g.check(5.0, float("nan")) == "skip" and g.check(5.0, float("inf")) == "skip"
+    assert g.grad_skipped == 2 and g.grad_ema == 1.0
+    assert g.check(5.0, None) == "ok"  # no norm (DeepSpeed clips inside): judged on the loss alone
+
+
 def test_out_of_memory_probe_suggests_micro_batch() -> None:
     import torch
 

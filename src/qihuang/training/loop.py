@@ -62,6 +62,7 @@ class LoopSettings:
     schedule_steps: int
     spike_factor: float
     spike_max_in_row: int
+    spike_grad_factor: float
     rollback_lr_factor: float
     checkpoint_every_steps: int
     checkpoint_every_minutes: float
@@ -124,7 +125,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     opt = _optimizer(model, params, s, accelerator.device)
     loss_mod = CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile)
     loss_mod, opt = accelerator.prepare(loss_mod, opt)
-    guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row)
+    guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
     st: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "lr_scale": 1.0, "evals": [],
                           "schedule_steps": s.schedule_steps, "schedule_fitted": False}
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
@@ -208,20 +209,21 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             raise MicroBatchTooLarge(f"micro_batch={s.micro_batch} at seq_len={s.seq_len} ran out of memory; "
                                      + hint) from None
         loss = float(accelerator.reduce(nll_sum, reduction="sum")) / n_valid
-        decision = guard.check(loss)
-        grad_norm = None
+        # the norm before clipping (clip=0: max_norm=inf only measures it; DeepSpeed clips inside and gives None);
+        # a skipped step's gradient is dropped
+        norm = accelerator.clip_grad_norm_(params, s.clip if s.clip > 0 else float("inf"))
+        grad_norm = float(norm) if norm is not None else None
+        decision = guard.check(loss, grad_norm)
         if decision == "ok":
-            if s.clip > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(params, s.clip))
             opt.step()
         opt.zero_grad(set_to_none=True)
         if decision == "rollback":
-            skipped, rollbacks = guard.skipped, guard.rollbacks
+            skipped, grad_skipped, rollbacks = guard.skipped, guard.grad_skipped, guard.rollbacks
             scale = st["lr_scale"] * s.rollback_lr_factor
             if list_checkpoints(ckpt_root):
                 restore()
                 session_t0, base_seconds = time.time(), st["train_seconds"]
-            guard.skipped, guard.rollbacks = skipped, rollbacks
+            guard.skipped, guard.grad_skipped, guard.rollbacks = skipped, grad_skipped, rollbacks
             st["lr_scale"] = scale
             if main:
                 metrics.log(event="rollback", step=st["step"], lr_scale=scale, loss=loss)
@@ -261,7 +263,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     total_seconds = base_seconds + time.time() - session_t0
     return {"steps": st["step"], "tokens": st["tokens"], "train_seconds": round(total_seconds, 2),
             "tokens_per_s": round(st["tokens"] / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
-            "rollbacks": guard.rollbacks, "lr_scale": st["lr_scale"], "stop_reason": stop_reason,
+            "grad_skipped_steps": guard.grad_skipped, "rollbacks": guard.rollbacks, "lr_scale": st["lr_scale"],
+            "stop_reason": stop_reason,
             "resumed_from_step": resumed_from, "evals": st["evals"], "flops_per_token": fpt,
             "schedule_steps": st["schedule_steps"],
             "trainable_params": n_train, "params": n_params}
