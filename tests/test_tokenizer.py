@@ -19,7 +19,7 @@ def passages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_passages(d / "train.jsonl", 40, 1), write_passages(d / "heldout.jsonl", 8, 2, book="留书")
 
 
-def _check_extended(base_dir: Path, model_dir: Path, summary: dict) -> None:
+def _check_extended(base_dir: Path, model_dir: Path, summary: dict, rescaled: bool = True) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_tok = AutoTokenizer.from_pretrained(str(base_dir))
@@ -36,16 +36,23 @@ def _check_extended(base_dir: Path, model_dir: Path, summary: dict) -> None:
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
     assert len(ids) < len(base_tok.encode(text, add_special_tokens=False))
-    # new rows = mean of the rows of the pieces the old tokenizer used (exactly)
-    old_w = base.get_input_embeddings().weight
-    new_w = model.get_input_embeddings().weight
+    # new rows = mean of the rows of the pieces the old tokenizer used
+    old_w = base.get_input_embeddings().weight.detach()
+    new_w = model.get_input_embeddings().weight.detach()
     assert torch.equal(new_w[: len(base_tok)], old_w)
     ext = json.loads((model_dir / "qihuang_extension.json").read_text())
     for nid in range(ext["added_range"][0], ext["added_range"][0] + 5):
         s = tok.convert_ids_to_tokens(nid)
         pieces = base_tok.encode("。" + s, add_special_tokens=False)[len(base_tok.encode("。", add_special_tokens=False)):]
         assert len(pieces) > 1
-        torch.testing.assert_close(new_w[nid], old_w[pieces].mean(0))
+        mean = old_w[pieces].mean(0)
+        if not rescaled:
+            torch.testing.assert_close(new_w[nid], mean)
+            continue
+        # rescaled to the pieces' mean norm, still pointing the mean's way
+        torch.testing.assert_close(new_w[nid].norm(), old_w[pieces].norm(dim=1).mean())
+        assert float(torch.nn.functional.cosine_similarity(new_w[nid], mean, dim=0)) > 0.7
+        assert float(mean.norm()) < float(new_w[nid].norm())
     assert not torch.equal(new_w[ext["added_range"][0]], new_w[ext["added_range"][0] + 1])
 
 
@@ -63,6 +70,12 @@ def test_extend_byte_level_bpe(tiny_model_dir: Path, passages: tuple[Path, Path]
     ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)["input_ids"]
     assert tok.convert_tokens_to_ids("脾") in ids and tok.convert_tokens_to_ids("<|im_start|>") in ids
     assert tok.decode(ids) == prompt
+
+
+def test_mean_init_without_rescaling(tiny_model_dir: Path, passages: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "tok")
+    summary = extend_tokenizer(TokenizerConfig(rescale_new_rows=False), tiny_model_dir, *passages, out)
+    _check_extended(tiny_model_dir, out.path / "model", summary, rescaled=False)
 
 
 def test_words_from_lexicon(tiny_model_dir: Path, passages: tuple[Path, Path], tmp_path: Path) -> None:
