@@ -177,7 +177,8 @@ def main() -> None:
     report("mean", model, tok, time.time())
     t0 = time.time()
     new = [t for t in tok.get_added_vocab() if len(t) == 1 and tok.convert_tokens_to_ids(t) >= len(tok_b)]
-    texts = read_texts(Path(a.train))
+    train_texts = read_texts(Path(a.train))
+    texts = list(train_texts)
     random.Random(0).shuffle(texts)
     sample, n = [], 0
     for text in texts:
@@ -206,7 +207,7 @@ def main() -> None:
         report(f"logit_untied[{beta:g}]", model, tok, t0)
     model = load(a.model)
     t0 = time.time()
-    head_fit(model, tok, tok(read_texts(Path(a.train)), add_special_tokens=False)["input_ids"], a.head_positions,
+    head_fit(model, tok, tok(train_texts, add_special_tokens=False)["input_ids"], a.head_positions,
              a.head_epochs, a.head_lr)
     report("head_fit", model, tok, t0)
 

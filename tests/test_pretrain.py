@@ -132,14 +132,9 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
+    from qihuang.runs import MetricsLog
     from qihuang.training.data import PackedData
     from qihuang.training.loop import LoopSettings, train_loop
-
-    class Log:
-        rows: list[dict] = []
-
-        def log(self, **row: object) -> None:
-            self.rows.append(row)
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     rng = np.random.default_rng(0)
@@ -158,13 +153,14 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
                      checkpoint_every_minutes=0, keep_checkpoints=1, eval_every=0, log_every=1, ce_chunk_tokens=0,
                      compile=False, doc_mask=True, peak_tflops=None, tensorboard=False)
     before = model.model.layers[1].mlp.up_proj.weight.detach().clone()
-    log = Log()
+    log = MetricsLog(tmp_path / "metrics.jsonl")
     out = train_loop(model, data, s, Accelerator(cpu=True), tmp_path / "ckpt", log, None)
     assert out["steps"] == 6 and out["grad_skipped_steps"] == 1 and out["skipped_steps"] == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(model.model.layers[1].mlp.up_proj.weight, before)  # the other steps were applied
-    decisions = [r["decision"] for r in log.rows if "decision" in r]
-    assert decisions.count("skip") == 1 and all(np.isfinite(r["loss"]) for r in log.rows if "loss" in r)
+    rows = log.read()
+    decisions = [r["decision"] for r in rows if "decision" in r]
+    assert decisions.count("skip") == 1 and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
 def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:

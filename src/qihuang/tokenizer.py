@@ -280,17 +280,16 @@ def extend_tokenizer(cfg: TokenizerConfig, model_dir: Path, train: Path, heldout
     inp = model.get_input_embeddings().weight
     outp = model.get_output_embeddings().weight if model.get_output_embeddings() is not None else None
     tied = outp is None or outp.data_ptr() == inp.data_ptr()
+    new_ids = [tok.convert_tokens_to_ids(s) for s in new]
     with torch.no_grad():
-        for s in new:
-            nid = tok.convert_tokens_to_ids(s)
+        for s, nid in zip(new, new_ids):
             idx = torch.tensor(spelled[s])
             inp[nid] = inp[idx].mean(0)
             if not tied:
                 outp[nid] = outp[idx].mean(0)
     if cfg.rescale_new_rows and new:
         sample = [t for text in corpus[:64] for t in tok(text, add_special_tokens=False)["input_ids"]][:2048]
-        _rescale_new_rows(model.eval(), [tok.convert_tokens_to_ids(s) for s in new], [spelled[s] for s in new],
-                          sample, tied)
+        _rescale_new_rows(model.eval(), new_ids, [spelled[s] for s in new], sample, tied)
     after = _tokens_per_char(tok, held)
     ext = {"base_model": str(model_dir.resolve()), "base_vocab": old_len, "added_range": [old_len, new_len],
            "added_chars": len([s for s in new if len(s) == 1]), "added_words": len([s for s in new if len(s) > 1])}

@@ -105,6 +105,18 @@ def test_spike_guard_gradient_norm_arm() -> None:
     assert h.grad_factor == 4.0 and h.grad_ema == g.grad_ema and h.grad_skipped == 1
 
 
+def test_spike_guard_rollback_keeps_counts() -> None:
+    g = SpikeGuard(factor=2.0, max_in_row=2, min_steps=1, grad_factor=4.0)
+    g.check(5.0, 1.0)
+    saved = g.state()  # what a checkpoint holds
+    g.check(5.0, float("nan"))
+    assert g.check(50.0, 1.0) == "rollback"
+    g.load(saved, keep_counters=True)
+    assert (g.skipped, g.grad_skipped, g.rollbacks) == (2, 1, 1) and g.accepted == 1 and g.in_row == 0
+    g.load(saved)  # a resume after a crash: the checkpoint's counts
+    assert (g.skipped, g.grad_skipped, g.rollbacks) == (0, 0, 0)
+
+
 def test_spike_guard_non_finite_gradient_always_skipped() -> None:
     g = SpikeGuard(factor=0.0, grad_factor=0.0)  # both ratio arms off
     assert g.check(5.0, 1.0) == "ok"

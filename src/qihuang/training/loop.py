@@ -130,7 +130,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
                           "schedule_steps": s.schedule_steps, "schedule_fitted": False}
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
 
-    def restore() -> bool:
+    def restore(rollback: bool = False) -> bool:
         meta = load_latest(accelerator, ckpt_root, warn)
         if meta is None:
             return False
@@ -138,7 +138,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             st[k] = meta[k]
         st["schedule_steps"] = meta.get("schedule_steps", s.schedule_steps)
         st["schedule_fitted"] = meta.get("schedule_fitted", False)
-        guard.load(meta["guard"])
+        guard.load(meta["guard"], keep_counters=rollback)
         return True
 
     resumed_from = st["step"] if restore() else None
@@ -218,12 +218,10 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             opt.step()
         opt.zero_grad(set_to_none=True)
         if decision == "rollback":
-            skipped, grad_skipped, rollbacks = guard.skipped, guard.grad_skipped, guard.rollbacks
             scale = st["lr_scale"] * s.rollback_lr_factor
             if list_checkpoints(ckpt_root):
-                restore()
+                restore(rollback=True)
                 session_t0, base_seconds = time.time(), st["train_seconds"]
-            guard.skipped, guard.grad_skipped, guard.rollbacks = skipped, grad_skipped, rollbacks
             st["lr_scale"] = scale
             if main:
                 metrics.log(event="rollback", step=st["step"], lr_scale=scale, loss=loss)
@@ -264,7 +262,6 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     return {"steps": st["step"], "tokens": st["tokens"], "train_seconds": round(total_seconds, 2),
             "tokens_per_s": round(st["tokens"] / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
             "grad_skipped_steps": guard.grad_skipped, "rollbacks": guard.rollbacks, "lr_scale": st["lr_scale"],
-            "stop_reason": stop_reason,
-            "resumed_from_step": resumed_from, "evals": st["evals"], "flops_per_token": fpt,
-            "schedule_steps": st["schedule_steps"],
-            "trainable_params": n_train, "params": n_params}
+            "stop_reason": stop_reason, "resumed_from_step": resumed_from, "evals": st["evals"],
+            "flops_per_token": fpt, "schedule_steps": st["schedule_steps"], "trainable_params": n_train,
+            "params": n_params}

@@ -25,11 +25,14 @@ class SpikeGuard:
     """Skip a step whose loss exceeds `factor` × its moving average, or whose gradient norm exceeds
     `grad_factor` × the moving average of accepted gradient norms; `max_in_row` skips in a row → roll back.
 
-    A gradient spike is the earlier sign: on the demo (smollm2 with 3.6k new rows, lr 5e-4) one batch's gradient
-    norm jumped 10× (4 → 45) with an ordinary loss, and the run that applied it spent the next 40 steps at grad
-    norms 30–230 and a higher loss. Averages are EMAs over accepted steps; judging starts after `min_steps` of
-    them. factor <= 0 (grad_factor <= 0) disables that arm; a non-finite loss or norm is always a spike.
+    Averages are EMAs over accepted steps; judging starts after `min_steps` of them. factor <= 0 (grad_factor <= 0)
+    disables that arm; a non-finite loss or gradient norm is always a spike (clipping would spread it over every
+    weight). The gradient arm is off by default: on the demo it skipped steps without removing the cause of the
+    spikes (short new embedding rows, see TokenizerConfig.rescale_new_rows) and ended worse.
     """
+
+    COUNTERS = ("skipped", "grad_skipped", "rollbacks")
+    """Cumulative counts: kept when the guard is rolled back to a checkpoint's state."""
 
     factor: float = 3.0
     max_in_row: int = 3
@@ -74,6 +77,8 @@ class SpikeGuard:
     def state(self) -> dict[str, Any]:
         return asdict(self)
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: dict[str, Any], keep_counters: bool = False) -> None:
+        """Restore a saved state; keep_counters: a rollback, the skip/rollback counts so far stay."""
         for k, v in state.items():
-            setattr(self, k, v)
+            if not (keep_counters and k in self.COUNTERS):
+                setattr(self, k, v)
