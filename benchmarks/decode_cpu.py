@@ -31,7 +31,8 @@ QUESTIONS = [
 
 def build_prompts(engine: Any, passages: Path | None, n: int, max_new: int) -> list[str]:
     """Rendered prompts: question + retrieved passages (when a corpus is given)."""
-    from qihuang.serve.retrieval import PassageIndex, prepare_prompt
+    from qihuang.rag import prepare_prompt
+    from qihuang.retrieval import PassageIndex
 
     index = PassageIndex.open(passages) if passages else None
     out = []

@@ -81,7 +81,7 @@ def start_local_server(args: argparse.Namespace) -> tuple[str, Any]:
 
     from qihuang.serve.app import create_app
     from qihuang.serve.engine import Engine
-    from qihuang.serve.retrieval import PassageIndex
+    from qihuang.retrieval import PassageIndex
     from qihuang.serve.settings import ServeConfig
 
     engine = Engine.load(args.model)

@@ -45,7 +45,7 @@ def passages_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def index(passages_file: Path) -> Any:
-    from qihuang.serve.retrieval import PassageIndex
+    from qihuang.retrieval import PassageIndex
 
     return PassageIndex.open(passages_file, rebuild=True)
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from qihuang.serve.retrieval import PassageIndex, best_span, citations_for, prepare_prompt, query_tokens
+from qihuang.rag import citations_for, prepare_prompt
+from qihuang.retrieval import PassageIndex, best_span, query_tokens
 
 
 @pytest.mark.parametrize("query, best", [
@@ -60,14 +61,14 @@ def test_best_span_and_citations(index: PassageIndex) -> None:
 def test_prepare_prompt_puts_passages_with_ids(engine: Any, index: PassageIndex) -> None:
     prep = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, 32)
     assert prep.hits[0].passage.id == "test-003"
-    assert "[1] 《拟方汇编·桂枝汤条》（test-003）" in prep.prompt and "问题：桂枝汤治什么？" in prep.prompt
+    assert "[1]《拟方汇编·桂枝汤条》" in prep.prompt and "问题：桂枝汤治什么？" in prep.prompt
     assert prep.prompt_tokens == engine.prompts.count_tokens(prep.prompt)
     # a max_tokens that leaves room for less drops the lowest-ranked passages first
     room = engine.max_context - prep.prompt_tokens + 5
     smaller = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, room)
     assert len(smaller.hits) < len(prep.hits) and smaller.prompt_tokens + room <= engine.max_context
     none = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤"}], None, 3, 160, 8)
-    assert none.hits == [] and "（test-" not in none.prompt
+    assert none.hits == [] and "《拟方汇编" not in none.prompt
 
 
 def test_search_cli(passages_file: Path) -> None:

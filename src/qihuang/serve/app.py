@@ -27,7 +27,8 @@ from qihuang.serve.protocol import (
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, Citation,
     Delta, ErrorResponse, Health, ModelCard, ModelList, Usage, error_body, new_id,
 )
-from qihuang.serve.retrieval import PassageIndex, Prepared, citations_for, prepare_prompt
+from qihuang.rag import Prepared, citations_for, prepare_prompt
+from qihuang.retrieval import PassageIndex
 from qihuang.serve.settings import ServeConfig
 
 WEB_DIR = Path(__file__).parent / "web"

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from qihuang.serve.engine import EngineError, SamplingParams
-from qihuang.serve.retrieval import PassageIndex, citations_for, prepare_prompt
+from qihuang.rag import citations_for, prepare_prompt
+from qihuang.retrieval import PassageIndex
 from qihuang.serve.settings import ChatConfig
 
 HELP = "commands: /reset (new conversation), /cite on|off (citations), /help, /quit"

@@ -22,7 +22,7 @@ def _passages_for(cfg: RetrievalConfig, model: str) -> Path | None:
 
 
 def _open_index(path: Path | None) -> Any:
-    from qihuang.serve.retrieval import PassageIndex
+    from qihuang.retrieval import PassageIndex
 
     if path is None:
         return None
@@ -81,7 +81,7 @@ def chat_cli(cfg: ChatConfig) -> None:
 @config_options(SearchConfig)
 def search_cli(query: str, cfg: SearchConfig) -> None:
     """Search the classics: ranked passages for QUERY (BM25, no model needed)."""
-    from qihuang.serve.retrieval import PassageIndex, best_span
+    from qihuang.retrieval import PassageIndex, best_span
 
     try:
         index = PassageIndex.open(cfg.passages, rebuild=cfg.rebuild)
