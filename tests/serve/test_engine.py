@@ -17,17 +17,35 @@ MESSAGES = [{"role": "user", "content": "脉浮而缓者何也？脉浮而缓者
 
 
 @pytest.mark.parametrize("n", [1, 7, 40])
-def test_greedy_matches_model_generate(engine: Engine, n: int) -> None:
+@pytest.mark.parametrize("guard", [False, True])
+def test_greedy_matches_model_generate(engine: Engine, n: int, guard: bool) -> None:
+    """The fast path equals `model.generate` with the same repetition control (`qihuang.decoding`'s processor)."""
     import torch
 
+    from qihuang.decoding import OFF, DecodeParams, _processor
+
+    decode = DecodeParams() if guard else OFF
     ids = engine.prompts.encode(engine.prompts.render(MESSAGES))
+    procs = [_processor(len(ids), decode)] if guard else []
     out = engine.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                max_new_tokens=n, do_sample=False)[0][len(ids):].tolist()
-    ref_ids = [t for t in out if t not in engine.eos_ids]
-    ref_ids = ref_ids[: next((i for i, t in enumerate(out) if t in engine.eos_ids), len(out))]
-    got = list(engine._token_stream(ids, SamplingParams(max_new_tokens=n), lambda: False))
+                                max_new_tokens=n, do_sample=False, logits_processor=procs)[0][len(ids):].tolist()
+    ref_ids = out[: next((i for i, t in enumerate(out) if t in engine.eos_ids), len(out))]
+    params = SamplingParams(max_new_tokens=n, repetition_penalty=decode.repetition_penalty,
+                            no_repeat_ngram_size=decode.no_repeat_ngram_size)
+    got = list(engine._token_stream(ids, params, lambda: False))
     assert got == ref_ids
-    assert engine.complete(MESSAGES, max_new_tokens=n) == engine.tokenizer.decode(ref_ids, skip_special_tokens=True)
+    text = "".join(c.text for c in engine.generate(MESSAGES, params))
+    assert text == engine.tokenizer.decode(ref_ids, skip_special_tokens=True)
+
+
+def test_default_decoding_never_repeats_an_ngram(engine: Engine) -> None:
+    from qihuang.decoding import DecodeParams
+
+    n = DecodeParams().no_repeat_ngram_size
+    ids = engine.prompts.encode(engine.prompts.render([{"role": "user", "content": "一一一一一一一一一一一一"}]))
+    got = list(engine._token_stream(ids, SamplingParams(max_new_tokens=60), lambda: False))
+    grams = [tuple(got[i:i + n]) for i in range(len(got) - n + 1)]
+    assert len(grams) == len(set(grams))
 
 
 def test_lookup_path_equals_plain_greedy(engine: Engine) -> None:

@@ -260,7 +260,7 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
             admission.release()
             raise
         params = SamplingParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
-                                top_k=req.top_k, stop=req.stop_list(), seed=req.seed)
+                                top_k=req.top_k, stop=req.stop_list(), seed=req.seed, **req.decode_overrides())
         job = Job(engine, prep, params, admission.release, lora=req.model if req.model in adapters else None)
         jobs.add(job)
         if req.stream:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qihuang.decoding import DecodeParams, penalize
+
 RUN_MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
 
 
@@ -91,6 +93,13 @@ class SamplingParams:
     """Stop strings: generation ends before the first occurrence (not included in the output)."""
     seed: int | None = None
     """Seed for sampling (None → nondeterministic)."""
+    repetition_penalty: float = DecodeParams.repetition_penalty
+    """Penalty on tokens already generated in this answer (1.0 = off; `qihuang.decoding.DecodeParams`)."""
+    no_repeat_ngram_size: int = DecodeParams.no_repeat_ngram_size
+    """A generated n-gram is never generated again in this answer (0 = off)."""
+
+    def __post_init__(self) -> None:
+        self.decode = DecodeParams(self.repetition_penalty, self.no_repeat_ngram_size)
 
 
 @dataclass
@@ -197,17 +206,9 @@ class Engine:
         from qihuang.template import chat_defaults
 
         self.prompts = PromptCodec(tokenizer, chat_defaults(path) if path is not None else {})
-        eos: set[int] = set()
-        for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-            if isinstance(src, int):
-                eos.add(src)
-            elif isinstance(src, (list, tuple)):
-                eos.update(int(x) for x in src)
-        for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
-            tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
-            if isinstance(tid, int) and tid >= 0:
-                eos.add(tid)
-        self.eos_ids = frozenset(eos)
+        from qihuang.decoding import stop_token_ids
+
+        self.eos_ids = stop_token_ids(model, tokenizer)
         from qihuang.tokenizer import fragment_token_ids
 
         # byte fragments an extended vocabulary no longer trains (they would decode to U+FFFD): never sampled
@@ -263,9 +264,10 @@ class Engine:
             self._suppress_idx = torch.tensor(self.suppressed, dtype=torch.long, device=logits.device)
         return logits.index_fill(-1, self._suppress_idx, float("-inf"))
 
-    def _pick(self, logits: Any, params: SamplingParams, gen: Any) -> int:
+    def _pick(self, logits: Any, params: SamplingParams, gen: Any, generated: Sequence[int] = ()) -> int:
         import torch
 
+        logits = penalize(logits, generated, params.decode)
         if params.temperature <= 0:
             return int(torch.argmax(logits))
         scores = logits / params.temperature
@@ -298,6 +300,7 @@ class Engine:
         logits = self._forward(prompt_ids, cache, keep=1)
         nxt = self._pick(logits[-1], params, gen)
         seq = list(prompt_ids)
+        n_prompt = len(seq)
         produced = 0
         greedy_lookup = params.temperature <= 0 and self.lookup_draft > 0
         while True:
@@ -312,10 +315,14 @@ class Engine:
             draft = _lookup_draft(seq, self.lookup_ngram, min(self.lookup_draft, room)) if greedy_lookup else []
             if not draft:
                 logits = self._forward([nxt], cache, keep=1)
-                nxt = self._pick(logits[-1], params, gen)
+                nxt = self._pick(logits[-1], params, gen, seq[n_prompt:])
                 continue
             logits = self._forward([nxt, *draft], cache, keep=0)
-            best = torch.argmax(logits, dim=-1).tolist()
+            if params.decode.active:  # verify against what greedy decoding with repetition control would pick
+                best = [int(torch.argmax(penalize(logits[j], seq[n_prompt:] + draft[:j], params.decode)))
+                        for j in range(len(draft) + 1)]
+            else:
+                best = torch.argmax(logits, dim=-1).tolist()
             accepted = 0
             while accepted < len(draft) and draft[accepted] == best[accepted]:
                 accepted += 1
@@ -340,13 +347,15 @@ class Engine:
                 self._decoder = StaticDecoder(self.model, self.max_context)
             dec = self._decoder
             nxt = self._pick(self._mask(dec.prefill(prompt_ids)), params, gen)
+            generated: list[int] = []
             for produced in range(1, params.max_new_tokens + 1):
                 if nxt in self.eos_ids or cancelled():
                     return
                 yield nxt
+                generated.append(nxt)
                 if produced >= params.max_new_tokens:
                     return
-                nxt = self._pick(self._mask(dec.step(nxt)), params, gen)
+                nxt = self._pick(self._mask(dec.step(nxt)), params, gen, generated)
 
     def generate(self, messages: Sequence[dict[str, Any]] | None = None, params: SamplingParams | None = None,
                  prompt: str | None = None, cancelled: Callable[[], bool] | None = None) -> Iterator[Chunk]:

@@ -62,6 +62,12 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="Accepted, not applied")
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="Accepted, not applied")
+    repetition_penalty: float | None = Field(default=None, ge=1.0, le=2.0, description=(
+        "Penalty on tokens already generated in this answer (1 = off; default: the server's, "
+        "qihuang.decoding.DecodeParams)"))
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=64, description=(
+        "A generated n-gram of this many tokens is never generated again (0 = off; 1 is refused; default: the "
+        "server's)"))
     user: str | None = Field(default=None, max_length=256)
     retrieval: bool = Field(default=True, description="Retrieve passages from the classics and cite them")
     passages_k: int | None = Field(default=None, ge=0, le=10, description="How many passages to retrieve")
@@ -75,6 +81,18 @@ class ChatCompletionRequest(BaseModel):
         if any(len(s) > 64 for s in items):
             raise ValueError("stop sequences must be at most 64 characters")
         return v
+
+    @field_validator("no_repeat_ngram_size")
+    @classmethod
+    def _check_ngram(cls, v: int | None) -> int | None:
+        if v == 1:
+            raise ValueError("no_repeat_ngram_size must be 0 (off) or >= 2")
+        return v
+
+    def decode_overrides(self) -> dict[str, float | int]:
+        """The repetition-control fields the request set (the engine's defaults apply to the others)."""
+        return {k: v for k, v in (("repetition_penalty", self.repetition_penalty),
+                                  ("no_repeat_ngram_size", self.no_repeat_ngram_size)) if v is not None}
 
     def stop_list(self) -> list[str]:
         """`stop` as a list of non-empty strings."""

@@ -117,6 +117,7 @@ class VLLMEngine:
                                 f"the model's context of {self.max_context} tokens")
         vparams = VLLMParams(n=1, temperature=params.temperature, top_p=params.top_p,
                              top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
+                             repetition_penalty=params.repetition_penalty,
                              stop=list(params.stop) or None, seed=params.seed, skip_special_tokens=True)
         rid = f"qh-{next(self._ids)}"
         out: queue.Queue[Any] = queue.Queue()
