@@ -50,3 +50,20 @@ def test_bad_specs_name_the_problem(tmp_path: Path) -> None:
 def test_list_models_reports_presets() -> None:
     names = {row["name"] for row in list_models()}
     assert {"smollm2-135m", "gemma3-270m", "tiny-llama"} <= names
+
+
+def test_model_folder_without_tokenizer_files_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """#16 defect 12: no tokenizer files gave "You need to have sentencepiece or tiktoken installed"."""
+    import shutil
+
+    from qihuang.models import ModelError, load_model, load_tokenizer
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.is_file() and not f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            shutil.copy(f, bare / f.name)
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(ModelError, match="no tokenizer files") as info:
+            load(bare)
+        assert str(bare) in str(info.value) and "sentencepiece" not in str(info.value)

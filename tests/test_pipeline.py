@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["corpus", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat"]
+STAGES = ["corpus", "index", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat"]
 
 
 def run(recipe: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -35,6 +35,9 @@ def test_tiny_recipe_end_to_end(tmp_path: Path, shared_data: Path) -> None:
         assert (run_dir / stage / "model" / "config.json").exists(), stage
     assert (run_dir / "corpus" / "train.jsonl").stat().st_size > 0
     assert (run_dir / "instruct" / "train.jsonl").stat().st_size > 0
+    index = json.loads((run_dir / "index" / "summary.json").read_text(encoding="utf-8"))
+    assert index["source"] == "train.jsonl" and index["passages"] > 0 and index["probe_found_itself"]
+    assert not (run_dir / "corpus" / "library.jsonl").exists()
     pre = json.loads((run_dir / "pretrain" / "summary.json").read_text(encoding="utf-8"))
     assert pre["steps"] > 0 and pre["tokens"] > 0
     results = json.loads((run_dir / "eval" / "results.json").read_text(encoding="utf-8"))

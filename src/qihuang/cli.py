@@ -10,6 +10,7 @@ import click
 from qihuang.config import ConfigError
 from qihuang.corpus.cli import corpus_cli
 from qihuang.evaluate.cli import eval_cli
+from qihuang.index import index_cli
 from qihuang.instruct.cli import instruct_cli
 from qihuang.merge import export_cli, merge_cli
 from qihuang.models import ModelError
@@ -23,8 +24,8 @@ from qihuang.tokenizer import tokenizer_cli
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="qihuang")
 def cli() -> None:
-    """岐黄 qihuang: corpus → tokenizer → pretrain → instruct → sft → dpo → eval → serve for the Chinese medical
-    classics. `qihuang run recipes/demo.yaml` runs them all."""
+    """岐黄 qihuang: corpus → index → tokenizer → pretrain → instruct → sft → dpo → eval → serve for the Chinese
+    medical classics. `qihuang run recipes/demo.yaml` runs them all."""
 
 
 @cli.command("run")
@@ -80,8 +81,8 @@ def models_prepare(name: str) -> None:
     click.echo(f"{path}\nprepared in {t1 - t0:.1f}s; loads in {time.time() - t1:.2f}s")
 
 
-for command in (corpus_cli, tokenizer_cli, pretrain_cli, instruct_cli, sft_cli, dpo_cli, merge_cli, export_cli,
-                eval_cli, serve_cli, chat_cli, search_cli):
+for command in (corpus_cli, index_cli, tokenizer_cli, pretrain_cli, instruct_cli, sft_cli, dpo_cli, merge_cli,
+                export_cli, eval_cli, serve_cli, chat_cli, search_cli):
     cli.add_command(command)
 
 

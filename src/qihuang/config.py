@@ -26,6 +26,21 @@ class ConfigError(ValueError):
     """A recipe or flag value is wrong; the message names the key and where it came from."""
 
 
+def check_ranges(stage: str, obj: Any, **bounds: tuple[float | None, float | None, bool]) -> None:
+    """Raise ConfigError naming `stage.field` when a numeric field is NaN or outside its bounds; each bound is
+    (low, high, low_exclusive), None meaning unbounded, high inclusive; a None field value is not checked."""
+    for name, (lo, hi, lo_open) in bounds.items():
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        ok = v == v and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
+        if not ok:
+            low = "-inf" if lo is None else f"{lo:g}"
+            high = "inf" if hi is None else f"{hi:g}"
+            raise ConfigError(f"{stage}.{name}: must be in {'(' if lo_open or lo is None else '['}{low}, "
+                              f"{high}{']' if hi is not None else ')'}, got {v!r}")
+
+
 @lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each dataclass field (``x: int = 1`` followed by ``\"\"\"doc\"\"\"``)."""

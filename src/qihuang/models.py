@@ -186,11 +186,25 @@ def prepare_model(spec: str = DEFAULT_MODEL) -> Path:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
+                   "tokenizer.tiktoken")
+"""Any one of these makes a folder loadable by AutoTokenizer (without it transformers blames a missing package)."""
+
+
+def check_tokenizer_files(path: str | Path) -> Path:
+    """`path` if it holds tokenizer files; otherwise a ModelError saying what is missing, in which folder."""
+    path = Path(path)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer files in this model folder (expected tokenizer.json or "
+                         "tokenizer.model, with tokenizer_config.json); copy them from the base model")
+    return path
+
+
 def load_tokenizer(spec: str | Path) -> Any:
     """The tokenizer of a prepared model directory or spec."""
     from transformers import AutoTokenizer
 
-    path = prepare_model(str(spec))
+    path = check_tokenizer_files(prepare_model(str(spec)))
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -1,4 +1,4 @@
-"""`qihuang run RECIPE.yaml`: chain corpus → tokenizer → pretrain → instruct → sft → dpo → eval → chat sample
+"""`qihuang run RECIPE.yaml`: chain corpus → index → tokenizer → pretrain → instruct → sft → dpo → eval → chat sample
 into `runs/<name>/`, skipping finished stages, and end with `runs/<name>/report.md`."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from qihuang.config import ConfigError, from_mapping, load_yaml, to_mapping
 from qihuang.corpus import CorpusConfig, build_corpus
 from qihuang.evaluate import EvalConfig, evaluate_models
+from qihuang.index import IndexConfig, build_index
 from qihuang.instruct import InstructConfig, build_instructions
 from qihuang.models import DEFAULT_MODEL, prepare_model
 from qihuang.preference import DPOConfig, dpo
@@ -22,7 +23,7 @@ from qihuang.runs import StageDir, atomic_open, run_stage, stage_dir, write_json
 from qihuang.sft import SFTConfig, sft
 from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
 
-STAGES = ("corpus", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat")
+STAGES = ("corpus", "index", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat")
 
 
 @dataclass
@@ -54,9 +55,11 @@ class Recipe:
     threads: int | None = None
     """CPU threads for torch (default: all cores)."""
     stages: list[str] = field(default_factory=lambda: list(STAGES))
-    """Stages to run, in pipeline order (a subset of corpus, tokenizer, pretrain, instruct, sft, dpo, eval, chat)."""
+    """Stages to run, in pipeline order (a subset of corpus, index, tokenizer, pretrain, instruct, sft, dpo, eval, chat)."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """Corpus stage."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """Retrieval-index stage (the library's BM25 index, built once for serving)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """Vocabulary-extension stage."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -76,7 +79,7 @@ class Recipe:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
-        if not self.name or "/" in self.name:
+        if not self.name or "/" in self.name or "\\" in self.name or self.name in (".", "..") or "\0" in self.name:
             raise ConfigError(f"name: must be a plain folder name, got {self.name!r}")
 
     @property
@@ -137,6 +140,7 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
 
     steps: list[tuple[str, Any, Callable[[Any], dict[str, Any]]]] = [
         ("corpus", recipe.corpus, lambda c: build_corpus(c, dirs["corpus"])),
+        ("index", recipe.index, lambda c: build_index(c, corpus_out, dirs["index"])),
         ("tokenizer", recipe.tokenizer, lambda c: extend_tokenizer(
             c, current, corpus_out / "train.jsonl", corpus_out / "heldout.jsonl", dirs["tokenizer"])),
         ("pretrain", recipe.pretrain, lambda c: pretrain(
@@ -146,7 +150,7 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
         ("dpo", recipe.dpo, lambda c: dpo(c, current, dirs["dpo"])),
         ("eval", recipe.eval, lambda c: evaluate_models(
             c, dict(models), corpus_out / "heldout.jsonl", _existing(dirs["instruct"].path / "heldout_qa.jsonl"),
-            dirs["eval"])),
+            dirs["eval"], index=run_dir)),
         ("chat", recipe.chat, lambda c: _chat_samples(c, current, dirs["chat"])),
     ]
     for name, cfg, work in steps:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
-from qihuang.config import ConfigError, data_file
+from qihuang.config import ConfigError, check_ranges, data_file
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.sftdata import read_records
 from qihuang.template import (
@@ -87,6 +87,8 @@ class DPOConfig:
             raise ConfigError(f"max_minutes: must be positive, got {self.max_minutes}")
         if self.lora_r <= 0 or self.batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:
             raise ConfigError("lora_r, batch_size, grad_accum and epochs must be positive")
+        check_ranges("dpo", self, learning_rate=(0, None, True), lora_dropout=(0, 0.999, False),
+                     save_steps=(1, None, False), eval_pairs=(0, None, False), max_pairs=(1, None, False))
 
 
 @dataclass

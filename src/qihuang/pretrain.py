@@ -12,7 +12,7 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options, model_passages_options, run_stage_command
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir
 
 EXTENSION_FILE = "qihuang_extension.json"
@@ -142,6 +142,14 @@ class PretrainConfig:
             raise ConfigError("pretrain.grad_checkpoint must be in [0, 1]")
         if self.eval_chars < 0 or self.eval_seq_len < 8:
             raise ConfigError("pretrain: eval_chars >= 0 and eval_seq_len >= 8 are required")
+        check_ranges("pretrain", self, log_every=(1, None, False), keep_checkpoints=(1, None, False),
+                     threads=(0, None, False), weight_decay=(0, None, False), rollback_lr_factor=(0, 1, True),
+                     clip=(0, None, False), spike_factor=(0, None, False), spike_grad_factor=(0, None, False),
+                     spike_max_in_row=(1, None, False), checkpoint_every_steps=(0, None, False),
+                     checkpoint_every_minutes=(0, None, False), eval_every=(0, None, False),
+                     ce_chunk_tokens=(0, None, False), warmup_steps=(0, None, False), lora_alpha=(0, None, True),
+                     lora_dropout=(0, 0.999, False), max_train_chars=(1, None, False),
+                     peak_tflops=(0, None, True), lr=(0, None, True))
 
 
 def _heldout_texts(heldout: Path, max_chars: int) -> list[str]:
@@ -224,6 +232,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qihuang.config import data_file
+    from qihuang.models import check_tokenizer_files
     from qihuang.runs import atomic_path, write_json
     from qihuang.training.bpc import bits_per_char
     from qihuang.training.data import mix_documents, pack_documents, read_general, read_texts
@@ -240,7 +249,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     main = accelerator.is_main_process
     metrics = out.metrics()
     model_dir = Path(model_dir)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(check_tokenizer_files(model_dir)))
     extension = _load_extension(model_dir)
 
     # data (deterministic from the seed: identical on every rank and every rerun)

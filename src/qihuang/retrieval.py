@@ -1,26 +1,29 @@
-"""Retrieval with citations: a BM25 index (bm25s) over the corpus passages, segmented with jieba + the TCM lexicon,
-built once per corpus file and cached; queries are segmented against the index vocabulary so loading takes ms."""
+"""Retrieval with citations: a BM25 index over the corpus passages (character unigrams + bigrams by default, or
+jieba + the TCM lexicon), built once per passages file and cached under a key made from the file's content."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import threading
+import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, overload
 
+from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder, Bm25Matrix, Vocab, char_tokens,
+                          file_fingerprint, full_mode_tokens, jieba_segmenter, jieba_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
 
-INDEX_VERSION = 2
-CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+")
+INDEX_VERSION = 3
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
-MAX_WORD = 8
+CHUNK_DOCS = 8192
+RUN_FILES = ("library.jsonl", "train.jsonl")
+"""Passages files of a run's corpus stage, in order of preference (the whole library, else the training books)."""
+__all__ = ["CJK", "Hit", "Passage", "PassageIndex", "best_span", "load_passages", "query_tokens", "resolve_passages"]
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,21 @@ class Passage:
     """A corpus passage (see the corpus stage's record shape); only the fields serving needs."""
 
     id: str
+    """Passage id (`<book file stem>:<start>-<end>`)."""
     book: str
+    """Book title."""
     section: str
+    """Section (篇名) title."""
     text: str
+    """Passage text."""
     dynasty: str = ""
+    """Dynasty of the book."""
     category: str = ""
+    """Category of the book."""
     start: int = 0
+    """Start offset in the cleaned book."""
     end: int = 0
+    """End offset in the cleaned book."""
 
     @property
     def title(self) -> str:
@@ -47,8 +58,11 @@ class Hit:
     """A ranked search result."""
 
     passage: Passage
+    """The passage."""
     score: float
+    """BM25 score."""
     rank: int
+    """1-based rank."""
 
 
 def _lexicon_path() -> Path | None:
@@ -60,56 +74,16 @@ def _lexicon_path() -> Path | None:
         return None
 
 
-_SEGMENTER: Any = None
-_SEG_LOCK = threading.Lock()
-
-
-def _jieba(lexicon: Path | None) -> Any:
-    """A private jieba tokenizer with the TCM lexicon loaded (built once per process)."""
-    global _SEGMENTER
-    with _SEG_LOCK:
-        if _SEGMENTER is None:
-            import logging
-
-            import jieba
-
-            jieba.setLogLevel(logging.WARNING)
-            seg = jieba.Tokenizer()
-            seg.initialize()
-            if lexicon is not None and lexicon.exists():
-                seg.load_userdict(str(lexicon))
-            _SEGMENTER = seg
-        return _SEGMENTER
-
-
 def index_tokens(text: str, segmenter: Any) -> list[str]:
-    """Tokens of a passage: jieba words (with the lexicon) plus every CJK character (robust on classical text)."""
-    out: list[str] = []
-    for run in CJK.findall(text):
-        if run.isascii():
-            out.append(run.lower())
-            continue
-        for word in segmenter.lcut(run, HMM=False):
-            out.append(word)
-            if len(word) > 1:
-                out.extend(word)
-    return out
+    """jieba segmentation of a passage (kept for callers of the old API; see qihuang.bm25.jieba_tokens)."""
+    return jieba_tokens(text, segmenter)
 
 
-def query_tokens(text: str, vocab: dict[str, int] | set[str]) -> list[str]:
-    """Full-mode segmentation against the index vocabulary: every known word starting at each character, plus
-    the character itself (no jieba at query time)."""
-    out: list[str] = []
-    for run in CJK.findall(text):
-        if run.isascii():
-            out.append(run.lower())
-            continue
-        for i in range(len(run)):
-            out.append(run[i])
-            for j in range(i + 2, min(len(run), i + MAX_WORD) + 1):
-                if run[i:j] in vocab:
-                    out.append(run[i:j])
-    return [t for t in out if t in vocab]
+def query_tokens(text: str, vocab: Any, segmentation: str = "jieba") -> list[str]:
+    """Query tokens that are in the index vocabulary: char n-grams, or (jieba) every known word at each character."""
+    if segmentation == "char":
+        return [t for t in char_tokens(text) if t in vocab]
+    return full_mode_tokens(text, vocab)
 
 
 def _bigrams(text: str) -> set[str]:
@@ -142,9 +116,8 @@ def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
     return s, min(e, s + max_chars)
 
 
-def load_passages(path: Path) -> list[Passage]:
-    """Read corpus passages (JSONL records with at least `id` and `text`)."""
-    passages = []
+def iter_passages(path: Path) -> Iterator[Passage]:
+    """Passages of a JSONL file (records with at least `text`; ConfigError names the bad line)."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -155,23 +128,42 @@ def load_passages(path: Path) -> list[Passage]:
                 raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(r, dict) or "text" not in r:
                 raise ConfigError(f"{path}:{lineno}: a passage needs at least `text` (and `id`, `book`, `section`)")
-            passages.append(Passage(id=str(r.get("id", f"{path.stem}-{lineno}")), book=str(r.get("book", "")),
-                                    section=str(r.get("section", "") or ""), text=str(r["text"]),
-                                    dynasty=str(r.get("dynasty", "") or ""), category=str(r.get("category", "") or ""),
-                                    start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0)))
+            yield Passage(id=str(r.get("id", f"{path.stem}-{lineno}")), book=str(r.get("book", "")),
+                          section=str(r.get("section", "") or ""), text=str(r["text"]),
+                          dynasty=str(r.get("dynasty", "") or ""), category=str(r.get("category", "") or ""),
+                          start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0))
+
+
+def load_passages(path: Path) -> list[Passage]:
+    """Read corpus passages (JSONL records with at least `id` and `text`)."""
+    passages = list(iter_passages(path))
     if not passages:
         raise ConfigError(f"{path}: no passages")
     return passages
 
 
+def run_index_choice(run_dir: Path) -> dict[str, Any]:
+    """What a run's index stage chose (`index/index.json`: passages file name, segmentation), or {}."""
+    path = run_dir / "index" / "index.json"
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve_passages(spec: str | Path) -> Path:
-    """A passages JSONL file, or a run dir (→ `corpus/train.jsonl`)."""
+    """A passages JSONL file, or a run dir (→ the file its index stage used, else `corpus/library.jsonl`, else
+    `corpus/train.jsonl`)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        cand = path / "corpus" / "train.jsonl"
-        if cand.exists():
-            return cand
-        raise ConfigError(f"{path}: a run directory without corpus/train.jsonl")
+        chosen = run_index_choice(path).get("passages")
+        for name in ([chosen] if chosen else []) + list(RUN_FILES):
+            cand = path / "corpus" / name
+            if cand.exists():
+                return cand
+        raise ConfigError(f"{path}: a run directory without corpus/library.jsonl or corpus/train.jsonl")
     if not path.exists():
         raise ConfigError(f"{path}: passages file not found")
     return path
@@ -223,16 +215,71 @@ class PassageStore(Sequence[Passage]):
             os.close(self._fd)
 
 
-class PassageIndex:
-    """BM25 over passages; `search(query, k)` returns ranked hits."""
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """meta.json of a finished index folder; ConfigError if the folder is missing or unfinished."""
+    if not folder.is_dir():
+        raise ConfigError(f"index {folder}: no such folder (build it with `qihuang index build` or "
+                          "`qihuang search --passages FILE`)")
+    if not (folder / "done").exists() or not (folder / "meta.json").exists():
+        raise ConfigError(f"index {folder}: not a finished index (no `done`/meta.json); rebuild it")
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("version") != INDEX_VERSION:
+        raise ConfigError(f"index {folder}: format version {meta.get('version')}, this qihuang reads "
+                          f"{INDEX_VERSION}; rebuild it")
+    return dict(meta)
 
-    def __init__(self, passages: Sequence[Passage], retriever: Any, vocab: dict[str, int],
-                 source: Path | None = None, load_seconds: float = 0.0) -> None:
+
+def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Path | None,
+                       fingerprint: str) -> dict[str, Any]:
+    """Stream `path` in chunks into `folder` (passages.jsonl + offsets, the BM25 matrix, meta.json, `done`)."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    builder = Bm25Builder(segmentation, lexicon)
+    offsets = [0]
+    with open(folder / "passages.jsonl", "wb") as out:
+        batch: list[Passage] = []
+        for p in iter_passages(path):
+            out.write(json.dumps(asdict(p), ensure_ascii=False).encode() + b"\n")
+            offsets.append(out.tell())
+            batch.append(p)
+            if len(batch) == CHUNK_DOCS:
+                builder.add([f"{q.book} {q.section} {q.text}" for q in batch])
+                batch = []
+        builder.add([f"{q.book} {q.section} {q.text}" for q in batch])
+    if builder.n_docs == 0:
+        raise ConfigError(f"{path}: no passages")
+    np.save(folder / "passages.offsets.npy", np.asarray(offsets, dtype=np.int64))
+    matrix = builder.finish()
+    matrix.save(folder)
+    meta = {"version": INDEX_VERSION, "segmentation": segmentation, "fingerprint": fingerprint,
+            "source": path.name, "source_path": str(path.resolve()),
+            "lexicon": _lexicon_hash(lexicon) if segmentation == "jieba" else None,
+            "passages": builder.n_docs, "terms": len(matrix.terms), "nnz": matrix.stats["nnz"],
+            "build_seconds": round(time.perf_counter() - t0, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    (folder / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    (folder / "done").write_text("", encoding="utf-8")
+    return meta
+
+
+def _lexicon_hash(lexicon: Path | None) -> str | None:
+    return file_fingerprint(lexicon)[:16] if lexicon is not None and lexicon.exists() else None
+
+
+class PassageIndex:
+    """BM25 over passages; `search(query, k)` returns ranked hits. `open()` builds once and caches."""
+
+    def __init__(self, passages: Sequence[Passage], matrix: Bm25Matrix, segmentation: str = DEFAULT_SEGMENTATION,
+                 source: Path | None = None, load_seconds: float = 0.0, meta: dict[str, Any] | None = None) -> None:
         self.passages = passages
-        self.retriever = retriever
-        self.vocab = vocab
+        self.matrix = matrix
+        self.vocab = Vocab(matrix.terms)
+        self.segmentation = segmentation
         self.source = source
         self.load_seconds = load_seconds
+        self.meta = meta or {}
+        self.built = False
         self._by_id: dict[str, Passage] | None = None
 
     @property
@@ -243,62 +290,79 @@ class PassageIndex:
         return self._by_id
 
     @staticmethod
-    def cache_dir_for(path: Path, lexicon: Path | None) -> Path:
-        """Cache folder keyed by the corpus file (path, size, mtime) and the lexicon used."""
-        st = path.stat()
-        lex = f"{lexicon}:{lexicon.stat().st_size}" if lexicon is not None and lexicon.exists() else "none"
-        key = f"v{INDEX_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{lex}"
-        return qihuang_home() / "indexes" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    def cache_key(fingerprint: str, lexicon: Path | None, segmentation: str = DEFAULT_SEGMENTATION) -> str:
+        """Cache folder name: the passages' content, the lexicon's content (jieba only), segmentation, version."""
+        import hashlib
+
+        lex = _lexicon_hash(lexicon) if segmentation == "jieba" else None
+        key = f"v{INDEX_VERSION}|{segmentation}|{fingerprint}|{lex}"
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     @classmethod
-    def build(cls, passages: list[Passage], lexicon: Path | None = None, source: Path | None = None) -> PassageIndex:
-        """Segment and index passages in memory."""
-        import bm25s
-
-        seg = _jieba(lexicon)
-        corpus = [index_tokens(f"{p.book} {p.section} {p.text}", seg) or ["∅"] for p in passages]
-        retriever = bm25s.BM25()
-        retriever.index(corpus, show_progress=False)
-        vocab = dict(retriever.vocab_dict)
-        return cls(passages, retriever, vocab, source)
+    def cache_dir_for(cls, path: Path, lexicon: Path | None, segmentation: str = DEFAULT_SEGMENTATION) -> Path:
+        """Cache folder of a passages file (independent of where the file lives)."""
+        return qihuang_home() / "indexes" / cls.cache_key(file_fingerprint(path), lexicon, segmentation)
 
     @classmethod
-    def open(cls, spec: str | Path, lexicon: Path | None | str = "auto", rebuild: bool = False) -> PassageIndex:
-        """Load the cached index of a corpus file (building and caching it the first time)."""
-        import bm25s
+    def build(cls, passages: list[Passage], lexicon: Path | None = None, source: Path | None = None,
+              segmentation: str = DEFAULT_SEGMENTATION) -> PassageIndex:
+        """Segment and index passages in memory (no cache)."""
+        builder = Bm25Builder(segmentation, lexicon)
+        for i in range(0, len(passages), CHUNK_DOCS):
+            builder.add([f"{p.book} {p.section} {p.text}" for p in passages[i:i + CHUNK_DOCS]])
+        return cls(passages, builder.finish(), segmentation, source)
 
-        t0 = time.perf_counter()
-        path = resolve_passages(spec)
-        lex = _lexicon_path() if lexicon == "auto" else (Path(lexicon) if lexicon else None)
-        cache = cls.cache_dir_for(path, lex)
-        if not rebuild and (cache / "done").exists():
-            retriever = bm25s.BM25.load(str(cache), show_progress=False, mmap=True)
-            passages = PassageStore(cache / "passages.jsonl")
-            return cls(passages, retriever, retriever.vocab_dict, path, time.perf_counter() - t0)
-        index = cls.build(load_passages(path), lex, path)
-        from qihuang.runs import atomic_path
-
-        with atomic_path(cache) as tmp:
-            index.retriever.save(str(tmp), show_progress=False)
-            PassageStore.write(tmp, index.passages)
-            (tmp / "source.json").write_text(json.dumps({"passages": str(path), "lexicon": str(lex)}),
-                                             encoding="utf-8")
-            (tmp / "done").write_text("", encoding="utf-8")
+    @classmethod
+    def load(cls, folder: Path, source: Path | None = None, t0: float | None = None) -> PassageIndex:
+        """Open a finished index folder (arrays memory-mapped, passages read on demand)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        meta = _read_meta(folder)
+        passages = PassageStore(folder / "passages.jsonl")
+        index = cls(passages, Bm25Matrix.load(folder), meta["segmentation"], source, 0.0, {**meta, "dir": str(folder)})
         index.load_seconds = time.perf_counter() - t0
         return index
 
+    @classmethod
+    def open(cls, spec: str | Path, lexicon: Path | None | str = "auto", rebuild: bool = False,
+             segmentation: str | None = None, index_dir: Path | None = None) -> PassageIndex:
+        """The index of a passages file or run dir: `index_dir` if given (it must hold the index of exactly this
+        file), else the cache folder keyed by the file's content (built and cached the first time)."""
+        t0 = time.perf_counter()
+        path = resolve_passages(spec)
+        if segmentation is None and Path(spec).is_dir():
+            segmentation = run_index_choice(Path(spec)).get("segmentation")
+        seg = segmentation or DEFAULT_SEGMENTATION
+        if seg not in SEGMENTATIONS:
+            raise ConfigError(f"segmentation must be one of {list(SEGMENTATIONS)}, got {seg!r}")
+        fingerprint = file_fingerprint(path)
+        if index_dir is not None:
+            meta = _read_meta(Path(index_dir))
+            if meta.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"index {index_dir} was built from {meta.get('source')} "
+                    f"(sha256 {str(meta.get('fingerprint'))[:12]}…) but the passages file {path} has sha256 "
+                    f"{fingerprint[:12]}…: a different file; rebuild the index or pass its passages")
+            return cls.load(Path(index_dir), path, t0)
+        lex = _lexicon_path() if lexicon == "auto" else (Path(lexicon) if lexicon else None)
+        cache = qihuang_home() / "indexes" / cls.cache_key(fingerprint, lex, seg)
+        if rebuild or not (cache / "done").exists():
+            from qihuang.runs import atomic_path
+
+            with atomic_path(cache) as tmp:
+                tmp.mkdir(parents=True, exist_ok=True)
+                build_index_folder(path, tmp, seg, lex, fingerprint)
+            index = cls.load(cache, path, t0)
+            index.built = True
+            return index
+        return cls.load(cache, path, t0)
+
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """Top-k passages for `query` (empty if no query term is in the index)."""
-        import numpy as np
-
-        tokens = query_tokens(query, self.vocab)
-        if not tokens or k <= 0:
+        if self.segmentation == "char":
+            keys = token_keys(char_tokens(query))
+        else:
+            keys = token_keys(full_mode_tokens(query, self.vocab))
+        if not len(keys) or k <= 0:
             return []
-        k = min(k, len(self.passages))
-        docs, scores = self.retriever.retrieve([tokens], k=k, show_progress=False, n_threads=0)
-        hits = []
-        for rank, (doc, score) in enumerate(zip(np.asarray(docs[0]).tolist(), np.asarray(scores[0]).tolist())):
-            if score <= 0:
-                continue
-            hits.append(Hit(self.passages[int(doc)], float(score), rank + 1))
-        return hits
+        return [Hit(self.passages[doc], score, rank)
+                for rank, (doc, score) in enumerate(self.matrix.top(keys, k), 1)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,6 +19,36 @@ from pathlib import Path
 from typing import IO, Any
 
 from qihuang.config import to_mapping
+
+
+def sweep_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temporaries `atomic_path` left in `directory` when its process was killed (kill -9): hidden
+    `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>` entries whose process is gone. Returns what was removed."""
+    removed: list[Path] = []
+    if not Path(directory).is_dir():
+        return removed
+    for p in sorted(Path(directory).glob(".*")):
+        m = re.search(r"\.(?:tmp|old)-(\d+)", p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # this process may be writing it right now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.sftdata import (
     Example, LoadReport, curriculum, label_tokens, load_examples, mix, rouge_l, split_validation,
@@ -125,6 +125,10 @@ class SFTConfig:
             raise ConfigError(f"max_minutes: must be positive, got {self.max_minutes}")
         if self.batch_size <= 0 or self.grad_accum <= 0 or self.eval_steps <= 0 or self.epochs <= 0:
             raise ConfigError("batch_size, grad_accum, eval_steps and epochs must be positive")
+        check_ranges("sft", self, learning_rate=(0, None, True), warmup=(0, 1, False), max_val=(0, None, False),
+                     max_samples=(1, None, False), curriculum_stages=(0, None, False),
+                     early_stopping_patience=(0, None, False), qa_samples=(0, None, False),
+                     qa_max_new_tokens=(1, None, False))
         if self.early_stopping_patience > 0 and self.val_fraction == 0 and self.eval_data is None:
             raise ConfigError("early_stopping_patience needs validation data: set val_fraction > 0 or eval_data")
 

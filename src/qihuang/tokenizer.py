@@ -229,13 +229,14 @@ def extend_tokenizer(cfg: TokenizerConfig, model_dir: Path, train: Path, heldout
     from tokenizers import AddedToken
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from qihuang.models import check_tokenizer_files
     from qihuang.runs import atomic_path, write_json
 
     t0 = time.time()
     model_dir = Path(model_dir)
     target = out.path / "model"
     held = _texts(heldout, cfg.heldout_chars)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(check_tokenizer_files(model_dir)))
     before = _tokens_per_char(tok, held)
     if not cfg.enabled:
         with atomic_path(target) as tmp:

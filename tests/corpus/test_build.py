@@ -119,17 +119,17 @@ def test_workers_give_the_same_output(library: Path, built: tuple[Path, dict, di
 
 
 def test_vanishing_file_and_max_books(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = build_mod.discover
+    real = build_mod.survey
 
-    def discover_then_delete(source: Path) -> list[Path]:
-        files = real(source)
+    def survey_then_delete(source: Path) -> tuple[list[Path], list[Any]]:
+        found = real(source)
         victim = tmp_path / "src" / "003-试药本草.txt"
         os.remove(victim)  # disappears after being listed, before it is read
-        return files
+        return found
 
     src = tmp_path / "src"
     make_library(src)
-    monkeypatch.setattr(build_mod, "discover", discover_then_delete)
+    monkeypatch.setattr(build_mod, "survey", survey_then_delete)
     summary, card = build(src, tmp_path / "c", max_books=2)
     files = {f["file"]: f for f in card["files"]}
     assert files["003-试药本草.txt"]["reason"] == "vanished"

@@ -44,6 +44,8 @@ class Behaviour:
     in_flight: int = 0
     max_in_flight: int = 0
     auth: list[str] = field(default_factory=list)
+    usage: Any = None
+    """When set, the reply's `usage` field verbatim (malformed ones: `"x"`, {"prompt_tokens": "n/a"})."""
     mix: bool = False
     """Pick a reply style and a first-attempt fault per passage from a hash of its text (demo runs)."""
 
@@ -154,9 +156,10 @@ def create_app(b: Behaviour) -> FastAPI:
                 "model": body.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(json.dumps(body, ensure_ascii=False)) // 2,
-                          "completion_tokens": len(content) or 1,
-                          "total_tokens": len(json.dumps(body, ensure_ascii=False)) // 2 + len(content)},
+                "usage": b.usage if b.usage is not None else {
+                    "prompt_tokens": len(json.dumps(body, ensure_ascii=False)) // 2,
+                    "completion_tokens": len(content) or 1,
+                    "total_tokens": len(json.dumps(body, ensure_ascii=False)) // 2 + len(content)},
             }, ensure_ascii=False)
             if fault == "die":
                 async def dying() -> Any:

@@ -232,3 +232,19 @@ def test_teacher_config_is_dataclass_friendly() -> None:
     cfg = tcfg("http://127.0.0.1:1/v1")
     assert dataclasses.replace(cfg, concurrency=2).concurrency == 2
     assert KEY not in repr(cfg)
+
+
+@pytest.mark.parametrize("usage", ["x", {"prompt_tokens": "n/a", "completion_tokens": None}, [1, 2], 7,
+                                   {"prompt_tokens": -5, "completion_tokens": float("inf")}])
+def test_malformed_usage_is_tolerated_and_cached(tmp_path: Path, passages_file: Path, teacher_env: None,
+                                                 usage: object) -> None:
+    """#16 defect 7: `"usage": "x"` killed the build with an AttributeError before the paid answer was cached."""
+    ps = load_passages(passages_file)[:2]
+    with FakeTeacher(Behaviour(usage=usage)) as t:
+        pairs, rejects, stats = run_teacher(tcfg(t.url), ps, tmp_path / "cache")
+        assert {p.passage_id for p in pairs} == {p.id for p in ps} and not rejects
+        assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0  # estimated instead
+        paid = t.b.requests
+        again, _, stats2 = run_teacher(tcfg(t.url), ps, tmp_path / "cache")
+        assert t.b.requests == paid and stats2["cached"] == len(ps)  # the rerun pays nothing
+        assert len(again) == len(pairs)

@@ -26,8 +26,7 @@ def keyed(engine: Any, index: Any) -> Iterator[LiveServer]:
 
 def _requests(url: str) -> list[tuple[str, str, dict[str, Any] | None]]:
     chat = {"messages": [{"role": "user", "content": "桂枝汤"}], "max_tokens": 4}
-    return [("GET", "/", None), ("GET", "/static/app.js", None), ("GET", "/static/style.css", None),
-            ("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat),
+    return [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat),
             ("POST", "/v1/chat/completions", {**chat, "stream": True}), ("GET", "/openapi.json", None),
             ("GET", "/docs", None), ("GET", "/redoc", None), ("GET", "/no-such-path", None),
             ("POST", "/v1/chat/completions", {"bad": 1}), ("DELETE", "/v1/models", None)]
@@ -49,8 +48,18 @@ def test_everything_but_health_needs_a_valid_key(keyed: LiveServer, auth: str | 
 def test_routes_all_covered(keyed: LiveServer) -> None:
     """Every route the app has is in the list the auth test walks (a new route must be added there)."""
     paths = {getattr(r, "path", "") for r in keyed.app.routes}
-    walked = {p for _, p, _ in _requests(keyed.url)} | {"/health", "/static/{name}", "/docs/oauth2-redirect"}
+    walked = {p for _, p, _ in _requests(keyed.url)} | {"/health", "/", "/static/{name}", "/docs/oauth2-redirect"}
     assert paths <= walked, paths - walked
+
+
+def test_web_page_and_assets_are_public(keyed: LiveServer) -> None:
+    """#16 defect 6: with --api-keys the page (and its assets) still loads, so its key field can be shown."""
+    for path, kind in (("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")):
+        r = httpx.get(keyed.url + path, timeout=30)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), (path, r.status_code)
+    assert httpx.get(f"{keyed.url}/static/secret.txt", timeout=30).status_code == 404
+    assert httpx.get(f"{keyed.url}/static/../v1/models", timeout=30).status_code in (401, 404)
+    assert httpx.get(f"{keyed.url}/v1/models", timeout=30).status_code == 401
 
 
 def test_valid_keys_work(keyed: LiveServer) -> None:

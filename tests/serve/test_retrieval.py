@@ -41,9 +41,14 @@ def test_cached_index_loads_fast_and_ranks_the_same(passages_file: Path, index: 
         assert [h.passage.id for h in again.search(q, 3)] == [h.passage.id for h in index.search(q, 3)]
 
 
-def test_query_tokens_use_index_vocab(index: PassageIndex) -> None:
-    toks = query_tokens("桂枝汤主治", index.vocab)
-    assert "桂枝汤" in toks and all(t in index.vocab for t in toks)
+def test_query_tokens_use_index_vocab(index: PassageIndex, passages_file: Path) -> None:
+    toks = query_tokens("桂枝汤主治", index.vocab, index.segmentation)
+    assert index.segmentation == "char" and {"桂", "桂枝", "枝汤"} <= set(toks)
+    assert all(t in index.vocab for t in toks) and "主治" not in toks  # 主治 is in no passage
+    words = PassageIndex.open(passages_file, segmentation="jieba", lexicon=None)
+    toks = query_tokens("桂枝汤主治", words.vocab, words.segmentation)
+    assert "桂枝汤" in toks and all(t in words.vocab for t in toks)
+    assert words.search("桂枝汤治什么？", 1)[0].passage.id == "test-003"
 
 
 def test_best_span_and_citations(index: PassageIndex) -> None:

@@ -18,14 +18,16 @@ from qihuang.corpus.category import Categoriser
 from qihuang.corpus.classics import parse_year
 from qihuang.corpus.dedup import Deduper, exact_hash, signature
 from qihuang.corpus.filters import FilterConfig, Probe, check
-from qihuang.corpus.ingest import SUFFIXES, discover, ingest_file, iter_header_lines, title_from_name
+from qihuang.corpus.ingest import (
+    SUFFIXES, book_key, ingest_file, iter_header_lines, printable_name, survey, title_from_name, valid_name,
+)
 from qihuang.corpus.normalise import normalise_book
 from qihuang.corpus.overlap import TextOverlap, text_fingerprints
 from qihuang.corpus.passages import book_passages, layout
 from qihuang.corpus.records import RejectedFile
 from qihuang.corpus.settings import CorpusConfig, resolve_source
 from qihuang.corpus.split import Candidate, check_heldout, is_heldout, processing_order, select
-from qihuang.runs import StageDir, atomic_open, atomic_path
+from qihuang.runs import StageDir, atomic_open, atomic_path, sweep_stale_temps
 
 EXAMPLES_PER_REASON = 3
 
@@ -55,20 +57,24 @@ def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | Non
     """Worker: one file -> {'ok', 'book' meta, 'stats', 'passages', 'rejects', 'fingerprints'}; passages come as
     (JSON line, id, exact hash, MinHash signature, length, preview, markup leaks) so the parent only decides."""
     path, name, title, category, held, opts, books_dir = job
+    lib_only = bool(opts.get("library_only"))
     t0 = time.time()
     try:
         book = ingest_file(path, name)
     except RejectedFile as exc:
-        return {"ok": False, "file": name, "reason": exc.reason, "message": str(exc)}
+        return {"ok": False, "file": name, "reason": exc.reason, "message": str(exc), "library_only": lib_only}
     except Exception as exc:  # noqa: BLE001 - a bad file must not stop the run; it is reported with its path
-        return {"ok": False, "file": name, "reason": "parse_error", "message": f"{name}: {type(exc).__name__}: {exc}"}
+        return {"ok": False, "file": name, "reason": "parse_error", "message": f"{name}: {type(exc).__name__}: {exc}",
+                "library_only": lib_only}
     if not book.category:
         book.category = (category if book.title == title else
                          _categoriser(opts["category_rules"], tuple(opts["category_map"]))(book.title, name))
     normalise_book(book, punctuation=opts["punctuation"], collapse_spaces=opts["collapse_spaces"], t2s=opts["t2s"])
     laid = layout(book)
     if books_dir is not None:
-        with open(Path(books_dir) / f"{Path(name).stem}.txt", "w", encoding="utf-8") as fh:
+        target = Path(books_dir) / f"{book_key(name)}.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", encoding="utf-8") as fh:
             fh.write(laid.text)
     fcfg = FilterConfig(min_chars=opts["min_chars"], min_cjk_ratio=opts["min_cjk_ratio"])
     kept: list[tuple[str, str, bytes, Any, int, str, tuple[int, int, int]]] = []
@@ -84,17 +90,34 @@ def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | Non
                             f"{rec['id']}: {text[:120]}"))
             continue
         sig = (signature(text, opts["shingle"], opts["minhash_perm"], opts["seed"], cps=probe.cps)
-               if opts["dedup"] else None)
+               if opts["dedup"] and not lib_only else None)
         leaks = (text.count("\\x"), text.count("<篇名>"), text.count("<目录>"))
         kept.append((json.dumps(rec, ensure_ascii=False), rec["id"], exact_hash(text), sig, len(text),
                      text[:120], leaks))
-    hashes, weights = text_fingerprints(laid.text)
+    hashes, weights = text_fingerprints(laid.text) if not lib_only else ([], [])
     meta = {"file": name, "title": book.title, "author": book.author, "dynasty": book.dynasty, "year": book.year,
             "category": book.category, "encoding": book.encoding, "kind": book.kind, "heldout": held,
             "bytes": book.size_bytes, "chars": len(laid.text), "sections": len(book.sections),
             "replacements": book.replacements[:50], "seconds": round(time.time() - t0, 3)}
     return {"ok": True, "book": meta, "stats": dict(book.stats), "passages": kept, "rejects": rejects,
-            "fingerprints": (hashes, weights)}
+            "fingerprints": (hashes, weights), "library_only": lib_only}
+
+
+def _refused_row(name: str, reason: str, message: str) -> dict[str, Any]:
+    """A file-level reject row; the name is made valid UTF-8 first (it goes into JSON and the card)."""
+    shown = printable_name(name)
+    return {"file": shown, "status": "rejected", "reason": reason, "message": f"{shown}: {message}"}
+
+
+def _library_only(res: dict[str, Any], lib: Any, counts: Counter[str]) -> None:
+    """A book read only for library.jsonl (not selected for training): its passages, no dedup or card rows."""
+    if not res["ok"]:
+        counts["library_rejected"] += 1
+        return
+    for line, *_ in res["passages"]:
+        lib.write(line + "\n")
+        counts["library_passages"] += 1
+    counts["library_books"] += 1
 
 
 def _notes_mode(rec: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -129,22 +152,31 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
     """Write train.jsonl / heldout.jsonl / rejects.jsonl / card.{md,json,png} (and books/) into `out.path`."""
     t0 = time.time()
     source = resolve_source(cfg)
-    files = discover(source)
+    files, refused = survey(source)
     if not files:
         raise ConfigError(f"{source}: no input files found (expected {', '.join(SUFFIXES)}); "
                           "pass --source DIR or download the books with `qihuang corpus fetch`")
     out.path.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out.path)  # what a killed run (kill -9) left behind
     metrics = out.metrics()
     categorise = Categoriser(cfg.category_rules, cfg.category_map)
     base = source if source.is_dir() else source.parent
-    file_rows: list[dict[str, Any]] = []
+    file_rows = [_refused_row(str(p.relative_to(base)), reason, message) for p, reason, message in refused]
     cands: list[Candidate] = []
+    keys: dict[str, str] = {}
     for p in files:
         name = str(p.relative_to(base))
+        if not valid_name(name):
+            file_rows.append(_refused_row(name, "invalid_file_name", "file name is not valid UTF-8; rename it"))
+            continue
         if p.suffix.lower() not in SUFFIXES:
             file_rows.append({"file": name, "status": "rejected", "reason": "unsupported_type",
                               "message": f"{name}: unsupported file type {p.suffix or '(none)'!r}"})
             continue
+        if book_key(name) in keys:  # x.txt beside x.md: both would be books/x.txt
+            file_rows.append(_refused_row(name, "name_clash", f"same book name as {keys[book_key(name)]}"))
+            continue
+        keys[book_key(name)] = name
         cands.append(_candidate(p, name, categorise))
     missing_heldout = check_heldout(cands, cfg.heldout_books, strict=False)
     chosen = processing_order(select(cands, cfg.heldout_books, cfg.max_books), cfg.heldout_books)
@@ -169,6 +201,7 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
         train = stack.enter_context(atomic_open(out.path / "train.jsonl"))
         held = stack.enter_context(atomic_open(out.path / "heldout.jsonl"))
         rej = stack.enter_context(atomic_open(out.path / "rejects.jsonl"))
+        lib = stack.enter_context(atomic_open(out.path / "library.jsonl")) if cfg.library else None
         books_dir: Path | None = None
         if cfg.write_books:
             books_dir = stack.enter_context(atomic_path(out.path / "books"))
@@ -179,7 +212,13 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
             rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
         jobs = [(c.path, c.name, c.title, c.category, is_heldout(c, cfg.heldout_books), opts,
                  str(books_dir) if books_dir else None) for c in chosen]
+        if lib is not None:
+            jobs += [(c.path, c.name, c.title, c.category, False, {**opts, "library_only": True}, None)
+                     for c in cands if id(c) not in chosen_ids]
         for res in _results(jobs, cfg.workers):
+            if res["library_only"]:
+                _library_only(res, lib, counts)
+                continue
             if not res["ok"]:
                 row = {"file": res["file"], "status": "rejected", "reason": res["reason"], "message": res["message"]}
                 file_rows.append(row)
@@ -187,6 +226,7 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
                 metrics.log(event="file_rejected", **row)
                 continue
             meta = res["book"]
+            counts["library_books"] += lib is not None
             parse_stats.update(res["stats"])
             is_held = meta["heldout"]
             if is_held:
@@ -201,6 +241,9 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
                     examples[reason].append({"text": preview})
                 rej.write(line + "\n")
             for line, pid, digest, sig, n, preview, leak in res["passages"]:
+                if lib is not None:
+                    lib.write(line + "\n")
+                    counts["library_passages"] += 1
                 dup = dedup.check(pid, meta["file"], digest, sig) if dedup else None
                 if dup is not None:
                     reject_reasons[dup["reason"]] += 1
@@ -235,6 +278,9 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
     summary = _summary(cfg, source, file_rows, counts, parse_stats, reject_reasons, examples, overlap, per_cat,
                        per_dyn, leaks, missing_heldout, skipped, dedup, time.time() - t0)
     summary["text_overlap"] = overlap_text.report()
+    if cfg.library:
+        summary.update(library_passages=counts["library_passages"], library_books=counts["library_books"],
+                       library_books_rejected=counts["library_rejected"])
     write_card(out.path, summary, file_rows)
     metrics.log(event="done", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     metrics.close()
@@ -243,7 +289,8 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
                           f"see {out.path / 'card.md'} for the reasons")
     return {k: summary[k] for k in ("books_ingested", "books_rejected", "books_skipped", "train_passages",
                                     "heldout_passages", "train_chars", "heldout_chars", "duplicates_removed",
-                                    "passages_rejected", "replacement_chars", "heldout_books")}
+                                    "passages_rejected", "replacement_chars", "heldout_books")
+            if k in summary} | {k: summary[k] for k in ("library_passages", "library_books") if k in summary}
 
 
 def _summary(cfg: CorpusConfig, source: Path, rows: list[dict[str, Any]], counts: Counter[str],

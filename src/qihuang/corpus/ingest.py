@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +23,75 @@ _TITLE_FROM_NAME = re.compile(r"^\d+[-_ ]+")
 
 
 def discover(source: Path) -> list[Path]:
-    """All regular files under `source` (or `source` itself), sorted; hidden files are skipped."""
-    if source.is_file():
-        return [source]
-    files = [p for p in source.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                        p.relative_to(source).parts)]
-    return sorted(files)
+    """All regular files under `source` (or `source` itself), sorted; hidden files and refused links are skipped."""
+    return survey(source)[0]
+
+
+def survey(source: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
+    """(regular files to read, sorted; refused entries as (path, reason, message)). Hidden entries, links that
+    dangle, point outside `source` or to a folder, and things that are not regular files are refused with a
+    reason, so every entry of the folder is accounted for; nothing outside `source` is ever read."""
+    if not source.is_dir():
+        return [source], []
+    root = source.resolve()
+    files: list[Path] = []
+    refused: list[tuple[Path, str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
+        d = Path(dirpath)
+        for name in sorted(dirnames):
+            p = d / name
+            if name.startswith("."):
+                refused.append((p, "hidden", "hidden folder, not read"))
+            elif p.is_symlink():
+                refused.append((p, "link_to_folder", "symbolic link to a folder, not followed"))
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and not (d / n).is_symlink())
+        for name in filenames:
+            p = d / name
+            why = _refusal(p, root)
+            if why is None:
+                files.append(p)
+            else:
+                refused.append((p, *why))
+    return sorted(files), sorted(refused)
+
+
+def _refusal(p: Path, root: Path) -> tuple[str, str] | None:
+    """Why the directory entry `p` is not read (None: it is a regular file inside the source folder)."""
+    if p.name.startswith("."):
+        return "hidden", "hidden file, not read"
+    if p.is_symlink():
+        try:
+            target = p.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return "dangling_link", "symbolic link to a missing target"
+        if not target.is_relative_to(root):
+            return "link_outside_source", "symbolic link pointing outside the source folder, not followed"
+        if not target.is_file():
+            return "not_a_file", "symbolic link to something that is not a regular file"
+        return None
+    if not p.is_file():
+        return "not_a_file", "not a regular file"
+    return None
+
+
+def printable_name(name: str) -> str:
+    """`name` as valid UTF-8 text (undecodable bytes of a file name become U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def valid_name(name: str) -> bool:
+    """True when `name` (a file name from the OS) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def book_key(name: str) -> str:
+    """The unique key of an input file (relative path without suffix): names books/<key>.txt and passage ids, so
+    two `x.txt` in different folders never collide (`a/x`, `b/x`); a top-level file's key is its stem."""
+    return Path(name).with_suffix("").as_posix()
 
 
 def title_from_name(path: Path) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qihuang.corpus.ingest import book_key
 from qihuang.corpus.records import Book
 
 _SENT_END = re.compile(r"[。！？；!?;][”’」』）)]*")
@@ -110,7 +111,7 @@ def cut_passages(laid: LaidOut, target: int, limit: int) -> list[tuple[str, int,
 
 def book_passages(book: Book, laid: LaidOut, target: int, limit: int) -> list[dict[str, Any]]:
     """Passage records (without dedup/filter decisions) for a laid-out book."""
-    stem = Path(book.file).stem
+    stem = book_key(book.file)
     spans = cut_passages(laid, target, limit)
     notes = laid.notes
     ni = 0

@@ -67,6 +67,9 @@ class CorpusConfig:
     """YAML/JSON file {category: [title substrings]} tried before the built-in rule table."""
     category_map: list[str] = field(default_factory=list)
     """Explicit overrides 'TITLE=CATEGORY' (exact title or file name)."""
+    library: bool = True
+    """Also write library.jsonl: the passages of every book of the source (held-out and unselected books too, no
+    dedup across books) for the retrieval index; a reader may consult any book. Off keeps tiny runs fast."""
     write_books: bool = True
     """Also write the cleaned books (books/<file>.txt) that passage spans refer to."""
     workers: int = 2

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qihuang import rag
 from qihuang.config import ConfigError
+from qihuang.instruct.settings import OFFLINE_GENERATORS
 from qihuang.runs import StageDir
 
 
@@ -49,6 +51,34 @@ class EvalConfig:
     weight reads (~100 ms per forward at any size) best: 3.1–3.5 vs 2.5 questions/s for 1."""
     mcq_gen_tokens: int = 16
     """New tokens generated per question when scoring by generation."""
+    mcq_models: list[str] = field(default_factory=lambda: ["first", "last"])
+    """Models whose MCQ files are scored: labels, `first` (the base), `last` (the final model) or `*` (all);
+    MCQ is the slowest part, so by default only base and final model (give them >= 300 rows each)."""
+    heldout_qa_n: int = 150
+    """Questions of the held-out-book QA set: the offline generators run over the corpus' held-out books (never
+    trained on) and sampled balanced by question type; written to the eval folder as heldout_books_qa.jsonl
+    (0 = no such set)."""
+    heldout_qa_generators: list[str] = field(default_factory=lambda: list(OFFLINE_GENERATORS))
+    """Offline generators the held-out-book QA set is drawn from (attribution, section_book, clauses, formula,
+    herb, cloze, lexicon)."""
+    lexicon: str = "lexicon/tcm_terms_62k.txt"
+    """TCM term list for the cloze and term generators; relative to the data root unless absolute; empty (or not
+    found) leaves those generators without questions."""
+    qa_rows: list[str] = field(default_factory=lambda: ["base:closed", "base:rag", "*:rag", "last:closed"])
+    """Rows of the held-out-book QA table, each `MODEL:CONDITION`. MODEL: a model label, `base`/`first` (the
+    first model), `last` (the final model) or `*` (every model); CONDITION: `closed` (the question alone) or `rag`
+    (the top passages_k passages of the index before it, built by `rag.rag_messages` as serving does). The
+    default is base closed-book, base + retrieval, every stage + retrieval, final model closed-book. Retrieval rows
+    are skipped when the stage has no index."""
+    passages_k: int = rag.PASSAGES_K
+    """Passages retrieved per question and put into the prompt (as serve's RetrievalConfig.passages_k)."""
+    passage_chars: int = rag.PASSAGE_CHARS
+    """Characters of each passage shown in the prompt (as serve's RetrievalConfig.passage_chars)."""
+    qa_batch_size: int = 16
+    """Questions answered per batched forward (`qihuang.decoding.generate_batch`)."""
+    offtopic: bool = True
+    """Also ask 30 off-topic questions (cars, tax, programming, sports …) with retrieval, for every model with a
+    retrieval row: rates of invented citations and of declining."""
     qa_limit: int = 20
     """Open questions answered per QA file (0 = all)."""
     qa_files: list[str] = field(default_factory=list)
@@ -60,16 +90,17 @@ class EvalConfig:
     """Bootstrap resamples for the 95% confidence intervals."""
 
     def __post_init__(self) -> None:
-        for name in ("bpc_max_chars", "mcq_limit", "mcq_shots", "qa_limit"):
+        for name in ("bpc_max_chars", "mcq_limit", "mcq_shots", "qa_limit", "heldout_qa_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("mcq_batch_size", "mcq_gen_tokens", "qa_max_new_tokens"):
+        for name in ("mcq_batch_size", "mcq_gen_tokens", "qa_max_new_tokens", "qa_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.bpc_window < 2 or not 1 <= self.bpc_stride < self.bpc_window:
             # stride == window would leave the first token of every later window without context
             raise ConfigError(f"need bpc_window >= 2 and 1 <= bpc_stride < bpc_window "
                               f"(got {self.bpc_window}, {self.bpc_stride})")
+        self._check_rows()
         if self.bootstrap < 100:
             raise ConfigError(f"bootstrap must be >= 100 resamples, got {self.bootstrap}")
         if self.mcq_shots and not self.mcq_fewshot_file:
@@ -92,6 +123,21 @@ class EvalConfig:
                               f"mcq_formulation={self.mcq_formulation} "
                               f"(it gives {sorted(available[self.mcq_scoring])})")
 
+    def _check_rows(self) -> None:
+        if not 0 <= self.passages_k <= 10:
+            raise ConfigError(f"passages_k must be in 0..10, got {self.passages_k}")
+        if self.passage_chars < 20:
+            raise ConfigError(f"passage_chars must be >= 20, got {self.passage_chars}")
+        for spec in self.qa_rows:
+            who, sep, cond = str(spec).rpartition(":")
+            if not sep or not who or cond not in ("closed", "rag"):
+                raise ConfigError(f"qa_rows: {spec!r} is not MODEL:closed or MODEL:rag (MODEL a label, base, "
+                                  "first, last or *)")
+        if any(not str(m).strip() for m in self.mcq_models):
+            raise ConfigError("mcq_models: empty entry (give labels, first, last or *)")
+        unknown = [g for g in self.heldout_qa_generators if g not in OFFLINE_GENERATORS]
+        if unknown:
+            raise ConfigError(f"heldout_qa_generators: unknown {unknown}; known: {list(OFFLINE_GENERATORS)}")
 
     @property
     def metric(self) -> str:
@@ -102,14 +148,16 @@ class EvalConfig:
 
 
 def evaluate_models(cfg: EvalConfig, models: dict[str, Path], heldout: Path | None, heldout_qa: Path | None,
-                    out: StageDir) -> dict[str, Any]:
+                    out: StageDir, index: Path | None = None) -> dict[str, Any]:
     """Evaluate each labelled model dir (bpc, MCQ, QA); write results.json, report.md and charts into out.path.
 
-    Finished models are cached under out.path/models/, so a killed stage resumes with the next model.
+    `heldout` (the corpus' held-out books) gives bpc and the held-out-book QA set; `heldout_qa` is an extra QA file
+    answered closed-book; `index` (a passages file or run dir, `PassageIndex.open`) enables the retrieval rows.
+    Finished parts are cached under out.path/parts/, so a killed stage resumes with the next unfinished part.
     """
     from qihuang.evaluate.runner import run_all
 
-    return run_all(cfg, models, heldout, heldout_qa, out)
+    return run_all(cfg, models, heldout, heldout_qa, out, index)
 
 
 __all__ = ["EvalConfig", "evaluate_models"]

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from qihuang.cliutil import config_options
+from qihuang.config import ConfigError
 from qihuang.evaluate import EvalConfig
 
 STAGE_LABELS = (("pretrain", "cpt"), ("sft", "sft"), ("dpo", "dpo"))
@@ -57,12 +58,26 @@ def _run_of(spec: str) -> Path | None:
 
 
 def _evaluate(cfg: EvalConfig, models: dict[str, Path], heldout: Path | None, heldout_qa: Path | None,
-              out: Path) -> dict[str, Any]:
+              out: Path, index: Path | None = None) -> dict[str, Any]:
     from qihuang.evaluate import evaluate_models
     from qihuang.runs import StageDir, run_stage
 
     stage = StageDir(out)
-    return run_stage(stage, cfg, lambda: evaluate_models(cfg, models, heldout, heldout_qa, stage), force=True)
+    return run_stage(stage, cfg, lambda: evaluate_models(cfg, models, heldout, heldout_qa, stage, index),
+                     force=True)
+
+
+def _run_index(index: Path | None, run_dir: Path | None) -> Path | None:
+    """The retrieval index's passages: the given file, else the run's library when it has one."""
+    if index is not None or run_dir is None:
+        return index
+    from qihuang.retrieval import resolve_passages
+
+    try:
+        resolve_passages(run_dir)
+    except ConfigError:
+        return None
+    return run_dir
 
 
 def _show(out: Path) -> None:
@@ -148,12 +163,16 @@ def qa_cmd(model: str, files: tuple[str, ...], out: Path | None, cfg: EvalConfig
     from qihuang.evaluate.runner import parse_spec
     from qihuang.models import load_model
 
-    m, tok = load_model(str(resolve_model(model)))
+    from qihuang.template import chat_defaults
+
+    model_dir = resolve_model(model)
+    m, tok = load_model(str(model_dir))
     m.eval()
     specs = [(held_qa, cfg.qa_limit)] if held_qa else []
     specs += [parse_spec(f, cfg.qa_limit) for f in cfg.qa_files]
     for path, limit in specs:
-        s, _ = evaluate_qa_set(m, tok, load_qa(path, limit), cfg.qa_max_new_tokens)
+        s, _ = evaluate_qa_set(m, tok, load_qa(path, limit), cfg.qa_max_new_tokens, defaults=chat_defaults(model_dir),
+                               batch_size=cfg.qa_batch_size)
         faith = "–" if s["faithfulness"] is None else f"{100 * s['faithfulness']:.1f}%"
         click.echo(f"{path}: ROUGE-L {100 * s['rouge_l']:.1f}%, BLEU-4 {s['bleu4']:.1f}, length {s['length']:.0f} "
                    f"chars, faithfulness {faith} (n={s['n']}, skipped {s['skipped']})")
@@ -167,9 +186,11 @@ def qa_cmd(model: str, files: tuple[str, ...], out: Path | None, cfg: EvalConfig
               help="Held-out passages for bpc (default: from the run the models come from).")
 @click.option("--heldout-qa", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Held-out QA JSONL (default: the run's instruct/heldout_qa.jsonl).")
+@click.option("--index", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Passages file or run dir for the retrieval rows (default: the run the models come from).")
 @config_options(EvalConfig)
 def compare_cmd(specs: tuple[str, ...], out: Path, heldout: Path | None, heldout_qa: Path | None,
-                cfg: EvalConfig) -> None:
+                index: Path | None, cfg: EvalConfig) -> None:
     """One report across models: SPECS are `[LABEL=]MODEL`, a run directory (base, cpt, sft, dpo), or earlier
     results (`results.json` or an eval folder: merged without rerunning)."""
     from qihuang.evaluate.compare import merge_results, write_outputs
@@ -201,5 +222,5 @@ def compare_cmd(specs: tuple[str, ...], out: Path, heldout: Path | None, heldout
         return
     heldout = _run_file(heldout, run_dir, "corpus/heldout.jsonl")
     heldout_qa = _run_file(heldout_qa, run_dir, "instruct/heldout_qa.jsonl")
-    _evaluate(cfg, models, heldout, heldout_qa, out)
+    _evaluate(cfg, models, heldout, heldout_qa, out, _run_index(index, run_dir))
     _show(out)

@@ -21,8 +21,11 @@ def _rows_text(rows: list[int], limit: int = 20) -> str:
     return f" (rows {shown}{', …' if len(rows) > limit else ''})"
 
 
-def render_markdown(results: dict[str, Any], files: dict[str, Any]) -> str:
-    """The Markdown report: main table, MCQ variants, per-category breakdown, paired differences, sources."""
+def render_markdown(results: dict[str, Any], files: dict[str, Any], rows: list[list[str]] | None = None) -> str:
+    """The Markdown report: main table, held-out-book QA rows (model x condition, per type, off-topic), MCQ
+    variants, per-category breakdown, paired differences, sources."""
+    from qihuang.evaluate.report_rows import rows_markdown
+
     labels = list(results)
     mcq_keys = list(dict.fromkeys(k for r in results.values() for k in r["mcq"]))
     qa_keys = list(dict.fromkeys(k for r in results.values() for k in r["qa"]))
@@ -41,6 +44,7 @@ def render_markdown(results: dict[str, Any], files: dict[str, Any]) -> str:
             cells += ([_pct(q["rouge_l"]), f"{q['bleu4']:.1f}", _pct(q["faithfulness"])] if q else ["–"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
     out = lines + [""]
+    out += rows_markdown(results, rows or [], files)
     if mcq_keys:
         first = next(r["mcq"][k] for r in results.values() for k in mcq_keys if k in r["mcq"])
         out += [f"MCQ accuracy is `{first['metric']}` ({first['shots']}-shot, scoring `{first['scoring']}`"
@@ -170,15 +174,16 @@ def write_charts(out_dir: Path, results: dict[str, Any]) -> list[str]:
     return written
 
 
-def write_outputs(out_dir: Path, results: dict[str, Any], files: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
-    """results.json + report.md + charts into out_dir."""
+def write_outputs(out_dir: Path, results: dict[str, Any], files: dict[str, Any], cfg: Any = None,
+                  rows: list[list[str]] | None = None) -> dict[str, Any]:
+    """results.json + report.md + charts into out_dir (`rows`: the held-out-book QA rows in table order)."""
     out_dir = Path(out_dir)
     charts = write_charts(out_dir, results)
-    doc = {"models": results, "files": files, "charts": charts}
+    doc = {"models": results, "files": files, "charts": charts, "rows": rows or []}
     if cfg is not None:
         doc["config"] = cfg
     write_json(out_dir / "results.json", doc)
-    md = render_markdown(results, files)
+    md = render_markdown(results, files, rows)
     if charts:
         md += "\nCharts (in the eval folder): " + ", ".join(f"`{c}`" for c in charts) + "\n"
     with atomic_open(out_dir / "report.md") as fh:

@@ -169,16 +169,15 @@ def score_answers(items: Sequence[QAItem], answers: Sequence[str]) -> tuple[dict
 
 
 def evaluate_qa_set(model: Any, tokenizer: Any, data: QASet, max_new_tokens: int = 96,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
-    """Generate greedy answers (chat template) for every item and score them."""
-    from qihuang.evaluate.mcq import generate_answer
+                    progress: Callable[[int, int], None] | None = None, defaults: dict[str, Any] | None = None,
+                    batch_size: int = 16) -> tuple[dict[str, Any], list[dict]]:
+    """Answer every item closed-book with the served prompt (chat template + the model's saved `defaults`), in
+    batches through `qihuang.decoding.generate_batch`, and score the answers."""
+    from qihuang.evaluate.conditions import generate, render
 
     t0 = time.time()
-    answers = []
-    for i, it in enumerate(data.items):
-        answers.append(generate_answer(model, tokenizer, it.question, max_new_tokens).strip())
-        if progress:
-            progress(i + 1, len(data.items))
+    prompts = [render(tokenizer, defaults or {}, [{"role": "user", "content": it.question}]) for it in data.items]
+    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
     summary, per = score_answers(data.items, answers)
     summary.update({"format": data.format, "skipped": len(data.skipped),
                     "skipped_rows": [s["row"] for s in data.skipped], "max_new_tokens": max_new_tokens,

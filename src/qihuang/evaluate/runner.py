@@ -1,5 +1,6 @@
-"""Run the evaluation of several labelled models: bpc, MCQ files, QA files; cache each finished model so a killed
-stage resumes; then paired comparisons against the first model and the report (results.json, report.md, charts)."""
+"""Run the evaluation of several labelled models: bpc, MCQ files, QA files, the held-out-book QA rows (closed-book /
+with retrieval); cache each finished part so a killed stage resumes; then paired comparisons against the first model
+and the report (results.json, report.md, charts)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,9 @@ from qihuang.runs import MetricsLog, StageDir, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from qihuang.evaluate import EvalConfig
+
+HELDOUT_QA_FILE = "heldout_books_qa.jsonl"
+"""The held-out-book QA set, written into the eval stage folder."""
 
 
 def parse_spec(spec: str, default_limit: int) -> tuple[Path, int]:
@@ -89,15 +94,35 @@ class _Parts:
         return value
 
 
+@dataclass
+class Plan:
+    """What the models of one stage share: the held-out-book QA set, the retrieval index, the QA rows to run and
+    the models whose MCQ files are scored."""
+
+    qa_items: list[dict[str, Any]] = field(default_factory=list)
+    """The held-out-book QA set (empty: no rows run)."""
+    qa_digest: str | None = None
+    """sha256 of its file: the rows' cache key."""
+    index: Any = None
+    """The opened PassageIndex (None: no retrieval rows)."""
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    """(label, condition) rows in table order."""
+    mcq_labels: set[str] = field(default_factory=set)
+    """Models whose MCQ files are scored."""
+
+
 def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path | None, heldout_qa: Path | None,
-                   out_dir: Path, log: MetricsLog) -> dict[str, Any]:
+                   out_dir: Path, log: MetricsLog, plan: Plan | None = None) -> dict[str, Any]:
     """All measurements for one model (finished parts reused); per-item predictions go to out_dir/predictions/."""
     from qihuang.evaluate.bpc import evaluate_bpc
     from qihuang.evaluate.mcq import evaluate_mcq_set
-    from qihuang.evaluate.qa import evaluate_qa_set, load_qa
+    from qihuang.evaluate.rows import model_rows
     from qihuang.models import load_model
+    from qihuang.template import chat_defaults
 
     t0 = time.time()
+    plan = plan if plan is not None else Plan(mcq_labels={label})
+    defaults = chat_defaults(model_dir)
     loaded: list[Any] = []
 
     def model() -> tuple[Any, Any]:
@@ -109,7 +134,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
         return loaded[0], loaded[1]
 
     parts = _Parts(out_dir / "parts" / _safe(label), model_dir, log, label)
-    result: dict[str, Any] = {"model": str(model_dir), "bpc": None, "mcq": {}, "qa": {}}
+    result: dict[str, Any] = {"model": str(model_dir), "bpc": None, "mcq": {}, "qa": {}, "rows": {}}
     correct: dict[str, list[bool]] = {}
     if heldout is not None and cfg.bpc_max_chars:
         def bpc() -> dict[str, Any]:
@@ -119,7 +144,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
 
         result["bpc"] = parts.get("bpc", "heldout", {"file": _stat(heldout), "chars": cfg.bpc_max_chars,
                                                       "window": cfg.bpc_window, "stride": cfg.bpc_stride}, bpc)
-    for spec in cfg.mcq_files:
+    for spec in cfg.mcq_files if label in plan.mcq_labels else []:
         path, limit = parse_spec(spec, cfg.mcq_limit)
         key = _file_key(path)
 
@@ -141,6 +166,20 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
                   "bootstrap": cfg.bootstrap, "seed": cfg.seed}
         done = parts.get("mcq", key, params, mcq)
         result["mcq"][key], correct[key] = done["summary"], done["correct"]
+    _qa_files(cfg, label, heldout_qa, model, defaults, parts, result, out_dir, log)
+    vectors = model_rows(cfg, label, plan, model, defaults, parts, result, out_dir, log)
+    if not parts.computed:
+        log.log(event="model_reused", label=label)
+    result["seconds"] = round(time.time() - t0, 2)
+    return {"result": result, "correct": correct, "vectors": vectors}
+
+
+def _qa_files(cfg: EvalConfig, label: str, heldout_qa: Path | None, model: Callable[[], tuple[Any, Any]],
+              defaults: dict[str, Any], parts: _Parts, result: dict[str, Any], out_dir: Path,
+              log: MetricsLog) -> None:
+    """The extra QA files (the instruct stage's held-out QA, qa_files), closed-book, into result["qa"]."""
+    from qihuang.evaluate.qa import evaluate_qa_set, load_qa
+
     qa_specs: list[tuple[str, Path, int]] = []
     if heldout_qa is not None and Path(heldout_qa).exists():
         qa_specs.append(("heldout_qa", Path(heldout_qa), cfg.qa_limit))
@@ -150,19 +189,16 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
     for key, path, limit in qa_specs:
         def qa(key: str = key, path: Path = path, limit: int = limit) -> dict[str, Any]:
             summary, per = evaluate_qa_set(*model(), load_qa(path, limit), cfg.qa_max_new_tokens,
-                                           progress=_progress(log, label, key))
+                                           progress=_progress(log, label, key), defaults=defaults,
+                                           batch_size=cfg.qa_batch_size)
             summary["file"] = str(path)
             write_jsonl(out_dir / "predictions" / f"{_safe(label)}__qa__{_safe(key)}.jsonl", per)
             log.log(event="qa", label=label, file=key, rouge_l=summary["rouge_l"],
                     faithfulness=summary["faithfulness"])
             return summary
 
-        result["qa"][key] = parts.get("qa", key, {"file": _stat(path), "limit": limit,
-                                                  "tokens": cfg.qa_max_new_tokens}, qa)
-    if not parts.computed:
-        log.log(event="model_reused", label=label)
-    result["seconds"] = round(time.time() - t0, 2)
-    return {"result": result, "correct": correct}
+        result["qa"][key] = parts.get("qa", key, {"file": _stat(path), "limit": limit, "defaults": defaults,
+                                                  "tokens": cfg.qa_max_new_tokens, "v": 2}, qa)
 
 
 def _progress(log: MetricsLog, label: str, key: str, every_s: float = 30.0) -> Callable[[int, int], None]:
@@ -206,26 +242,33 @@ def add_paired(results: dict[str, Any], correct: dict[str, dict[str, list[bool]]
 
 
 def run_all(cfg: EvalConfig, models: dict[str, Path], heldout: Path | None, heldout_qa: Path | None,
-            out: StageDir) -> dict[str, Any]:
-    """Evaluate every model (reusing cached ones) and write the report; returns the stage summary."""
+            out: StageDir, index: Path | None = None) -> dict[str, Any]:
+    """Evaluate every model (reusing cached parts) and write the report; returns the stage summary."""
     from qihuang.evaluate.compare import write_outputs
+    from qihuang.evaluate.rows import finish_rows, make_plan
 
     if not models:
         raise EvalDataError("no model to evaluate")
     if heldout is not None and not Path(heldout).exists():
         raise FileNotFoundError(f"{heldout}: held-out passages not found (run the corpus stage, or pass none)")
     log = out.metrics()
+    plan = make_plan(cfg, list(models), heldout, index, out.path, log)
     results: dict[str, Any] = {}
     correct: dict[str, dict[str, list[bool]]] = {}
+    vectors: dict[tuple[str, str], dict[str, Any]] = {}
     for label, model_dir in models.items():
         log.log(event="model_start", label=label, model=str(model_dir))
-        done = evaluate_model(cfg, label, Path(model_dir), heldout, heldout_qa, out.path, log)
+        done = evaluate_model(cfg, label, Path(model_dir), heldout, heldout_qa, out.path, log, plan)
         results[label], correct[label] = done["result"], done["correct"]
+        vectors.update(done["vectors"])
     add_paired(results, correct, cfg.bootstrap, cfg.seed)
+    rows = finish_rows(results, plan, vectors, list(models)[0], cfg)
     files = {"heldout": str(heldout) if heldout else None, "heldout_qa": str(heldout_qa) if heldout_qa else None,
+             "heldout_books_qa": str(out.path / HELDOUT_QA_FILE) if plan.qa_items else None,
+             "index": str(plan.index.source) if plan.index is not None else None,
              "mcq": sorted({m["file"] for r in results.values() for m in r["mcq"].values()}),
              "qa": sorted({q["file"] for r in results.values() for q in r["qa"].values()})}
-    write_outputs(out.path, results, files, cfg)
+    write_outputs(out.path, results, files, cfg, rows)
     log.close()
     return summarize(results)
 
@@ -240,5 +283,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "qa": {k: {"rouge_l": round(v["rouge_l"], 4),
                        "faithfulness": None if v["faithfulness"] is None else round(v["faithfulness"], 4)}
                    for k, v in r["qa"].items()},
+            "rows": {c: {"rouge_l": round(v["rouge_l"], 4), "citation_book": _r4(v["citation_book"]),
+                         "degenerate": round(v["degenerate"], 4), "declined": round(v["declined"], 4)}
+                     for c, v in r.get("rows", {}).items()},
         }
     return {"models": out, "report": "report.md", "results": "results.json"}
+
+
+def _r4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)

@@ -16,6 +16,7 @@ from qihuang.instruct.offline import Lexicon, generate_offline
 from qihuang.instruct.records import Pair, Passage, load_passages
 from qihuang.instruct.refine import RefineParams, balance, reasons, refine
 from qihuang.instruct.settings import InstructConfig
+from qihuang.retrieval import PassageIndex
 from qihuang.runs import MetricsLog, StageDir, read_jsonl, write_jsonl
 
 GENERATED = "generated.jsonl"
@@ -87,7 +88,8 @@ def _general(cfg: InstructConfig) -> list[dict[str, Any]]:
     return out
 
 
-def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log: MetricsLog) -> dict[str, Any]:
+def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log: MetricsLog,
+                index: PassageIndex | None = None) -> dict[str, Any]:
     """generated.jsonl → refine → held-out split → balance → dialogues → mix; writes the stage's data files."""
     gen_path = out_dir / GENERATED
     if not gen_path.exists():
@@ -114,7 +116,15 @@ def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log
         train, drop = balance(train, lambda p: p.category, len(train), {}, cfg.max_category_share, cfg.seed,
                               "balance:category")
         rejects += drop
-    dialogues = integrate(train, pmap, cfg.max_turns, cfg.seed)
+    rag_records: list[dict[str, Any]] = []
+    rag_stats: dict[str, Any] = {}
+    if index is not None and cfg.rag_ratio > 0:
+        from qihuang.instruct.augment import augment
+
+        rag_records, train_closed, rag_stats = augment(train, pmap, index, cfg)
+    else:
+        train_closed = train
+    dialogues = integrate(train_closed, pmap, cfg.max_turns, cfg.seed) + rag_records
     general = _general(cfg) if cfg.general_data and cfg.general_ratio > 0 else []
     mixed, n_general = mix(dialogues, general, cfg.general_ratio, cfg.seed)
     write_jsonl(out_dir / "train.jsonl", mixed)
@@ -126,9 +136,17 @@ def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log
         "heldout_qa": len(held), "dialogues": len(dialogues), "general_records": n_general,
         "train_records": len(mixed), "rejects": len(rejects), "rejects_by_reason": dict(reasons(rejects)),
         "train_by_task_type": dict(Counter(p.task_type for p in train).most_common()),
+        "retrieval": rag_stats,
     }
     log.log(step="integrate", **{k: v for k, v in stats.items() if isinstance(v, int)})
     return stats
+
+
+def training_index(cfg: InstructConfig, passages: Path) -> PassageIndex | None:
+    """The training retriever's index (None when no record gets passages)."""
+    if cfg.rag_ratio <= 0:
+        return None
+    return PassageIndex.open(cfg.rag_index or passages)
 
 
 def build_instructions(cfg: InstructConfig, passages: Path, out: StageDir) -> dict[str, Any]:
@@ -141,7 +159,7 @@ def build_instructions(cfg: InstructConfig, passages: Path, out: StageDir) -> di
         log.log(step="load", passages=len(items))
         summary: dict[str, Any] = {"passages": len(items)}
         summary["generate"] = generate_step(cfg, items, out.path, log)
-        summary["refine"] = refine_step(cfg, items, out.path, log)
+        summary["refine"] = refine_step(cfg, items, out.path, log, training_index(cfg, Path(passages)))
         card = write_card(out.path, extra={"passages": len(items), "generate": summary["generate"]})
         summary.update({k: card[k] for k in ("dialogues", "pairs_in_train", "general_records", "heldout_qa",
                                              "rejects", "by_task_type", "by_category", "grounding_mean")})

@@ -56,14 +56,15 @@ def generate_cmd(passages: Path, out_dir: Path, cfg: InstructConfig) -> None:
 @config_options(InstructConfig)
 def refine_cmd(passages: Path, out_dir: Path, cfg: InstructConfig) -> None:
     """Refine generated.jsonl: filters, grounding, dedup, hold-out, balancing, dialogues, general mix."""
-    from qihuang.instruct.build import refine_step
+    from qihuang.instruct.build import refine_step, training_index
     from qihuang.instruct.records import load_passages
     from qihuang.runs import StageDir
 
     out = StageDir(out_dir)
     log = out.metrics()
     try:
-        _echo(refine_step(cfg, load_passages(passages, cfg.max_passages), out.path, log))
+        _echo(refine_step(cfg, load_passages(passages, cfg.max_passages), out.path, log,
+                          training_index(cfg, Path(passages))))
     except (ConfigError, OSError) as exc:
         _fail(exc)
     finally:

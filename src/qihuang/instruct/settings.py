@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qihuang import rag
 from qihuang.config import ConfigError
 
 OFFLINE_GENERATORS = ("attribution", "section_book", "clauses", "formula", "herb", "cloze", "lexicon")
@@ -55,6 +56,19 @@ class InstructConfig:
     """General instruction files (Alpaca JSON/JSONL or ShareGPT JSONL), relative to the data root unless absolute."""
     general_ratio: float = 0.1
     """Share of general instructions in the final train mix (as far as the files hold enough)."""
+    rag_ratio: float = 0.5
+    """Share of the kept train pairs asked with retrieved passages in the user turn (built by `qihuang.rag`, the
+    same layout serving uses) and answered `据《书名·篇名》：…`; the rest stay closed-book."""
+    rag_missing_ratio: float = 0.15
+    """Share of those records whose gold passage is left out (distractors from other books only): the answer says
+    the passages do not cover the question."""
+    passages_k: int = rag.PASSAGES_K
+    """Passages per record (the serving default: `qihuang serve --passages-k`)."""
+    passage_chars: int = rag.PASSAGE_CHARS
+    """Characters shown of each passage (the serving default: `--passage-chars`)."""
+    rag_index: str | None = None
+    """Passages file (or run dir) the training retriever searches; default: the stage's own passages file (the
+    training books: held-out books are never shown in training)."""
     workers: int = 1
     """Worker processes for refine."""
     teacher_url: str | None = None
@@ -97,6 +111,13 @@ class InstructConfig:
         for name in ("heldout_fraction", "grounding_threshold", "dedup_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("rag_ratio", "rag_missing_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 1 <= self.passages_k <= 10:
+            raise ConfigError(f"passages_k must be in 1..10, got {self.passages_k}")
+        if self.passage_chars < 20:
+            raise ConfigError(f"passage_chars must be >= 20, got {self.passage_chars}")
         if not 0.0 <= self.general_ratio < 1.0:
             raise ConfigError(f"general_ratio must be in [0, 1), got {self.general_ratio}")
         if not 0.0 < self.max_type_share <= 1.0 or not 0.0 < self.max_category_share <= 1.0:

@@ -217,9 +217,7 @@ class TeacherClient:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise _Retry("malformed_response", f"malformed response body ({type(exc).__name__})") from exc
         content = content if isinstance(content, str) else ""
-        u = data.get("usage") or {}
-        usage = {"prompt_tokens": int(u.get("prompt_tokens") or est), "completion_tokens":
-                 int(u.get("completion_tokens") or len(content))}
+        usage = parse_usage(data.get("usage"), est, len(content))
         self.tok_bucket.correct(usage["prompt_tokens"] + usage["completion_tokens"] - est)
         return content, usage
 
@@ -228,7 +226,7 @@ class TeacherClient:
         hit = self.cache.get(key)
         if hit is not None:
             self.usage.cached += 1
-            return hit["content"], hit.get("usage") or {}, True
+            return hit["content"], parse_usage(hit.get("usage"), 0, 0), True
         if self.offline:
             raise TeacherUnreachable("connect", "endpoint unreachable; serving cached responses only")
         async with self.sem:
@@ -252,9 +250,9 @@ class TeacherClient:
                     self.usage.failures += 1
                     raise
                 else:
+                    self.cache.put(key, content, usage)  # the paid answer is kept before anything else
                     self.usage.prompt_tokens += usage["prompt_tokens"]
                     self.usage.completion_tokens += usage["completion_tokens"]
-                    self.cache.put(key, content, usage)
                     return content, usage, False
                 self.usage.fault(last.kind)
             assert last is not None
@@ -268,6 +266,24 @@ class _Retry(Exception):
         super().__init__(message)
         self.kind = kind
         self.retry_after = retry_after
+
+
+def _count(value: Any, default: int) -> int:
+    """A token count from an untrusted reply: a non-negative finite number (or numeric string), else `default`."""
+    if isinstance(value, bool):
+        return default
+    try:
+        n = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return int(n) if 0 <= n < 1e15 else default
+
+
+def parse_usage(raw: Any, prompt_default: int, completion_default: int) -> dict[str, int]:
+    """The `usage` of a reply as two ints; a missing or malformed one (`"x"`, `"n/a"`, null) gives the estimates."""
+    u = raw if isinstance(raw, dict) else {}
+    return {"prompt_tokens": _count(u.get("prompt_tokens"), prompt_default) or prompt_default,
+            "completion_tokens": _count(u.get("completion_tokens"), completion_default) or completion_default}
 
 
 def _num(s: str) -> bool:

@@ -48,8 +48,34 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", para
     return JSONResponse(error_body(message, type_, param, code), status_code=status)
 
 
+PUBLIC_PATHS = ("/health", "/")
+"""Answered without an API key: liveness and the web page (its assets under /static/ too); the API is not."""
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/static/")
+
+
+async def _read_capped(receive: Callable[[], Awaitable[Any]]) -> list[Any] | None:
+    """The request-body messages of a body without Content-Length (chunked), counted as they arrive; None as soon
+    as more than MAX_BODY bytes came (the rest is never read)."""
+    messages: list[Any] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        size += len(message.get("body", b""))
+        if size > MAX_BODY:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
 class GuardMiddleware:
-    """Pure ASGI: Bearer-key check (all paths but /health) and a body-size cap, before any routing."""
+    """Pure ASGI: Bearer-key check (all paths but the public ones) and a body-size cap, before any routing; a
+    chunked body is counted as it arrives and refused (413) once past the cap, before it is buffered."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
@@ -61,7 +87,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
-        if self.keys and scope.get("path") != "/health":
+        if self.keys and not _is_public(scope.get("path", "")):
             auth = headers.get("authorization", b"")
             token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not token or not any(hmac.compare_digest(token, k) for k in self.keys):
@@ -70,12 +96,24 @@ class GuardMiddleware:
                 resp.headers["WWW-Authenticate"] = "Bearer"
                 await resp(scope, receive, send)
                 return
-        length = headers.get("content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY:
-            await _error(413, f"request body must be at most {MAX_BODY} bytes", code="body_too_large")(
-                scope, receive, send)
+        too_large = _error(413, f"request body must be at most {MAX_BODY} bytes", code="body_too_large")
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > MAX_BODY:
+                await too_large(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        buffered = await _read_capped(receive)  # no Content-Length: chunked (or no body)
+        if buffered is None:
+            too_large.headers["Connection"] = "close"
+            await too_large(scope, receive, send)
+            return
+
+        async def replay() -> Any:
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
 
 
 class Admission:
@@ -194,7 +232,8 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
-        first = errs[0] if errs else {}
+        # a union (content: str | list of parts) reports every branch: the value check that failed says most
+        first = next((e for e in errs if e.get("type") in ("value_error", "string_unicode")), errs[0] if errs else {})
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         msg = f"{'.'.join(loc) + ': ' if loc else ''}{first.get('msg', 'invalid request')}"
         return _error(400, msg, param=".".join(loc) or None, code="invalid_value")
@@ -307,9 +346,20 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
                                         choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra)
             return {"data": chunk.model_dump_json(exclude_none=True)}
 
+        shutdown = anyio.Event()
+        # on SIGTERM the answer may go on for most of the grace period; then it is stopped, so that the stream
+        # still ends with a final chunk (finish_reason) and [DONE] before the connection is closed (#16)
+        drain_s = max(cfg.shutdown_grace_s - max(1.0, cfg.shutdown_grace_s / 4), 0.0)
+
+        async def stop_at_shutdown() -> None:
+            await shutdown.wait()
+            await asyncio.sleep(drain_s)
+            job.cancel.set()
+
         async def events() -> AsyncIterator[dict[str, str]]:
             parts: list[str] = []
             n = 0
+            stopper = asyncio.create_task(stop_at_shutdown())
             try:
                 first = [Citation(**c) for c in citations_for(prep.hits, prep.query, "")]
                 yield event(Delta(role="assistant", content=""), citations=first)
@@ -321,6 +371,8 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
                         yield event(Delta(content=chunk.text))
                     if chunk.finish_reason == "length":
                         finish = "length"
+                if shutdown.is_set() and job.cancel.is_set():
+                    finish = "length"  # cut short by the server's shutdown: the answer is incomplete
                 cites = [Citation(**c) for c in citations_for(prep.hits, prep.query, "".join(parts))]
                 yield event(Delta(), finish, citations=cites)
                 if req.stream_options and req.stream_options.include_usage:
@@ -332,12 +384,12 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
             except Exception as exc:
                 yield {"data": json.dumps(error_body(f"generation failed: {type(exc).__name__}", "server_error"))}
             finally:
+                stopper.cancel()
                 job.cancel.set()  # client gone or stream finished: stop the worker thread
                 jobs_.discard(job)
             yield {"data": "[DONE]"}
 
-        # On SIGTERM the answer may finish within the grace period, then it is cancelled (worker stopped).
-        return EventSourceResponse(events(), ping=15, send_timeout=30, shutdown_event=anyio.Event(),
+        return EventSourceResponse(events(), ping=15, send_timeout=30, shutdown_event=shutdown,
                                    shutdown_grace_period=cfg.shutdown_grace_s,
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

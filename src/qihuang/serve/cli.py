@@ -14,11 +14,14 @@ from qihuang.serve.settings import ChatConfig, RetrievalConfig, SearchConfig, Se
 
 
 def _passages_for(cfg: RetrievalConfig, model: str) -> Path | None:
-    """--passages, else the corpus of a run dir given as --model."""
+    """--passages, else a run dir given as --model (its index stage's choice, else corpus/library.jsonl, else
+    corpus/train.jsonl: see qihuang.retrieval.resolve_passages)."""
+    from qihuang.retrieval import RUN_FILES
+
     if cfg.passages is not None:
         return cfg.passages
-    cand = Path(model) / "corpus" / "train.jsonl"
-    return cand if cand.exists() else None
+    run = Path(model)
+    return run if any((run / "corpus" / name).exists() for name in RUN_FILES) else None
 
 
 def _open_index(path: Path | None) -> Any:

@@ -13,6 +13,8 @@ from typing import Any
 from qihuang.decoding import DecodeParams, penalize
 
 RUN_MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
+MIN_TEMPERATURE = 1e-4
+"""Temperatures below this decode greedily (dividing logits by 1e-40 overflows to inf/NaN probabilities)."""
 
 
 class EngineError(RuntimeError):
@@ -268,9 +270,9 @@ class Engine:
         import torch
 
         logits = penalize(logits, generated, params.decode)
-        if params.temperature <= 0:
+        if params.temperature < MIN_TEMPERATURE:  # #16: 1e-40 would overflow to inf/NaN probabilities
             return int(torch.argmax(logits))
-        scores = logits / params.temperature
+        scores = logits.float() / params.temperature
         if params.top_k > 0:
             kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -14,12 +14,26 @@ HARD_MAX_CHARS = 100_000
 HARD_MAX_TOKENS = 8192
 
 
+def _encodable(value: str) -> str:
+    """`value` if it is valid Unicode text (no lone surrogates, which no tokenizer can encode), else ValueError."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"invalid text: lone surrogate {value[exc.start]!r} at character {exc.start}") from None
+    return value
+
+
 class TextPart(BaseModel):
     """A text content part (OpenAI's list form of `content`)."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
     text: str = Field(max_length=HARD_MAX_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _check_text(cls, v: str) -> str:
+        return _encodable(v)
 
 
 class ChatMessage(BaseModel):
@@ -29,6 +43,11 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[TextPart] = Field(description="Text, or a list of text parts")
     name: str | None = Field(default=None, max_length=64)
+
+    @field_validator("content", "name")
+    @classmethod
+    def _check_content(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        return _encodable(v) if isinstance(v, str) else v
 
     def text(self) -> str:
         """The content as one string."""
@@ -76,11 +95,18 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _check_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
         items = [v] if isinstance(v, str) else (v or [])
+        for s in items:
+            _encodable(s)
         if len(items) > 4:
             raise ValueError("at most 4 stop sequences")
         if any(len(s) > 64 for s in items):
             raise ValueError("stop sequences must be at most 64 characters")
         return v
+
+    @field_validator("model", "user")
+    @classmethod
+    def _check_ids(cls, v: str | None) -> str | None:
+        return _encodable(v) if isinstance(v, str) else v
 
     @field_validator("no_repeat_ngram_size")
     @classmethod

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from qihuang import rag
 from qihuang.config import ConfigError
 
 
@@ -14,10 +15,11 @@ class RetrievalConfig:
     """How passages are retrieved and put into the prompt."""
 
     passages: Path | None = None
-    """Passages JSONL (corpus/train.jsonl) or a run dir; None → from the run dir given as --model, else no retrieval."""
-    passages_k: int = 3
+    """Passages JSONL or a run dir (→ corpus/library.jsonl, else corpus/train.jsonl); None → from the run dir given as
+    --model, else no retrieval."""
+    passages_k: int = rag.PASSAGES_K
     """Passages retrieved per question and put into the prompt."""
-    passage_chars: int = 160
+    passage_chars: int = rag.PASSAGE_CHARS
     """Characters of each passage shown in the prompt (centred on the best-matching sentence)."""
 
     def __post_init__(self) -> None:

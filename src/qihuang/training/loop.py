@@ -162,7 +162,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         meta = {k: st[k] for k in ("tokens", "lr_scale", "evals", "schedule_steps", "schedule_fitted")}
         meta["train_seconds"] = base_seconds + time.time() - session_t0
         meta["guard"] = guard.state()
-        save_checkpoint(accelerator, ckpt_root, st["step"], meta, keep=s.keep_checkpoints)
+        save_checkpoint(accelerator, ckpt_root, st["step"], meta, keep=s.keep_checkpoints, warn=warn)
         last_ckpt_t = time.time()
 
     stop_reason = "max_steps"

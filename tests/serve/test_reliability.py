@@ -1,0 +1,185 @@
+"""Regression tests of issue #16 (serving): tiny temperatures, lone surrogates, chunked bodies past the cap,
+streams open at shutdown, and a hand-written fuzz corpus of such requests that must never give a 5xx."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.serve.conftest import LiveServer, slow_engine, start_server
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "桂枝汤主治什么？"}]
+
+
+def _data_lines(r: httpx.Response) -> list[str]:
+    return [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+
+
+# defect 2: temperature 1e-40 / 1e-300 gave inf/NaN probabilities → 500 (and an error event after a 200)
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324, 1e-5])
+def test_tiny_temperature_decodes_greedily(live: LiveServer, temperature: float) -> None:
+    body = {"messages": USER, "max_tokens": 6, "temperature": temperature, "seed": 1}
+    r = httpx.post(live.url + CHAT, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    greedy = httpx.post(live.url + CHAT, json={**body, "temperature": 0}, timeout=60).json()
+    assert r.json()["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
+    with httpx.stream("POST", live.url + CHAT, json={**body, "stream": True}, timeout=60) as s:
+        lines = _data_lines(s)
+    assert lines[-1] == "[DONE]" and not any('"error"' in x for x in lines[:-1])
+    assert json.loads(lines[-2])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_engine_pick_is_finite_at_tiny_temperature(engine: Any) -> None:
+    """defect 2, at the engine: the same tokens as greedy decoding."""
+    msgs = [{"role": "user", "content": "人参"}]
+    assert engine.complete(msgs, max_new_tokens=5, temperature=1e-40) == engine.complete(msgs, max_new_tokens=5)
+
+
+# defect 3: a lone surrogate reached the tokenizer → 500 TypeError
+@pytest.mark.parametrize("raw, field", [
+    ('{"messages": [{"role": "user", "content": "\\ud800abc"}]}', "messages.0.content"),
+    ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "a\\udfffb"}]}]}', "messages.0.content"),
+    ('{"messages": [{"role": "user", "content": "x"}], "stop": ["\\ud83d"]}', "stop"),
+    ('{"messages": [{"role": "user", "content": "x", "name": "\\udc00"}]}', "messages.0.name"),
+])
+def test_lone_surrogate_is_a_400_naming_the_field(live: LiveServer, raw: str, field: str) -> None:
+    r = httpx.post(live.url + CHAT, content=raw.encode(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"].startswith(field), err
+    assert "surrogate" in err["message"] or "unicode" in err["message"]
+
+
+def _open(url: str) -> socket.socket:
+    u = urlparse(url)
+    return socket.create_connection((u.hostname, u.port), timeout=30)
+
+
+# defect 4: a chunked 30 MB body was read whole (the cap looked at Content-Length only)
+def test_chunked_body_over_the_cap_is_413_before_it_is_read(live: LiveServer) -> None:
+    sock = _open(live.url)
+    sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    piece = b"a" * 65536
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent, reply = 0, b""
+    try:
+        while sent < 30_000_000:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            sock.sendall(chunk)
+            sent += len(piece)
+    except OSError:  # the server closed the connection after answering
+        pass
+    deadline = time.monotonic() + 10
+    while b"\r\n\r\n" not in reply and time.monotonic() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            break
+        reply += data
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert sent < 8_000_000, f"{sent} bytes were taken before the refusal"
+    r = httpx.post(live.url + CHAT, json={"messages": USER, "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200  # the server is fine afterwards
+
+
+def test_small_chunked_body_is_accepted(live: LiveServer) -> None:
+    def body() -> Any:
+        yield json.dumps({"messages": USER, "max_tokens": 2}).encode()
+
+    r = httpx.post(live.url + CHAT, content=body(), headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+# defect 5: SIGTERM during a stream cut it after the grace period: no finish_reason, no [DONE]
+def test_shutdown_ends_open_stream_with_final_chunk(tiny_model_dir: Any, index: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from sse_starlette.sse import AppStatus
+
+    from qihuang.serve.app import create_app
+    from qihuang.serve.settings import ServeConfig
+
+    eng, _ = slow_engine(tiny_model_dir, 0.15)
+    srv = start_server(create_app(eng, index, ServeConfig(max_tokens=400, shutdown_grace_s=1.5)))
+    lines: list[str] = []
+    body = {"messages": [{"role": "user", "content": "人参"}], "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", srv.url + CHAT, json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                lines.append(line[5:].strip())
+                if len(lines) == 3:
+                    # what uvicorn's SIGTERM handler does (in a thread sse-starlette cannot see the handler)
+                    srv.server.should_exit = True
+                    monkeypatch.setattr(AppStatus, "should_exit", True)
+    srv.thread.join(timeout=20)
+    assert not srv.thread.is_alive()
+    assert lines[-1] == "[DONE]", lines[-3:]
+    final = json.loads(lines[-2])
+    assert final["choices"][0]["finish_reason"] == "length" and len(lines) < 400
+
+
+# The fuzz corpus: hand-written hostile requests of the kinds above; none may answer 5xx.
+FUZZ: list[tuple[str, bytes, dict[str, str]]] = [
+    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud800abc"}]}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "\\udfff"}], "stream": true}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "model": "\\ud800"}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "user": "\\ud800"}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud83d\\ude00 ok"}], "max_tokens": 2}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e-40, "max_tokens": 2}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e-300, "stream": true, '
+           b'"max_tokens": 2}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 5e-324, "top_k": 1, '
+           b'"max_tokens": 2}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e400}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "top_p": 1e-300, "temperature": 1, '
+           b'"max_tokens": 2}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1e30}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "seed": -1}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}]', {}),
+    (CHAT, b'[]', {}),
+    (CHAT, b'null', {}),
+    (CHAT, b'', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "\\u0000"}], "max_tokens": 2}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "' + b"a" * 1_000_100 + b'"}]}', {}),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x"}]}', {"Content-Type": "text/plain"}),
+    ("/v1/models", b"", {}),
+    ("/", b"", {}),
+    ("/static/%2e%2e%2fapp.py", b"", {}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(FUZZ)))
+def test_fuzz_corpus_never_5xx(live: LiveServer, case: int) -> None:
+    path, raw, headers = FUZZ[case]
+    method = "GET" if path in ("/v1/models", "/") or path.startswith("/static") else "POST"
+    r = httpx.request(method, live.url + path, content=raw if method == "POST" else None, timeout=60,
+                      headers={"Content-Type": "application/json", **headers})
+    assert r.status_code < 500, (case, r.status_code, r.text[:300])
+    if r.status_code >= 400:
+        assert "error" in r.json()
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        lines = [x[5:].strip() for x in r.text.splitlines() if x.startswith("data:")]
+        assert lines[-1] == "[DONE]" and not any('"error"' in x for x in lines[:-1])
+
+
+def test_fuzz_corpus_chunked_never_5xx(live: LiveServer) -> None:
+    """The same corpus sent with Transfer-Encoding: chunked (the body-size cap counts those bytes too)."""
+    for path, raw, headers in FUZZ:
+        if not path.startswith("/v1/chat"):
+            continue
+        r = httpx.post(live.url + path, content=iter([raw[: len(raw) // 2], raw[len(raw) // 2:]]), timeout=60,
+                       headers={"Content-Type": "application/json", **headers})
+        assert r.status_code < 500, (raw[:80], r.status_code, r.text[:300])
+        if len(raw) > 1_000_000:
+            assert r.status_code == 413

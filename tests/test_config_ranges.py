@@ -1,0 +1,53 @@
+"""Regression tests of issue #16: numbers in every stage's config are range-checked at load (defect 13) and
+recipe names cannot leave runs_dir (defect 14)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from qihuang.config import ConfigError
+
+
+@pytest.mark.parametrize("field, value", [("log_every", 0), ("keep_checkpoints", 0), ("threads", -1),
+                                          ("weight_decay", -1.0), ("rollback_lr_factor", -2.0),
+                                          ("rollback_lr_factor", 0.0), ("clip", float("nan")),
+                                          ("spike_max_in_row", 0), ("checkpoint_every_steps", -1)])
+def test_pretrain_numbers_are_validated(field: str, value: Any) -> None:
+    # defect 13: log_every 0 → ZeroDivisionError after step 1; keep_checkpoints 0 deleted every checkpoint
+    from qihuang.pretrain import PretrainConfig
+
+    with pytest.raises(ConfigError, match=f"pretrain.{field}"):
+        PretrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("cls, stage, field, value", [
+    ("qihuang.sft:SFTConfig", "sft", "learning_rate", -1.0),
+    ("qihuang.sft:SFTConfig", "sft", "warmup", 2.0),
+    ("qihuang.preference:DPOConfig", "dpo", "learning_rate", 0.0),
+    ("qihuang.preference:DPOConfig", "dpo", "save_steps", 0),
+])
+def test_other_stages_numbers_are_validated(cls: str, stage: str, field: str, value: Any) -> None:
+    import importlib
+
+    mod, name = cls.split(":")
+    with pytest.raises(ConfigError, match=f"{stage}.{field}"):
+        getattr(importlib.import_module(mod), name)(**{field: value})
+
+
+def test_defaults_still_load() -> None:
+    from qihuang.preference import DPOConfig
+    from qihuang.pretrain import PretrainConfig
+    from qihuang.sft import SFTConfig
+
+    PretrainConfig(), SFTConfig(), DPOConfig()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", "", "x\0y"])
+def test_recipe_name_cannot_leave_runs_dir(name: str) -> None:
+    # defect 14: name '..' wrote corpus/, recipe.json and report.md into the parent of runs_dir
+    from qihuang.pipeline import Recipe
+
+    with pytest.raises(ConfigError, match="name"):
+        Recipe(name=name)

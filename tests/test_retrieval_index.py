@@ -1,0 +1,151 @@
+"""The whole-library index: char n-gram ranking, a cache keyed by content (not path), fingerprint checks, the
+`index` stage and `qihuang index build`, run-dir resolution, and the corpus stage's library.jsonl."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qihuang.bm25 import char_keys, char_tokens, term_key
+from qihuang.config import ConfigError
+from qihuang.index import IndexConfig, build_index, index_cli
+from qihuang.retrieval import PassageIndex, resolve_passages
+from qihuang.runs import StageDir
+
+# Invented passages in a classical register (not quoted from any book).
+PASSAGES = [
+    {"id": "a:0-40", "book": "虚拟脉诀", "section": "浮脉",
+     "text": "浮脉轻手乃得，重按则减，主表证，有力为表实。"},
+    {"id": "a:40-80", "book": "虚拟脉诀", "section": "沉脉",
+     "text": "沉脉重手乃得，轻取不应，主里证，无力为里虚。"},
+    {"id": "b:0-40", "book": "假设方论", "section": "四逆",
+     "text": "四逆之方，附子干姜甘草，回阳救逆，手足厥冷者宜之。"},
+    {"id": "b:40-80", "book": "假设方论", "section": "白虎",
+     "text": "白虎之方，石膏知母粳米甘草，清气分大热，烦渴者宜之。"},
+    {"id": "c:0-30", "book": "拟作本草", "section": "附子",
+     "text": "附子辛甘大热，有毒，回阳补火，散寒除湿。"},
+]
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def write(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_char_tokens_and_vectorised_keys_agree() -> None:
+    assert char_tokens("附子 DNA 回阳") == ["附", "子", "附子", "dna", "回", "阳", "回阳"]
+    texts = ["附子回阳，Rx 救逆", "石膏"]
+    keys, docs = char_keys(texts)
+    want = sorted((term_key(t), d) for d, text in enumerate(texts) for t in char_tokens(text))
+    assert sorted(zip(keys.tolist(), docs.tolist())) == want
+
+
+@pytest.mark.parametrize("query, best", [("重按则减", "a:0-40"), ("轻取不应，主里证", "a:40-80"),
+                                         ("手足厥冷用什么方", "b:0-40"), ("石膏知母", "b:40-80"),
+                                         ("附子的性味", "c:0-30")])
+def test_char_index_ranks_the_right_passage(home: Path, tmp_path: Path, query: str, best: str) -> None:
+    idx = PassageIndex.open(write(tmp_path / "p.jsonl", PASSAGES), segmentation="char")
+    hits = idx.search(query, 3)
+    assert idx.segmentation == "char" and hits[0].passage.id == best
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert all(a.score >= b.score > 0 for a, b in zip(hits, hits[1:]))
+    assert idx.search("zzz", 3) == [] and idx.search("附子", 0) == []
+
+
+def test_cache_is_keyed_by_content_not_path(home: Path, tmp_path: Path) -> None:
+    first = PassageIndex.open(write(tmp_path / "run1" / "corpus" / "library.jsonl", PASSAGES))
+    assert first.built and first.meta["source"] == "library.jsonl" and len(first.meta["fingerprint"]) == 64
+    other = tmp_path / "elsewhere" / "copy.jsonl"
+    other.parent.mkdir()
+    shutil.copy(tmp_path / "run1" / "corpus" / "library.jsonl", other)
+    again = PassageIndex.open(other)
+    assert not again.built and again.meta["dir"] == first.meta["dir"] and again.source == other
+    assert len(list((home / "indexes").iterdir())) == 1
+    changed = write(tmp_path / "run1" / "corpus" / "library.jsonl", PASSAGES[:4])
+    assert PassageIndex.open(changed).built and len(list((home / "indexes").iterdir())) == 2
+
+
+def test_fingerprint_mismatch_and_missing_index_dir(home: Path, tmp_path: Path) -> None:
+    good = PassageIndex.open(write(tmp_path / "lib.jsonl", PASSAGES))
+    folder = Path(good.meta["dir"])
+    assert PassageIndex.open(tmp_path / "lib.jsonl", index_dir=folder).search("石膏", 1)[0].passage.id == "b:40-80"
+    other = write(tmp_path / "other.jsonl", PASSAGES[:2])
+    with pytest.raises(ConfigError) as err:
+        PassageIndex.open(other, index_dir=folder)
+    msg = str(err.value)
+    assert "lib.jsonl" in msg and "other.jsonl" in msg and good.meta["fingerprint"][:12] in msg
+    with pytest.raises(ConfigError, match="no such folder"):
+        PassageIndex.open(other, index_dir=tmp_path / "nope")
+
+
+def test_index_stage_and_run_dir_resolution(home: Path, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "r"
+    write(run / "corpus" / "train.jsonl", PASSAGES[:3])
+    summary = build_index(IndexConfig(), run / "corpus", StageDir(run / "index"))
+    assert summary["source"] == "train.jsonl" and summary["passages"] == 3 and not summary["reused"]
+    assert summary["probe_found_itself"] and summary["peak_rss_mb"] > 0 and summary["build_seconds"] >= 0
+    assert Path(summary["cache_dir"]).parent == home / "indexes"
+    choice = json.loads((run / "index" / "index.json").read_text(encoding="utf-8"))
+    assert choice == {"passages": "train.jsonl", "segmentation": "char", "cache_dir": summary["cache_dir"],
+                      "fingerprint": summary["fingerprint"]}
+    assert resolve_passages(run) == run / "corpus" / "train.jsonl"  # the index stage's choice wins
+    write(run / "corpus" / "library.jsonl", PASSAGES)
+    again = build_index(IndexConfig(segmentation="char"), run / "corpus", StageDir(run / "index"))
+    assert again["source"] == "library.jsonl" and again["passages"] == 5
+    assert len(PassageIndex.open(run).passages) == 5 and resolve_passages(run).name == "library.jsonl"
+    (run / "index" / "index.json").unlink()
+    assert resolve_passages(run).name == "library.jsonl"
+    with pytest.raises(ConfigError, match="none of .*run the corpus stage first"):
+        build_index(IndexConfig(), tmp_path / "missing", StageDir(tmp_path / "x"))
+
+
+def test_index_build_cli(home: Path, tmp_path: Path) -> None:
+    write(tmp_path / "run" / "corpus" / "library.jsonl", PASSAGES)
+    out = CliRunner().invoke(index_cli, ["build", "--corpus", str(tmp_path / "run" / "corpus"),
+                                         "--segmentation", "jieba"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output)
+    assert summary["passages"] == 5 and summary["segmentation"] == "jieba"
+    assert (tmp_path / "run" / "index" / "done").exists()
+    assert PassageIndex.open(tmp_path / "run").segmentation == "jieba"
+    bad = CliRunner().invoke(index_cli, ["build", "--corpus", str(tmp_path / "none")])
+    assert bad.exit_code != 0 and "none of" in bad.output
+
+
+def test_corpus_library_holds_every_book(shared_data: Path, tmp_path: Path) -> None:
+    from qihuang.corpus import CorpusConfig, build_corpus
+
+    src = tmp_path / "books"
+    src.mkdir()
+    names = ["196-产后十八论.txt", "262-接骨手法.txt", "651-十二經補瀉溫涼引經藥歌.txt"]
+    for name in names:
+        shutil.copyfile(shared_data / "classics" / name, src / name)  # links outside the source are refused
+    cfg = CorpusConfig(source=src, max_books=1, heldout_books=["接骨手法"], workers=1, write_books=False)
+    summary = build_corpus(cfg, StageDir(tmp_path / "corpus"))
+    read = {n: [json.loads(line) for line in open(tmp_path / "corpus" / n, encoding="utf-8")]
+            for n in ("train.jsonl", "heldout.jsonl", "library.jsonl")}
+    lib_books = {r["book_file"] for r in read["library.jsonl"]}
+    assert lib_books == set(names) and summary["library_books"] == 3
+    assert {r["book_file"] for r in read["heldout.jsonl"]} == {"262-接骨手法.txt"}
+    assert len({r["book_file"] for r in read["train.jsonl"]}) == 1 and summary["books_skipped"] == 1
+    by_id = {r["id"]: r for r in read["library.jsonl"]}
+    for r in read["train.jsonl"] + read["heldout.jsonl"]:
+        assert {k: by_id[r["id"]][k] for k in ("book", "section", "text", "start", "end")} == \
+               {k: r[k] for k in ("book", "section", "text", "start", "end")}
+    assert summary["library_passages"] == len(read["library.jsonl"]) > len(read["train.jsonl"]) + len(
+        read["heldout.jsonl"])
+    assert not (tmp_path / "corpus2").exists()
+    off = build_corpus(CorpusConfig(source=src, max_books=1, heldout_books=[], library=False, workers=1,
+                                    write_books=False), StageDir(tmp_path / "corpus2"))
+    assert not (tmp_path / "corpus2" / "library.jsonl").exists() and "library_passages" not in off
