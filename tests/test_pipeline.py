@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from qihuang.pipeline import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["corpus", "index", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat"]
 
 
 def run(recipe: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +46,12 @@ def test_tiny_recipe_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     for label in ("base", "cpt", "sft"):
         bpc = results["models"][label]["bpc"]
         assert bpc["bpc"] > 0
+    assert ["base", "rag"] in results["rows"] and ["sft", "closed"] not in results["rows"]
+    assert results["rows"][-1] == ["dpo", "closed"]  # base closed-book, every model with retrieval, last closed
+    samples = json.loads((run_dir / "chat" / "samples.json").read_text(encoding="utf-8"))
+    assert samples and all(s["citations"] for s in samples)  # the chat stage asks with retrieval
     report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "- [1]" in report or "- **[1]" in report
     for word in ("## Stages", "## Evaluation", "## Sample answers", "| pretrain |", "base", "cpt", "sft"):
         assert word in report, word
     # A second run reuses every finished stage; removing one stage's marker redoes only that stage.

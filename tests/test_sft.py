@@ -127,15 +127,40 @@ def test_packing_resets_positions_without_cross_attention(tmp_path: Path, tok: A
 
 
 def test_new_tokens_become_trainable(tiny_model_dir: Path) -> None:
-    from qihuang.models import load_tokenizer
+    from qihuang.models import load_model
 
-    tok = load_tokenizer(tiny_model_dir)
-    assert _lora_config(SFTConfig(), tok).trainable_token_indices is None
+    model, tok = load_model(tiny_model_dir)
+    assert _lora_config(SFTConfig(), tok, model).trainable_token_indices is None
     tok.add_tokens(["阴阳", "桂枝汤"])
-    cfg = _lora_config(SFTConfig(lora_targets=["q_proj", "v_proj"]), tok)
+    cfg = _lora_config(SFTConfig(lora_targets=["q_proj", "v_proj"]), tok, model)
     assert sorted(cfg.trainable_token_indices) == [len(tok) - 2, len(tok) - 1]
     assert set(cfg.target_modules) == {"q_proj", "v_proj"}
-    assert _lora_config(SFTConfig(train_new_tokens=False), tok).trainable_token_indices is None
+    assert _lora_config(SFTConfig(train_new_tokens=False), tok, model).trainable_token_indices is None
+
+
+def test_lora_layers_adapt_only_the_top_layers(tiny_model_dir: Path) -> None:
+    """LoRA in the top N layers only: lower layers get no adapter, and backprop leaves them without gradients."""
+    import torch
+    from peft import get_peft_model
+
+    from qihuang.config import ConfigError
+    from qihuang.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    n = model.config.num_hidden_layers
+    cfg = _lora_config(SFTConfig(lora_layers=1, train_new_tokens=False), tok, model)
+    assert cfg.layers_to_transform == [n - 1] and "q_proj" in cfg.target_modules
+    peft_model = get_peft_model(model, cfg)
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, p in peft_model.named_parameters()
+               if p.requires_grad}
+    assert adapted == {str(n - 1)}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is None for p in peft_model.parameters() if not p.requires_grad)
+    with pytest.raises(ConfigError, match="train_new_tokens"):
+        SFTConfig(lora_layers=2)
+    with pytest.raises(ConfigError, match="lora_layers"):
+        SFTConfig(lora_layers=-1, train_new_tokens=False)
 
 
 def test_rouge_l() -> None:

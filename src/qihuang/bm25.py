@@ -263,11 +263,3 @@ class Bm25Builder:
         return Bm25Matrix(terms, indptr, indices, data, self.n_docs,
                           {"avgdl": round(avgdl, 3), "k1": K1, "b": B, "nnz": nnz})
 
-
-def file_fingerprint(path: Path) -> str:
-    """sha256 of a file's bytes (streamed): the index cache key's notion of 'the same data'."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()

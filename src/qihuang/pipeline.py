@@ -38,6 +38,8 @@ class ChatSampleConfig:
     """Questions put to the final model."""
     max_new_tokens: int = 96
     """Tokens generated per answer."""
+    retrieval: bool = True
+    """Ask with retrieval over the run's index and show the citations (as `qihuang chat` does)."""
 
 
 @dataclass
@@ -105,18 +107,24 @@ def _set_threads(n: int | None) -> None:
     torch.set_num_threads(n or os.cpu_count() or 1)
 
 
-def _chat_samples(cfg: ChatSampleConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
+def _chat_samples(cfg: ChatSampleConfig, model_dir: Path, index_spec: Path, out: StageDir) -> dict[str, Any]:
+    """Each question asked in a fresh `qihuang chat` session (retrieval over the run's index, citations)."""
+    from qihuang.retrieval import PassageIndex
+    from qihuang.serve.chat import ChatSession
     from qihuang.serve.engine import Engine
+    from qihuang.serve.settings import ChatConfig
 
     engine = Engine.load(model_dir)
+    index = PassageIndex.open(index_spec) if cfg.retrieval else None
+    chat_cfg = ChatConfig(model=str(model_dir), max_tokens=cfg.max_new_tokens, cite=cfg.retrieval)
     samples = []
     for q in cfg.questions:
         t0 = time.time()
-        answer = engine.complete([{"role": "user", "content": q}], max_new_tokens=cfg.max_new_tokens,
-                                 temperature=0.0)
-        samples.append({"question": q, "answer": answer, "seconds": round(time.time() - t0, 2)})
+        answer, cites = ChatSession(engine, index, chat_cfg).ask(q, lambda _text: None)
+        samples.append({"question": q, "answer": answer, "seconds": round(time.time() - t0, 2),
+                        "citations": [{k: c[k] for k in ("index", "title", "quote", "cited")} for c in cites]})
     write_json(out.path / "samples.json", samples)
-    return {"model": str(model_dir), "samples": samples}
+    return {"model": str(model_dir), "retrieval": cfg.retrieval, "samples": samples}
 
 
 def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
@@ -149,9 +157,9 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
         ("sft", recipe.sft, lambda c: sft(c, current, dirs["sft"])),
         ("dpo", recipe.dpo, lambda c: dpo(c, current, dirs["dpo"])),
         ("eval", recipe.eval, lambda c: evaluate_models(
-            c, dict(models), corpus_out / "heldout.jsonl", _existing(dirs["instruct"].path / "heldout_qa.jsonl"),
+            c, dict(models), corpus_out / "heldout.jsonl", None,  # QA of held-out *books* (built by eval)
             dirs["eval"], index=run_dir)),
-        ("chat", recipe.chat, lambda c: _chat_samples(c, current, dirs["chat"])),
+        ("chat", recipe.chat, lambda c: _chat_samples(c, current, run_dir, dirs["chat"])),
     ]
     for name, cfg, work in steps:
         if name not in recipe.stages:
@@ -173,10 +181,6 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
     report = write_report(recipe, summaries, dirs)
     log(f"report: {report}")
     return run_dir
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.exists() else None
 
 
 def write_report(recipe: Recipe, summaries: dict[str, dict[str, Any]], dirs: dict[str, StageDir]) -> Path:
@@ -201,6 +205,10 @@ def write_report(recipe: Recipe, summaries: dict[str, dict[str, Any]], dirs: dic
         lines += ["", "## Sample answers", "", f"Model: `{chat.get('model')}`", ""]
         for s in chat["samples"]:
             lines += [f"**问：** {s['question']}", "", f"**答：** {s['answer'].strip()}", ""]
+            for c in s.get("citations", []):
+                lines.append(f"- {'**' if c['cited'] else ''}[{c['index']}] {c['title']}{'**' if c['cited'] else ''}"
+                             f"：{c['quote']}")
+            lines += [""] if s.get("citations") else []
     lines += ["", "## Recipe", "", "```yaml", _yaml(to_mapping(recipe)), "```", ""]
     path = recipe.run_dir / "report.md"
     with atomic_open(path) as fh:

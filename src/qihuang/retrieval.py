@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, overload
 
 from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder, Bm25Matrix, Vocab, char_tokens,
-                          file_fingerprint, full_mode_tokens, jieba_segmenter, jieba_tokens, token_keys)
+                          full_mode_tokens, jieba_segmenter, jieba_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
+from qihuang.runs import sha256_file
 
 INDEX_VERSION = 3
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
@@ -264,7 +265,7 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
 
 
 def _lexicon_hash(lexicon: Path | None) -> str | None:
-    return file_fingerprint(lexicon)[:16] if lexicon is not None and lexicon.exists() else None
+    return sha256_file(lexicon)[:16] if lexicon is not None and lexicon.exists() else None
 
 
 class PassageIndex:
@@ -301,7 +302,7 @@ class PassageIndex:
     @classmethod
     def cache_dir_for(cls, path: Path, lexicon: Path | None, segmentation: str = DEFAULT_SEGMENTATION) -> Path:
         """Cache folder of a passages file (independent of where the file lives)."""
-        return qihuang_home() / "indexes" / cls.cache_key(file_fingerprint(path), lexicon, segmentation)
+        return qihuang_home() / "indexes" / cls.cache_key(sha256_file(path), lexicon, segmentation)
 
     @classmethod
     def build(cls, passages: list[Passage], lexicon: Path | None = None, source: Path | None = None,
@@ -334,7 +335,7 @@ class PassageIndex:
         seg = segmentation or DEFAULT_SEGMENTATION
         if seg not in SEGMENTATIONS:
             raise ConfigError(f"segmentation must be one of {list(SEGMENTATIONS)}, got {seg!r}")
-        fingerprint = file_fingerprint(path)
+        fingerprint = sha256_file(path)
         if index_dir is not None:
             meta = _read_meta(Path(index_dir))
             if meta.get("fingerprint") != fingerprint:

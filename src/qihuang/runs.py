@@ -7,6 +7,7 @@ rerun would take as finished; the `done` marker is written last.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -199,3 +200,13 @@ def stage_dir(run_dir: Path, stage: str) -> StageDir:
 def scratch_dir(prefix: str = "qihuang-") -> Path:
     """A fresh temporary directory (caller removes it)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks (checkpoint manifests, corpus downloads, the retrieval
+    index's cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(4 << 20):
+            h.update(block)
+    return h.hexdigest()

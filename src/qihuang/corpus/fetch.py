@@ -3,13 +3,14 @@ resuming partial downloads (HTTP Range) and verifying each file against a SHA-25
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from qihuang.runs import sha256_file
 
 MANIFEST_NAME = "MANIFEST.sha256"
 CHUNK = 1 << 16
@@ -28,15 +29,6 @@ class FetchReport:
     up_to_date: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_manifest(text: str, where: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from qihuang.decoding import DecodeParams
 from qihuang.evaluate.answers import ATTRIBUTION_TYPES, answer_flags, is_degenerate
 from qihuang.retrieval import Hit, PassageIndex
 
@@ -62,7 +63,7 @@ def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-             progress: Callable[[int, int], None] | None = None) -> list[str]:
+             progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None) -> list[str]:
     """Answers through `qihuang.decoding.generate_batch`, prompts grouped by length (less padding) and in chunks of
     a few batches so progress can be logged; returned in input order."""
     from qihuang.decoding import generate_batch
@@ -72,7 +73,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     chunk = batch_size * 4
     for start in range(0, len(order), chunk):
         ids = order[start:start + chunk]
-        outs = generate_batch(model, tokenizer, [prompts[i] for i in ids], max_new_tokens, batch_size=batch_size)
+        outs = generate_batch(model, tokenizer, [prompts[i] for i in ids], max_new_tokens, batch_size=batch_size,
+                              params=decode)
         for i, a in zip(ids, outs, strict=True):
             answers[i] = a.strip()
         if progress:

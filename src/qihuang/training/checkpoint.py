@@ -6,13 +6,14 @@ are deleted only after the new one verified."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from qihuang.runs import sha256_file
 
 log = logging.getLogger(__name__)
 META = "meta.json"
@@ -29,15 +30,6 @@ def list_checkpoints(root: Path) -> list[Path]:
         return []
     found = [p for p in root.glob("step-*") if p.is_dir() and (p / META).exists()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(4 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def nonfinite_tensors(directory: Path) -> list[str]:
