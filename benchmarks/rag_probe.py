@@ -23,7 +23,8 @@ from typing import Any
 
 
 DECODING: dict[str, tuple[float, int]] = {
-    "off": (1.0, 0), "penalty 1.3": (1.3, 0), "ngram 3": (1.0, 3), "penalty 1.1 + ngram 4 (default)": (1.1, 4),
+    "off": (1.0, 0), "penalty 1.3": (1.3, 0), "ngram 3": (1.0, 3), "penalty 1.1 + ngram 4": (1.1, 4),
+    "ngram 4 (default)": (1.0, 4),
 }
 """Repetition-control settings swept by --decoding: (repetition_penalty, no_repeat_ngram_size)."""
 

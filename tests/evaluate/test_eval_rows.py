@@ -5,8 +5,6 @@ scripted stand-in for `generate_batch` (so the figures are known); one row also 
 from __future__ import annotations
 
 import json
-import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,9 +41,7 @@ def _scripted(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens
 
 @pytest.fixture()
 def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("qihuang.decoding")
-    fake.generate_batch = _scripted  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "qihuang.decoding", fake)
+    monkeypatch.setattr("qihuang.decoding.generate_batch", _scripted)
 
 
 def _sft_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:

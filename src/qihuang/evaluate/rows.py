@@ -4,9 +4,11 @@ and the off-topic probe through the part cache, and add the paired differences o
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qihuang.decoding import DecodeParams
 from qihuang.evaluate.conditions import (
     add_row_pairs,
     index_fingerprint,
@@ -76,7 +78,7 @@ def model_rows(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tupl
             return {"summary": summary, "vectors": vectors(per)}
 
         params = {"qa": plan.qa_digest, "condition": cond, "tokens": cfg.qa_max_new_tokens, "defaults": defaults,
-                  "v": ROWS_VERSION}
+                  "decoding": asdict(DecodeParams()), "v": ROWS_VERSION}
         if cond == "rag":
             params.update({"index": index_fingerprint(plan.index), "k": cfg.passages_k, "chars": cfg.passage_chars})
         done = parts.get("rows", f"heldout_books__{cond}", params, compute)
@@ -84,7 +86,7 @@ def model_rows(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tupl
     if cfg.offtopic and plan.index is not None and (label, "rag") in plan.rows:
         result["offtopic"] = parts.get("offtopic", "questions", {
             "index": index_fingerprint(plan.index), "k": cfg.passages_k, "chars": cfg.passage_chars,
-            "tokens": cfg.qa_max_new_tokens, "defaults": defaults, "v": ROWS_VERSION},
+            "tokens": cfg.qa_max_new_tokens, "defaults": defaults, "decoding": asdict(DecodeParams()), "v": ROWS_VERSION},
             lambda: _offtopic(cfg, label, plan, model, defaults, out_dir, log))
     return out
 
