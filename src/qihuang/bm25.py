@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from qihuang.runs import write_json
+
 SEGMENTATIONS = ("char", "jieba")
 DEFAULT_SEGMENTATION = "char"
-"""Chosen by benchmarks/retrieval_index.py: same quote accuracy as jieba, ~10x faster to build, no lexicon."""
+"""Chosen with benchmarks/retrieval_index.py (quote accuracy and build time of char vs jieba on the same
+passages); needs no lexicon."""
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[A-Za-z0-9]+")
 ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
 MAX_WORD = 8
@@ -47,24 +50,25 @@ def char_tokens(text: str) -> list[str]:
     return out
 
 
-_SEGMENTER: Any = None
 _SEG_LOCK = threading.Lock()
 
 
 def jieba_segmenter(lexicon: Path | None) -> Any:
-    """A private jieba tokenizer with the TCM lexicon loaded (built once per process)."""
-    global _SEGMENTER
+    """A private jieba tokenizer with `lexicon` loaded (built once per process and lexicon path)."""
     with _SEG_LOCK:
-        if _SEGMENTER is None:
-            import jieba
+        return _jieba_segmenter(lexicon)
 
-            jieba.setLogLevel(logging.WARNING)
-            seg = jieba.Tokenizer()
-            seg.initialize()
-            if lexicon is not None and lexicon.exists():
-                seg.load_userdict(str(lexicon))
-            _SEGMENTER = seg
-        return _SEGMENTER
+
+@functools.lru_cache(maxsize=8)
+def _jieba_segmenter(lexicon: Path | None) -> Any:
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    seg = jieba.Tokenizer()
+    seg.initialize()
+    if lexicon is not None and lexicon.exists():
+        seg.load_userdict(str(lexicon))
+    return seg
 
 
 def jieba_tokens(text: str, segmenter: Any) -> list[str]:
@@ -81,8 +85,9 @@ def jieba_tokens(text: str, segmenter: Any) -> list[str]:
     return out
 
 
-def full_mode_tokens(text: str, vocab: Container[str]) -> list[str]:
-    """Every known word (≤ MAX_WORD chars) starting at each character, plus the character (jieba-index queries)."""
+def full_mode_candidates(text: str) -> list[str]:
+    """Every substring of ≤ MAX_WORD chars starting at each CJK character (the character first), and each ASCII
+    word lowercased, in text order: what a jieba-index query may match (`full_mode_tokens` keeps the known ones)."""
     out: list[str] = []
     for run in CJK.findall(text):
         if run.isascii():
@@ -90,8 +95,17 @@ def full_mode_tokens(text: str, vocab: Container[str]) -> list[str]:
             continue
         for i in range(len(run)):
             out.append(run[i])
-            out.extend(run[i:j] for j in range(i + 2, min(len(run), i + MAX_WORD) + 1) if run[i:j] in vocab)
-    return [t for t in out if t in vocab]
+            out.extend(run[i:j] for j in range(i + 2, min(len(run), i + MAX_WORD) + 1))
+    return out
+
+
+def full_mode_tokens(text: str, vocab: Container[str]) -> list[str]:
+    """Every known word (≤ MAX_WORD chars) starting at each character, plus the character (jieba-index queries)."""
+    cands = full_mode_candidates(text)
+    if isinstance(vocab, Vocab):  # one vectorised lookup instead of one per substring
+        known = vocab.known(token_keys(cands))
+        return [t for t, ok in zip(cands, known.tolist()) if ok]
+    return [t for t in cands if t in vocab]
 
 
 def char_keys(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,13 +148,24 @@ class Vocab(Container[str]):
     def __len__(self) -> int:
         return len(self.terms)
 
+    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(column number or a neighbour, whether the key is in the index) for each key."""
+        if not len(self.terms) or not len(keys):
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        pos = np.searchsorted(self.terms, keys)
+        pos = np.minimum(pos, len(self.terms) - 1)
+        return pos, self.terms[pos] == keys
+
     def ids(self, keys: np.ndarray) -> np.ndarray:
         """Column numbers of the keys that are in the index (unknown keys dropped)."""
         if not len(self.terms) or not len(keys):
             return np.zeros(0, dtype=np.int64)
-        pos = np.searchsorted(self.terms, keys)
-        pos = np.minimum(pos, len(self.terms) - 1)
-        return pos[self.terms[pos] == keys]
+        pos, hit = self._lookup(keys)
+        return pos[hit]
+
+    def known(self, keys: np.ndarray) -> np.ndarray:
+        """Boolean mask: which keys are in the index."""
+        return self._lookup(keys)[1]
 
     def __contains__(self, token: object) -> bool:
         return isinstance(token, str) and bool(token) and len(self.ids(token_keys([token]))) > 0
@@ -169,7 +194,7 @@ class Bm25Matrix:
         """Write the four arrays (.npy) and matrix.json into `folder`."""
         for name in self.FILES:
             np.save(folder / f"{name}.npy", getattr(self, name))
-        (folder / "matrix.json").write_text(json.dumps({"n_docs": self.n_docs, **self.stats}), encoding="utf-8")
+        write_json(folder / "matrix.json", {"n_docs": self.n_docs, **self.stats})
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> Bm25Matrix:
@@ -178,9 +203,18 @@ class Bm25Matrix:
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if mmap else None) for n in cls.FILES}
         return cls(n_docs=int(meta.pop("n_docs")), stats=meta, **arrays)
 
+    @functools.cached_property
+    def vocab(self) -> Vocab:
+        """The matrix's terms as a Vocab (made once)."""
+        return Vocab(self.terms)
+
     def top(self, keys: np.ndarray, k: int) -> list[tuple[int, float]]:
         """(doc, score) of the k best documents for a query's term keys (each distinct term counted once)."""
-        ids = Vocab(self.terms).ids(np.unique(keys))
+        return self.top_ids(self.vocab.ids(np.unique(keys)), k)
+
+    def top_ids(self, ids: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """(doc, score) of the k best documents for a query's column numbers (each distinct column counted once)."""
+        ids = np.unique(ids)
         if not len(ids) or k <= 0:
             return []
         acc = np.zeros(self.n_docs, dtype=np.float32)

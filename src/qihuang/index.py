@@ -20,8 +20,9 @@ class IndexConfig:
     """Which passages the retrieval index covers and how they are segmented."""
 
     segmentation: Literal["char", "jieba"] = "char"
-    """char: every CJK character + every pair of neighbours (chosen by benchmarks/retrieval_index.py: as accurate
-    on quotes as jieba and several times faster to build); jieba: words with the TCM lexicon + characters."""
+    """char: every CJK character + every pair of neighbours (chosen with benchmarks/retrieval_index.py, which
+    compares quote accuracy and build time of both on the same passages; no lexicon); jieba: words with the TCM
+    lexicon + characters."""
     source: Literal["library", "train"] = "library"
     """library: corpus/library.jsonl (every book; falls back to train.jsonl when the corpus stage wrote no
     library); train: corpus/train.jsonl (the training books only)."""
@@ -31,7 +32,9 @@ class IndexConfig:
 
 def passages_file(cfg: IndexConfig, corpus_dir: Path) -> Path:
     """The corpus file the index is built from (library.jsonl, else train.jsonl)."""
-    names = ["library.jsonl", "train.jsonl"] if cfg.source == "library" else ["train.jsonl"]
+    from qihuang.retrieval import RUN_FILES
+
+    names = list(RUN_FILES) if cfg.source == "library" else ["train.jsonl"]
     for name in names:
         if (corpus_dir / name).exists():
             return corpus_dir / name

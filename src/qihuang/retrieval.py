@@ -4,6 +4,7 @@ jieba + the TCM lexicon), built once per passages file and cached under a key ma
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -14,17 +15,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, overload
 
-from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder, Bm25Matrix, Vocab, char_tokens,
-                          full_mode_tokens, jieba_segmenter, jieba_tokens, token_keys)
+import numpy as np
+
+from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder, Bm25Matrix, char_tokens,
+                          full_mode_candidates, full_mode_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
-from qihuang.runs import sha256_file
+from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
 
 INDEX_VERSION = 3
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
 CHUNK_DOCS = 8192
 RUN_FILES = ("library.jsonl", "train.jsonl")
 """Passages files of a run's corpus stage, in order of preference (the whole library, else the training books)."""
-__all__ = ["CJK", "Hit", "Passage", "PassageIndex", "best_span", "load_passages", "query_tokens", "resolve_passages"]
+__all__ = ["CJK", "Hit", "Passage", "PassageIndex", "best_span", "query_tokens", "resolve_passages"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,6 @@ def _lexicon_path() -> Path | None:
         return None
 
 
-def index_tokens(text: str, segmenter: Any) -> list[str]:
-    """jieba segmentation of a passage (kept for callers of the old API; see qihuang.bm25.jieba_tokens)."""
-    return jieba_tokens(text, segmenter)
-
-
 def query_tokens(text: str, vocab: Any, segmentation: str = "jieba") -> list[str]:
     """Query tokens that are in the index vocabulary: char n-grams, or (jieba) every known word at each character."""
     if segmentation == "char":
@@ -87,14 +85,15 @@ def query_tokens(text: str, vocab: Any, segmentation: str = "jieba") -> list[str
     return full_mode_tokens(text, vocab)
 
 
-def _bigrams(text: str) -> set[str]:
+def char_bigrams(text: str) -> set[str]:
+    """Every CJK character and every pair of neighbours of `text` (its words and numbers joined)."""
     chars = "".join(CJK.findall(text))
     return {chars[i:i + 2] for i in range(len(chars) - 1)} | set(chars)
 
 
 def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
     """(start, end) of the sentence run in `text` that best matches `query` (character bigram overlap)."""
-    want = _bigrams(query)
+    want = char_bigrams(query)
     sentences: list[tuple[int, int]] = []
     pos = 0
     for part in SENTENCE_END.split(text):
@@ -105,7 +104,7 @@ def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
         return 0, 0
     best, best_score = sentences[0], -1.0
     for s, e in sentences:
-        got = _bigrams(text[s:e])
+        got = char_bigrams(text[s:e])
         score = len(got & want) / (1 + len(got) ** 0.5)
         if score > best_score:
             best, best_score = (s, e), score
@@ -135,14 +134,6 @@ def iter_passages(path: Path) -> Iterator[Passage]:
                           start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0))
 
 
-def load_passages(path: Path) -> list[Passage]:
-    """Read corpus passages (JSONL records with at least `id` and `text`)."""
-    passages = list(iter_passages(path))
-    if not passages:
-        raise ConfigError(f"{path}: no passages")
-    return passages
-
-
 def run_index_choice(run_dir: Path) -> dict[str, Any]:
     """What a run's index stage chose (`index/index.json`: passages file name, segmentation), or {}."""
     path = run_dir / "index" / "index.json"
@@ -157,40 +148,52 @@ def run_index_choice(run_dir: Path) -> dict[str, Any]:
 def resolve_passages(spec: str | Path) -> Path:
     """A passages JSONL file, or a run dir (→ the file its index stage used, else `corpus/library.jsonl`, else
     `corpus/train.jsonl`)."""
+    return _resolve(spec)[0]
+
+
+def _resolve(spec: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(passages file, the run's index choice ({} unless `spec` is a run dir)): index.json is read once."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        chosen = run_index_choice(path).get("passages")
+        choice = run_index_choice(path)
+        chosen = choice.get("passages")
         for name in ([chosen] if chosen else []) + list(RUN_FILES):
             cand = path / "corpus" / name
             if cand.exists():
-                return cand
+                return cand, choice
         raise ConfigError(f"{path}: a run directory without corpus/library.jsonl or corpus/train.jsonl")
     if not path.exists():
         raise ConfigError(f"{path}: passages file not found")
-    return path
+    return path, {}
+
+
+def passages_fingerprint(path: Path) -> str:
+    """sha256 of a passages file's bytes, rehashed only when its size, mtime or inode changed since it was last
+    hashed (remembered in `qihuang_home()/index-fingerprints/`, one small file per resolved path)."""
+    path = Path(path)
+    real = str(path.resolve())
+    memo = qihuang_home() / "index-fingerprints" / f"{hashlib.sha1(real.encode()).hexdigest()[:16]}.json"
+    before = os.stat(path)
+    stamp = [before.st_size, before.st_mtime_ns, before.st_ino]
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        seen = json.loads(memo.read_text(encoding="utf-8"))
+        if seen["path"] == real and seen["stamp"] == stamp and len(seen["sha256"]) == 64:
+            return str(seen["sha256"])
+    digest = sha256_file(path)
+    after = os.stat(path)
+    if [after.st_size, after.st_mtime_ns, after.st_ino] == stamp:  # not written to while it was hashed
+        with contextlib.suppress(OSError):
+            write_json(memo, {"path": real, "stamp": stamp, "sha256": digest})
+    return digest
 
 
 class PassageStore(Sequence[Passage]):
     """Passages of a cached index, read on demand from a JSONL file through an offsets array (fast to open)."""
 
     def __init__(self, path: Path) -> None:
-        import numpy as np
-
         self.path = path
         self.offsets = np.load(path.with_suffix(".offsets.npy"))
         self._fd = os.open(path, os.O_RDONLY)
-
-    @staticmethod
-    def write(folder: Path, passages: Sequence[Passage]) -> None:
-        """Write `passages.jsonl` + `passages.offsets.npy` into `folder`."""
-        import numpy as np
-
-        offsets = [0]
-        with open(folder / "passages.jsonl", "wb") as fh:
-            for p in passages:
-                fh.write(json.dumps(asdict(p), ensure_ascii=False).encode() + b"\n")
-                offsets.append(fh.tell())
-        np.save(folder / "passages.offsets.npy", np.asarray(offsets, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -230,11 +233,15 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return dict(meta)
 
 
-def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Path | None,
-                       fingerprint: str) -> dict[str, Any]:
-    """Stream `path` in chunks into `folder` (passages.jsonl + offsets, the BM25 matrix, meta.json, `done`)."""
-    import numpy as np
+def index_text(p: Passage) -> str:
+    """The text a passage is indexed under: book title, section title and body."""
+    return f"{p.book} {p.section} {p.text}"
 
+
+def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Path | None,
+                       fingerprint: str, lexicon_hash: str | None | bool = False) -> dict[str, Any]:
+    """Stream `path` in chunks into `folder` (passages.jsonl + offsets, the BM25 matrix, meta.json, `done`);
+    `lexicon_hash` is `_lexicon_hash(lexicon)` when the caller already has it (False: compute it here)."""
     t0 = time.perf_counter()
     builder = Bm25Builder(segmentation, lexicon)
     offsets = [0]
@@ -245,9 +252,9 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
             offsets.append(out.tell())
             batch.append(p)
             if len(batch) == CHUNK_DOCS:
-                builder.add([f"{q.book} {q.section} {q.text}" for q in batch])
+                builder.add([index_text(q) for q in batch])
                 batch = []
-        builder.add([f"{q.book} {q.section} {q.text}" for q in batch])
+        builder.add([index_text(q) for q in batch])
     if builder.n_docs == 0:
         raise ConfigError(f"{path}: no passages")
     np.save(folder / "passages.offsets.npy", np.asarray(offsets, dtype=np.int64))
@@ -255,11 +262,12 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
     matrix.save(folder)
     meta = {"version": INDEX_VERSION, "segmentation": segmentation, "fingerprint": fingerprint,
             "source": path.name, "source_path": str(path.resolve()),
-            "lexicon": _lexicon_hash(lexicon) if segmentation == "jieba" else None,
+            "lexicon": ((_lexicon_hash(lexicon) if lexicon_hash is False else lexicon_hash)
+                        if segmentation == "jieba" else None),
             "passages": builder.n_docs, "terms": len(matrix.terms), "nnz": matrix.stats["nnz"],
             "build_seconds": round(time.perf_counter() - t0, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    (folder / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(folder / "meta.json", meta)
     (folder / "done").write_text("", encoding="utf-8")
     return meta
 
@@ -275,7 +283,7 @@ class PassageIndex:
                  source: Path | None = None, load_seconds: float = 0.0, meta: dict[str, Any] | None = None) -> None:
         self.passages = passages
         self.matrix = matrix
-        self.vocab = Vocab(matrix.terms)
+        self.vocab = matrix.vocab
         self.segmentation = segmentation
         self.source = source
         self.load_seconds = load_seconds
@@ -291,33 +299,22 @@ class PassageIndex:
         return self._by_id
 
     @staticmethod
-    def cache_key(fingerprint: str, lexicon: Path | None, segmentation: str = DEFAULT_SEGMENTATION) -> str:
-        """Cache folder name: the passages' content, the lexicon's content (jieba only), segmentation, version."""
-        import hashlib
-
-        lex = _lexicon_hash(lexicon) if segmentation == "jieba" else None
+    def cache_key(fingerprint: str, lexicon: Path | None, segmentation: str = DEFAULT_SEGMENTATION,
+                  lexicon_hash: str | None | bool = False) -> str:
+        """Cache folder name: the passages' content, the lexicon's content (jieba only), segmentation, version
+        (`lexicon_hash`: `_lexicon_hash(lexicon)` when the caller already has it)."""
+        lex = ((_lexicon_hash(lexicon) if lexicon_hash is False else lexicon_hash)
+               if segmentation == "jieba" else None)
         key = f"v{INDEX_VERSION}|{segmentation}|{fingerprint}|{lex}"
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     @classmethod
-    def cache_dir_for(cls, path: Path, lexicon: Path | None, segmentation: str = DEFAULT_SEGMENTATION) -> Path:
-        """Cache folder of a passages file (independent of where the file lives)."""
-        return qihuang_home() / "indexes" / cls.cache_key(sha256_file(path), lexicon, segmentation)
-
-    @classmethod
-    def build(cls, passages: list[Passage], lexicon: Path | None = None, source: Path | None = None,
-              segmentation: str = DEFAULT_SEGMENTATION) -> PassageIndex:
-        """Segment and index passages in memory (no cache)."""
-        builder = Bm25Builder(segmentation, lexicon)
-        for i in range(0, len(passages), CHUNK_DOCS):
-            builder.add([f"{p.book} {p.section} {p.text}" for p in passages[i:i + CHUNK_DOCS]])
-        return cls(passages, builder.finish(), segmentation, source)
-
-    @classmethod
-    def load(cls, folder: Path, source: Path | None = None, t0: float | None = None) -> PassageIndex:
-        """Open a finished index folder (arrays memory-mapped, passages read on demand)."""
+    def load(cls, folder: Path, source: Path | None = None, t0: float | None = None,
+             meta: dict[str, Any] | None = None) -> PassageIndex:
+        """Open a finished index folder (arrays memory-mapped, passages read on demand); `meta`: its meta.json
+        when the caller has already read it with `_read_meta`."""
         t0 = time.perf_counter() if t0 is None else t0
-        meta = _read_meta(folder)
+        meta = _read_meta(folder) if meta is None else meta
         passages = PassageStore(folder / "passages.jsonl")
         index = cls(passages, Bm25Matrix.load(folder), meta["segmentation"], source, 0.0, {**meta, "dir": str(folder)})
         index.load_seconds = time.perf_counter() - t0
@@ -329,13 +326,13 @@ class PassageIndex:
         """The index of a passages file or run dir: `index_dir` if given (it must hold the index of exactly this
         file), else the cache folder keyed by the file's content (built and cached the first time)."""
         t0 = time.perf_counter()
-        path = resolve_passages(spec)
-        if segmentation is None and Path(spec).is_dir():
-            segmentation = run_index_choice(Path(spec)).get("segmentation")
+        path, choice = _resolve(spec)
+        if segmentation is None:
+            segmentation = choice.get("segmentation")
         seg = segmentation or DEFAULT_SEGMENTATION
         if seg not in SEGMENTATIONS:
             raise ConfigError(f"segmentation must be one of {list(SEGMENTATIONS)}, got {seg!r}")
-        fingerprint = sha256_file(path)
+        fingerprint = passages_fingerprint(path)
         if index_dir is not None:
             meta = _read_meta(Path(index_dir))
             if meta.get("fingerprint") != fingerprint:
@@ -343,15 +340,15 @@ class PassageIndex:
                     f"index {index_dir} was built from {meta.get('source')} "
                     f"(sha256 {str(meta.get('fingerprint'))[:12]}…) but the passages file {path} has sha256 "
                     f"{fingerprint[:12]}…: a different file; rebuild the index or pass its passages")
-            return cls.load(Path(index_dir), path, t0)
+            return cls.load(Path(index_dir), path, t0, meta)
         lex = _lexicon_path() if lexicon == "auto" else (Path(lexicon) if lexicon else None)
-        cache = qihuang_home() / "indexes" / cls.cache_key(fingerprint, lex, seg)
+        lex_hash = _lexicon_hash(lex) if seg == "jieba" else None
+        cache = qihuang_home() / "indexes" / cls.cache_key(fingerprint, lex, seg, lex_hash)
         if rebuild or not (cache / "done").exists():
-            from qihuang.runs import atomic_path
-
+            sweep_stale_temps(cache.parent)  # what killed builds (kill -9) of any index left behind
             with atomic_path(cache) as tmp:
                 tmp.mkdir(parents=True, exist_ok=True)
-                build_index_folder(path, tmp, seg, lex, fingerprint)
+                build_index_folder(path, tmp, seg, lex, fingerprint, lex_hash)
             index = cls.load(cache, path, t0)
             index.built = True
             return index
@@ -359,11 +356,11 @@ class PassageIndex:
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """Top-k passages for `query` (empty if no query term is in the index)."""
-        if self.segmentation == "char":
-            keys = token_keys(char_tokens(query))
-        else:
-            keys = token_keys(full_mode_tokens(query, self.vocab))
-        if not len(keys) or k <= 0:
+        if k <= 0:
             return []
+        if self.segmentation == "char":
+            ids = self.vocab.ids(np.unique(token_keys(char_tokens(query))))
+        else:  # every substring that may be a word, looked up once
+            ids = self.vocab.ids(token_keys(full_mode_candidates(query)))
         return [Hit(self.passages[doc], score, rank)
-                for rank, (doc, score) in enumerate(self.matrix.top(keys, k), 1)]
+                for rank, (doc, score) in enumerate(self.matrix.top_ids(ids, k), 1)]

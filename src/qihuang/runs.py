@@ -22,16 +22,23 @@ from typing import IO, Any
 from qihuang.config import to_mapping
 
 
-def sweep_stale_temps(directory: Path) -> list[Path]:
+def sweep_stale_temps(directory: Path, name: str | None = None) -> list[Path]:
     """Remove the temporaries `atomic_path` left in `directory` when its process was killed (kill -9): hidden
-    `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>` entries whose process is gone. Returns what was removed."""
+    `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>` entries whose process is gone (of target `name` only, if given).
+    Returns what was removed."""
     removed: list[Path] = []
-    if not Path(directory).is_dir():
+    try:
+        entries = sorted(e.name for e in os.scandir(directory) if e.name.startswith("."))
+    except OSError:  # no such folder (or unreadable): nothing to sweep
         return removed
-    for p in sorted(Path(directory).glob(".*")):
-        m = re.search(r"\.(?:tmp|old)-(\d+)", p.name)
+    for entry in entries:
+        if name is None:
+            m = re.search(r"\.(?:tmp|old)-(\d+)", entry)
+        else:
+            m = re.match(r"(?:tmp|old)-(\d+)", entry[len(name) + 2:]) if entry.startswith(f".{name}.") else None
         if m is None or _alive(int(m.group(1))):
             continue
+        p = Path(directory) / entry
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -54,9 +61,11 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it is renamed onto `path` (file or directory)."""
+    """Yield a temporary sibling path; on success it is renamed onto `path` (file or directory). Temporaries of
+    the same target left by killed processes (kill -9) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(path.parent, path.name)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     try:
         yield tmp

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qihuang.corpus.ingest import detect_and_decode, discover, ingest_file, title_from_name
+from qihuang.corpus.ingest import detect_and_decode, ingest_file, survey, title_from_name
 from qihuang.corpus.records import RejectedFile
 from tests.corpus.samples import SHANGHAN, classic
 
@@ -81,9 +81,11 @@ def test_no_text_after_parsing_is_rejected(tmp_path: Path) -> None:
     assert info.value.reason == "no_text"
 
 
-def test_discover_skips_hidden_files(tmp_path: Path) -> None:
+def test_survey_skips_and_lists_hidden_files(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x")
     (tmp_path / ".hidden.txt").write_text("x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.md").write_text("x")
-    assert [p.name for p in discover(tmp_path)] == ["a.txt", "b.md"]
+    files, refused = survey(tmp_path)
+    assert [p.name for p in files] == ["a.txt", "b.md"]
+    assert [(p.name, reason) for p, reason, _ in refused] == [(".hidden.txt", "hidden")]

@@ -55,7 +55,10 @@ def test_invalid_utf8_file_name_is_rejected_not_fatal(tmp_path: Path) -> None:
     summary, card = _build(src, tmp_path / "out")
     assert summary["books_ingested"] == 1
     assert _reasons(card) == {"bad\ufffd\ufffd.txt": "invalid_file_name"}
-    (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8")
+    rows = [r for r in read_jsonl(tmp_path / "out" / "rejects.jsonl") if r["kind"] == "file"]
+    assert [(r["file"], r["status"], r["reason"]) for r in rows] == [("bad\ufffd\ufffd.txt", "rejected",
+                                                                     "invalid_file_name")]
+    assert rows[0]["message"].startswith("bad\ufffd\ufffd.txt: ") and "UTF-8" in rows[0]["message"]
 
 
 def test_links_and_hidden_files_are_accounted_for(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from qihuang.corpus.passages import book_passages, layout
 from qihuang.corpus.records import RejectedFile
 from qihuang.corpus.settings import CorpusConfig, resolve_source
 from qihuang.corpus.split import Candidate, check_heldout, is_heldout, processing_order, select
-from qihuang.runs import StageDir, atomic_open, atomic_path, sweep_stale_temps
+from qihuang.runs import StageDir, atomic_open, atomic_path
 
 EXAMPLES_PER_REASON = 3
 
@@ -55,7 +55,9 @@ def _categoriser(rules: str | None, overrides: tuple[str, ...]) -> Categoriser:
 
 def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | None]) -> dict[str, Any]:
     """Worker: one file -> {'ok', 'book' meta, 'stats', 'passages', 'rejects', 'fingerprints'}; passages come as
-    (JSON line, id, exact hash, MinHash signature, length, preview, markup leaks) so the parent only decides."""
+    (JSON line, id, exact hash, MinHash signature, length, preview, markup leaks) so the parent only decides. A
+    library-only book (read for library.jsonl alone) gets the filter check but only its JSON lines, as 1-tuples:
+    no hash, signature, leak counts, reject rows or text fingerprints (the parent uses none of them)."""
     path, name, title, category, held, opts, books_dir = job
     lib_only = bool(opts.get("library_only"))
     t0 = time.time()
@@ -77,7 +79,7 @@ def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | Non
         with open(target, "w", encoding="utf-8") as fh:
             fh.write(laid.text)
     fcfg = FilterConfig(min_chars=opts["min_chars"], min_cjk_ratio=opts["min_cjk_ratio"])
-    kept: list[tuple[str, str, bytes, Any, int, str, tuple[int, int, int]]] = []
+    kept: list[tuple[Any, ...]] = []  # (line, id, hash, sig, len, preview, leaks); (line,) if library-only
     rejects: list[tuple[str, str, str]] = []
     for rec in book_passages(book, laid, opts["passage_chars"], opts["max_passage_chars"]):
         if opts["notes"] != "annotate":
@@ -85,12 +87,16 @@ def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | Non
         text = rec["text"]
         probe = Probe(text)
         ok, reason = check(probe, fcfg)
+        if lib_only:
+            if ok:
+                kept.append((json.dumps(rec, ensure_ascii=False),))
+            continue
         if not ok:
             rejects.append((json.dumps({"kind": "passage", **rec, "reason": reason}, ensure_ascii=False), reason,
                             f"{rec['id']}: {text[:120]}"))
             continue
         sig = (signature(text, opts["shingle"], opts["minhash_perm"], opts["seed"], cps=probe.cps)
-               if opts["dedup"] and not lib_only else None)
+               if opts["dedup"] else None)
         leaks = (text.count("\\x"), text.count("<篇名>"), text.count("<目录>"))
         kept.append((json.dumps(rec, ensure_ascii=False), rec["id"], exact_hash(text), sig, len(text),
                      text[:120], leaks))
@@ -157,7 +163,6 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
         raise ConfigError(f"{source}: no input files found (expected {', '.join(SUFFIXES)}); "
                           "pass --source DIR or download the books with `qihuang corpus fetch`")
     out.path.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(out.path)  # what a killed run (kill -9) left behind
     metrics = out.metrics()
     categorise = Categoriser(cfg.category_rules, cfg.category_map)
     base = source if source.is_dir() else source.parent

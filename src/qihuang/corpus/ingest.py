@@ -22,11 +22,6 @@ MAX_BAD_RATIO = 0.01
 _TITLE_FROM_NAME = re.compile(r"^\d+[-_ ]+")
 
 
-def discover(source: Path) -> list[Path]:
-    """All regular files under `source` (or `source` itself), sorted; hidden files and refused links are skipped."""
-    return survey(source)[0]
-
-
 def survey(source: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
     """(regular files to read, sorted; refused entries as (path, reason, message)). Hidden entries, links that
     dangle, point outside `source` or to a folder, and things that are not regular files are refused with a
