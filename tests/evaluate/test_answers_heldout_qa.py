@@ -11,9 +11,10 @@ import pytest
 from qihuang.config import ConfigError
 from qihuang.evaluate import EvalConfig
 from qihuang.evaluate.answers import answer_flags, citation_accuracy, is_degenerate, section_matches
-from qihuang.evaluate.conditions import aggregate, resolve_rows
+from qihuang.evaluate.conditions import aggregate, resolve_models, resolve_rows, score_items
 from qihuang.evaluate.heldout_qa import balanced_sample, build_heldout_qa
 from qihuang.evaluate.offtopic import OFFTOPIC_QUESTIONS
+from qihuang.evaluate.qa import QAItem, score_answers
 from qihuang.instruct.textutil import Lexicon
 from qihuang.retrieval import Passage
 
@@ -55,12 +56,20 @@ def test_aggregate_counts_no_citation_as_wrong() -> None:
              {"question": "q2", "reference": "r", "source": "s", "book": "甲书", "section": "一", "task_type": "原文填空"},
              {"question": "q3", "reference": "r", "book": "乙书", "section": "", "task_type": "药物主治"}]
     answers = ["出自《甲书·一》", "不知道", "所给资料中没有相关记载"]
-    per = [{**answer_flags(a, it), "task_type": it["task_type"], "answer": a, "reference": "r", "rouge_l": 0.0,
-            "length": len(a), "hits": [], "gold_retrieved": False} for it, a in zip(items, answers)]
+    per = score_items(items, answers, [[], [], []])
+    for p, it, a in zip(per, items, answers):
+        assert {k: p[k] for k in answer_flags(a, it)} == answer_flags(a, it)
+        assert p["answer"] == a and p["hits"] == [] and p["gold_retrieved"] is False
     s = aggregate(per)
     assert s["n_with_source"] == 2 and s["n_attribution"] == 1
     assert s["citation_book"] == 0.5 and s["citation_book_attribution"] == 1.0 and s["citation_section"] == 0.5
     assert s["declined"] == pytest.approx(1 / 3) and s["degenerate"] == 0.0
+    # the open-QA figures are exactly qa.score_answers' on the same answers
+    qa_summary, _ = score_answers([QAItem(it["question"], it["reference"], it.get("source"), i)
+                                   for i, it in enumerate(items)], answers)
+    for k in ("rouge_l", "bleu4", "faithfulness", "length"):
+        assert s[k] == qa_summary[k], k
+    assert s["length"] == pytest.approx(sum(len(a) for a in answers) / 3) and s["gold_retrieved"] is None
 
 
 def _heldout(tmp_path: Path) -> Path:
@@ -109,10 +118,16 @@ def test_rows_and_config() -> None:
     assert resolve_rows(["base:closed", "base:rag", "*:rag", "last:closed"], labels) == [
         ("base", "closed"), ("base", "rag"), ("cpt", "rag"), ("sft", "rag"), ("sft", "closed")]
     assert resolve_rows(["first:rag", "dpo:rag"], labels) == [("base", "rag")]
+    assert resolve_models("*", labels) == labels and resolve_models("last", labels) == ["sft"]
+    assert resolve_models("base", ["pre", "sft"]) == ["pre"] and resolve_models("dpo", labels) == []
     with pytest.raises(ConfigError, match="qa_rows"):
         EvalConfig(qa_rows=["base:open"])
     with pytest.raises(ConfigError, match="passages_k"):
         EvalConfig(passages_k=11)
     with pytest.raises(ConfigError, match="heldout_qa_n"):
         EvalConfig(heldout_qa_n=-1)
-    assert len(OFFTOPIC_QUESTIONS) == 30 and len(set(OFFTOPIC_QUESTIONS)) == 30
+    with pytest.raises(ConfigError, match="passage_chars"):
+        EvalConfig(passage_chars=19)
+    # the probe's questions: distinct, and all in Chinese (at least one CJK character each)
+    assert len(set(OFFTOPIC_QUESTIONS)) == len(OFFTOPIC_QUESTIONS) == 30
+    assert all(any("\u4e00" <= c <= "\u9fff" for c in q) for q in OFFTOPIC_QUESTIONS)

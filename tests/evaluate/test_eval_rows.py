@@ -5,6 +5,8 @@ scripted stand-in for `generate_batch` (so the figures are known); one row also 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ SFT_SYSTEM = "你是中医古籍助手。"
 
 
 def _scripted(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-              params: Any = None) -> list[str]:
+              params: Any = None, progress: Any = None) -> list[str]:
     """base: loops with passages, says nothing closed-book, invents a source off topic; sft (its prompts carry the
     saved system prompt): cites passage [1] with passages, declines off topic."""
     out = []
@@ -36,6 +38,8 @@ def _scripted(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens
             out.append("据[1]所载。" if sft else "一两一两一两一两")
         else:
             out.append("不详。" if sft else "")
+    if progress:
+        progress(len(out), len(out))
     return out
 
 
@@ -83,20 +87,35 @@ def test_rows_end_to_end(tiny_model_dir: Path, tmp_path: Path, scripted: None) -
     assert doc["models"]["sft"]["offtopic"] == pytest.approx(
         {"n": 30, "invented_citation": 0.0, "declined": 1.0, "degenerate": 0.0,
          "with_hits": doc["models"]["sft"]["offtopic"]["with_hits"]})
+    # hits depend on the question only: both models were asked with the same passages
+    off = {lb: [json.loads(x) for x in (out.path / "predictions" / f"{lb}__offtopic.jsonl").read_text(
+        encoding="utf-8").splitlines()] for lb in models}
+    assert [p["hits"] for p in off["base"]] == [p["hits"] for p in off["sft"]]
+    assert doc["models"]["sft"]["offtopic"]["with_hits"] == sum(bool(p["hits"]) for p in off["sft"]) / 30 > 0
+    assert doc["files"]["index_training_only"] is False
     md = (out.path / "report.md").read_text(encoding="utf-8")
     for s in ("### Held-out-book QA: the system users get", "| **base** | closed-book |", "| **sft** | + retrieval |",
               "### Held-out-book QA by question type: sft, + retrieval", "Off-topic (30 questions",
               "+0.0 [+0.0, +0.0]", "-100.0 [-100.0, -100.0]"):
         assert s in md, s
-    # resumed stage: every part reused, nothing generated again
+    assert "difference to **base** in the same condition" in md
+    # resumed stage (the passages file only touched): every part and the QA set reused, nothing generated again
+    os.utime(heldout, (time.time() + 5, time.time() + 5))
     n_before = len(out.metrics().read())
     evaluate_models(cfg, models, heldout, None, out, index=heldout)
-    events = [m["event"] for m in out.metrics().read()[n_before:]]
+    logged = out.metrics().read()[n_before:]
+    events = [m["event"] for m in logged]
     assert events.count("model_reused") == 2 and "model_load" not in events and "qa_row" not in events
+    assert [m["reused"] for m in logged if m["event"] == "heldout_books_qa"] == [True]
+    again = json.loads((out.path / "results.json").read_text(encoding="utf-8"))["models"]
+    assert _figures(again) == _figures(doc["models"])
+
+
+def _figures(models: dict[str, Any]) -> dict[str, Any]:
+    return {lb: {k: v for k, v in m.items() if k != "seconds"} for lb, m in models.items()}
 
 
 def test_rows_real_decoder_and_no_index(tiny_model_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("qihuang.decoding")
     heldout = _heldout(tmp_path)
     extra = write_jsonl(tmp_path / "qa.jsonl", [{"question": "何谓阴阳交？", "reference": "汗出而热不退。"}])
     cfg = EvalConfig(mcq_files=[], bpc_max_chars=0, heldout_qa_n=3, lexicon="", qa_max_new_tokens=3,
@@ -108,3 +127,37 @@ def test_rows_real_decoder_and_no_index(tiny_model_dir: Path, tmp_path: Path) ->
     assert list(r["rows"]) == ["closed"] and r["rows"]["closed"]["n"] == 3 and "offtopic" not in r
     assert r["qa"]["heldout_qa"]["n"] == 1
     assert any(m["event"] == "rows_skipped" for m in out.metrics().read())
+    # the real decoder's answers are scored: one record per question, every per-answer field, vectors aligned
+    qa = [json.loads(x) for x in (out.path / "heldout_books_qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    preds = [json.loads(x) for x in (out.path / "predictions" / "base__rows__closed.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    assert [p["question"] for p in preds] == [q["question"] for q in qa]
+    for p in preds:
+        assert isinstance(p["answer"], str) and p["answer"] == p["answer"].strip() and p["hits"] == []
+        assert {"rouge_l", "bleu4", "length", "degenerate", "declined", "cited", "task_type"} <= set(p)
+        assert 0.0 <= p["rouge_l"] <= 1.0 and p["length"] == len("".join(p["answer"].split()))
+    row = r["rows"]["closed"]
+    assert set(row["by_type"]) == {q["task_type"] for q in qa} and row["gold_retrieved"] is None
+    assert row["degenerate"] == pytest.approx(sum(p["degenerate"] for p in preds) / 3)
+    part = json.loads((out.path / "parts" / "base" / "rows__heldout_books__closed.json").read_text(encoding="utf-8"))
+    assert all(len(v) == 3 for v in part["value"]["vectors"].values())
+    assert part["value"]["vectors"]["rouge_l"] == [p["rouge_l"] for p in preds]
+
+
+def test_progress_and_against_label(tiny: tuple[Any, Any]) -> None:
+    from qihuang.decoding import generate_batch
+    from qihuang.evaluate.report_rows import rows_markdown
+
+    calls: list[tuple[int, int]] = []
+    answers = generate_batch(*tiny, ["一", "二二", "三三三"], 2, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers) and calls == [(2, 3), (3, 3)]
+    # merged results: the difference is labelled with the row it was measured against, not the first model
+    row = {"n": 1, "n_with_source": 1, "n_attribution": 0, "rouge_l": 0.5, "bleu4": 1.0, "faithfulness": None,
+           "citation_book": None, "citation_section": None, "citation_book_attribution": None,
+           "citation_section_attribution": None, "degenerate": 0.0, "declined": 0.0, "length": 3.0}
+    diff = {"diff": 0.1, "lo": 0.0, "hi": 0.2, "p_not_better": 0.1}
+    results = {"other": {"rows": {"rag": row}}, "base": {"rows": {"rag": row}},
+               "sft": {"rows": {"rag": {**row, "vs_base": {"against": "base:rag", "rouge_l": diff}}}}}
+    md = "\n".join(rows_markdown(results, [], {}))
+    assert "difference to **base** in the same condition" in md and "**other** in the same" not in md
+    assert "50.0 (+10.0 [+0.0, +20.0])" in md

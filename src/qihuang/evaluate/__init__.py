@@ -124,15 +124,15 @@ class EvalConfig:
                               f"(it gives {sorted(available[self.mcq_scoring])})")
 
     def _check_rows(self) -> None:
-        if not 0 <= self.passages_k <= 10:
-            raise ConfigError(f"passages_k must be in 0..10, got {self.passages_k}")
-        if self.passage_chars < 20:
-            raise ConfigError(f"passage_chars must be >= 20, got {self.passage_chars}")
+        from qihuang.evaluate.conditions import CONDITIONS
+        from qihuang.serve.settings import RetrievalConfig
+
+        RetrievalConfig(passages_k=self.passages_k, passage_chars=self.passage_chars)  # serve's own range checks
         for spec in self.qa_rows:
             who, sep, cond = str(spec).rpartition(":")
-            if not sep or not who or cond not in ("closed", "rag"):
-                raise ConfigError(f"qa_rows: {spec!r} is not MODEL:closed or MODEL:rag (MODEL a label, base, "
-                                  "first, last or *)")
+            if not sep or not who or cond not in CONDITIONS:
+                raise ConfigError(f"qa_rows: {spec!r} is not " + " or ".join(f"MODEL:{c}" for c in CONDITIONS)
+                                  + " (MODEL a label, base, first, last or *)")
         if any(not str(m).strip() for m in self.mcq_models):
             raise ConfigError("mcq_models: empty entry (give labels, first, last or *)")
         unknown = [g for g in self.heldout_qa_generators if g not in OFFLINE_GENERATORS]

@@ -10,8 +10,19 @@ from typing import Any
 from qihuang.runs import atomic_open, atomic_path, write_json
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A share as percent with one decimal (– for none)."""
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def points(d: dict[str, float]) -> str:
+    """A paired difference (`stats.paired_bootstrap_diff`) in signed percentage points."""
+    return f"{100 * d['diff']:+.1f}"
+
+
+def ci_points(d: dict[str, float]) -> str:
+    """Its 95% interval in signed percentage points: `[lo, hi]`."""
+    return f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
 
 
 def _rows_text(rows: list[int], limit: int = 20) -> str:
@@ -38,10 +49,10 @@ def render_markdown(results: dict[str, Any], files: dict[str, Any], rows: list[l
         cells = [f"**{label}**", f"{r['bpc']['bpc']:.3f}" if r.get("bpc") else "–"]
         for k in mcq_keys:
             m = r["mcq"].get(k)
-            cells.append(f"{_pct(m['accuracy'])} [{_pct(m['ci95'][0])}, {_pct(m['ci95'][1])}]" if m else "–")
+            cells.append(f"{pct(m['accuracy'])} [{pct(m['ci95'][0])}, {pct(m['ci95'][1])}]" if m else "–")
         for k in qa_keys:
             q = r["qa"].get(k)
-            cells += ([_pct(q["rouge_l"]), f"{q['bleu4']:.1f}", _pct(q["faithfulness"])] if q else ["–"] * 3)
+            cells += ([pct(q["rouge_l"]), f"{q['bleu4']:.1f}", pct(q["faithfulness"])] if q else ["–"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
     out = lines + [""]
     out += rows_markdown(results, rows or [], files)
@@ -58,15 +69,15 @@ def render_markdown(results: dict[str, Any], files: dict[str, Any], rows: list[l
         out.append("|" + "---|" * (4 + len(variants)))
         for label in labels:
             for k, m in results[label]["mcq"].items():
-                out.append(f"| {label} | {k} | {m['n']} | {_pct(m['chance'])} | " +
-                           " | ".join(_pct(m["variants"].get(v)) for v in variants) + " |")
+                out.append(f"| {label} | {k} | {m['n']} | {pct(m['chance'])} | " +
+                           " | ".join(pct(m["variants"].get(v)) for v in variants) + " |")
         out.append("")
         cat_rows = [(label, k, m) for label in labels for k, m in results[label]["mcq"].items()
                     if len(m["by_category"]) > 1]
         if cat_rows:
             out += ["### MCQ by category", "", "| model | file | category | n | acc % |", "|---|---|---|---|---|"]
             for label, k, m in cat_rows:
-                out += [f"| {label} | {k} | {c} | {v['n']} | {_pct(v['accuracy'])} |"
+                out += [f"| {label} | {k} | {c} | {v['n']} | {pct(v['accuracy'])} |"
                         for c, v in m["by_category"].items()]
             out.append("")
         diffs = [(label, k, key, m[key]) for label in labels for k, m in results[label]["mcq"].items()
@@ -74,17 +85,17 @@ def render_markdown(results: dict[str, Any], files: dict[str, Any], rows: list[l
         if diffs:
             out += ["### MCQ difference to the first model (paired bootstrap, same items)", "",
                     "| model | file | Δ acc (points) | 95% CI | P(not better) |", "|---|---|---|---|---|"]
-            out += [f"| {label} vs {key[3:]} | {k} | {100 * d['diff']:+.1f} | [{100 * d['lo']:+.1f}, "
-                    f"{100 * d['hi']:+.1f}] | {d['p_not_better']:.2f} |" for label, k, key, d in diffs]
+            out += [f"| {label} vs {key[3:]} | {k} | {points(d)} | {ci_points(d)} | {d['p_not_better']:.2f} |"
+                    for label, k, key, d in diffs]
             out.append("")
     if qa_keys:
         out += ["### Open QA", "", "| model | file | n | ROUGE-L % | BLEU-4 | sentence BLEU-4 | answer chars | "
                 "reference chars | faithfulness % | reference faithfulness % |", "|" + "---|" * 10]
         for label in labels:
             for k, q in results[label]["qa"].items():
-                out.append(f"| {label} | {k} | {q['n']} | {_pct(q['rouge_l'])} | {q['bleu4']:.1f} | "
+                out.append(f"| {label} | {k} | {q['n']} | {pct(q['rouge_l'])} | {q['bleu4']:.1f} | "
                            f"{q['sentence_bleu4']:.1f} | {q['length']:.0f} | {q['reference_length']:.0f} | "
-                           f"{_pct(q['faithfulness'])} | {_pct(q['reference_faithfulness'])} |")
+                           f"{pct(q['faithfulness'])} | {pct(q['reference_faithfulness'])} |")
         out.append("")
     out += ["### Sources", ""]
     for label in labels:

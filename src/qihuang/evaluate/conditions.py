@@ -6,101 +6,120 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from qihuang.decoding import DecodeParams
-from qihuang.evaluate.answers import ATTRIBUTION_TYPES, answer_flags, is_degenerate
+from qihuang.evaluate.answers import ATTRIBUTION_TYPES, answer_flags
 from qihuang.retrieval import Hit, PassageIndex
 
 CONDITIONS = ("closed", "rag")
 """closed: the question alone; rag: the top passages_k passages before it (`rag.rag_messages`)."""
 PAIRED_METRICS = ("rouge_l", "faithfulness", "citation_book", "citation_section", "degenerate", "declined")
 """Per-answer figures compared with the base row of the same condition (paired bootstrap)."""
+ROW_FIGURES = ("rouge_l", "bleu4", "faithfulness", "length")
+"""The figures of a row taken from `qa.summarize_scores` (the rest are the citation / degeneration checks)."""
+
+
+def resolve_models(who: str, labels: Sequence[str]) -> list[str]:
+    """Labels named by `who`: `*` every model, `first` / `base` the first (or the one labelled base), `last` the
+    last, else the label itself when that model is evaluated."""
+    if who == "*":
+        return list(labels)
+    if who == "first" or (who == "base" and "base" not in labels):
+        return list(labels[:1])
+    if who == "last":
+        return list(labels[-1:])
+    return [who] if who in labels else []
 
 
 def resolve_rows(specs: Sequence[str], labels: Sequence[str]) -> list[tuple[str, str]]:
-    """(label, condition) rows in spec order, without repeats. `*` is every model, `first` / `base` the first (or
-    the one labelled base), `last` the last; a label of a model not evaluated is skipped."""
+    """(label, condition) rows of `MODEL:CONDITION` specs in spec order, without repeats (MODEL as for
+    `resolve_models`; a label of a model not evaluated is skipped)."""
     rows: list[tuple[str, str]] = []
     for spec in specs:
         who, _, cond = spec.rpartition(":")
-        if who == "*":
-            picked = list(labels)
-        elif who == "first" or (who == "base" and "base" not in labels):
-            picked = list(labels[:1])
-        elif who == "last":
-            picked = list(labels[-1:])
-        else:
-            picked = [who] if who in labels else []
-        rows += [(lb, cond) for lb in picked if (lb, cond) not in rows]
+        rows += [(lb, cond) for lb in resolve_models(who, labels) if (lb, cond) not in rows]
     return rows
 
 
 def render(tokenizer: Any, defaults: dict[str, Any], messages: list[dict[str, Any]]) -> str:
-    """The served prompt: `template.render_prompt(tok, with_defaults(messages, defaults))` (what
-    `serve.engine.PromptCodec` renders); the bare user text for a tokenizer without a chat template."""
-    from qihuang.template import TemplateError, render_prompt, with_defaults
+    """The served prompt (`serve.engine.render_prompt`); the bare user text for a tokenizer without a chat
+    template."""
+    from qihuang.serve.engine import render_prompt
+    from qihuang.template import TemplateError
 
     try:
-        return render_prompt(tokenizer, with_defaults(messages, defaults))
+        return render_prompt(tokenizer, messages, defaults)
     except TemplateError:
         return str(messages[-1]["content"])
 
 
-def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], condition: str,
-                  index: PassageIndex | None, k: int, passage_chars: int) -> tuple[list[str], list[list[Hit]]]:
-    """Rendered prompts and the hits each carries (none closed-book): `rag.retrieve` + `rag.rag_messages`."""
-    from qihuang.rag import rag_messages, retrieve
+def retrieve_hits(index: PassageIndex | None, questions: Sequence[str], k: int) -> list[list[Hit]]:
+    """`rag.retrieve` for each question (they depend on the question only, so one list serves every model)."""
+    from qihuang.rag import retrieve
 
-    prompts, hits = [], []
-    for q in questions:
-        found = retrieve(index, q, k) if condition == "rag" else []
+    return [retrieve(index, q, k) for q in questions]
+
+
+def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], hits: Sequence[list[Hit]],
+                   passage_chars: int) -> list[str]:
+    """Rendered prompts of `questions` with their `hits`' passages before them (`rag.rag_messages`; no hits:
+    closed-book)."""
+    from qihuang.rag import rag_messages
+
+    prompts = []
+    for q, found in zip(questions, hits, strict=True):
         msgs, _ = rag_messages([{"role": "user", "content": q}], [h.passage for h in found], passage_chars)
         prompts.append(render(tokenizer, defaults, msgs))
-        hits.append(found)
-    return prompts, hits
+    return prompts
+
+
+def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], condition: str,
+                  index: PassageIndex | None, k: int, passage_chars: int) -> tuple[list[str], list[list[Hit]]]:
+    """Rendered prompts and the hits each carries (none closed-book): `retrieve_hits` + `render_prompts`."""
+    hits = retrieve_hits(index, questions, k) if condition == "rag" else [[] for _ in questions]
+    return render_prompts(tokenizer, defaults, questions, hits, passage_chars), hits
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None) -> list[str]:
-    """Answers through `qihuang.decoding.generate_batch`, prompts grouped by length (less padding) and in chunks of
-    a few batches so progress can be logged; returned in input order."""
+    """Stripped answers in input order through `qihuang.decoding.generate_batch` (which groups prompts by length
+    and reports progress after each batch)."""
     from qihuang.decoding import generate_batch
 
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
-    chunk = batch_size * 4
-    for start in range(0, len(order), chunk):
-        ids = order[start:start + chunk]
-        outs = generate_batch(model, tokenizer, [prompts[i] for i in ids], max_new_tokens, batch_size=batch_size,
-                              params=decode)
-        for i, a in zip(ids, outs, strict=True):
-            answers[i] = a.strip()
-        if progress:
-            progress(min(start + chunk, len(order)), len(order))
-    return answers
+    outs = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, params=decode,
+                          progress=progress)
+    return [a.strip() for a in outs]
 
 
 def _hit_record(h: Hit) -> dict[str, Any]:
     return {"id": h.passage.id, "book": h.passage.book, "section": h.passage.section, "score": round(h.score, 4)}
 
 
-def score_item(item: dict[str, Any], answer: str, hits: list[Hit]) -> dict[str, Any]:
-    """One prediction record: question, type, answer, hits, citations and every per-answer score."""
-    from qihuang.evaluate.qa import _chars, bleu4, faithfulness, rouge_l
+def score_items(items: Sequence[dict[str, Any]], answers: Sequence[str],
+                hits: Sequence[list[Hit]]) -> list[dict[str, Any]]:
+    """Prediction records: question, type, answer, hits, the open-QA scores (`qa.score_each`: rouge_l, bleu4,
+    length, faithfulness) and the citation / degeneration / declining flags (`answers.answer_flags`)."""
+    from qihuang.evaluate.qa import QAItem, score_each
 
-    rec: dict[str, Any] = {"question": item["question"], "task_type": item.get("task_type", ""),
-                           "book": item.get("book", ""), "section": item.get("section", ""),
-                           "passage_id": item.get("passage_id", ""), "answer": answer,
-                           "reference": item["reference"], "hits": [_hit_record(h) for h in hits],
-                           "gold_retrieved": any(h.passage.id == item.get("passage_id") for h in hits),
-                           "rouge_l": rouge_l(answer, item["reference"]),
-                           "bleu4": bleu4([answer], [item["reference"]], smooth=True), "length": len(_chars(answer))}
-    if item.get("source"):
-        rec["faithfulness"] = faithfulness(answer, item["source"])
-    rec.update(answer_flags(answer, item, [h.passage for h in hits]))
-    return rec
+    scored = score_each([QAItem(it["question"], it["reference"], it.get("source") or None, i)
+                         for i, it in enumerate(items)], answers)
+    per = []
+    for item, answer, found, s in zip(items, answers, hits, scored, strict=True):
+        rec: dict[str, Any] = {"question": item["question"], "task_type": item.get("task_type", ""),
+                               "book": item.get("book", ""), "section": item.get("section", ""),
+                               "passage_id": item.get("passage_id", ""), "answer": answer,
+                               "reference": item["reference"], "hits": [_hit_record(h) for h in found],
+                               "gold_retrieved": any(h.passage.id == item.get("passage_id") for h in found)}
+        rec.update({k: v for k, v in s.items() if k not in ("row", "answer")})
+        rec.update(answer_flags(answer, item, [h.passage for h in found]))
+        per.append(rec)
+    return per
+
+
+def score_item(item: dict[str, Any], answer: str, hits: list[Hit]) -> dict[str, Any]:
+    """One prediction record (`score_items` of one)."""
+    return score_items([item], [answer], [hits])[0]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -108,18 +127,18 @@ def _mean(values: list[float]) -> float | None:
 
 
 def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
-    """Row figures: ROUGE-L, corpus BLEU-4, faithfulness, citation right book / section (over attribution
-    questions and over all with a source; an answer citing nothing counts wrong), degenerate %, declined %,
-    length, and how often the gold passage was among the hits."""
-    from qihuang.evaluate.qa import bleu4
+    """Row figures: ROUGE-L, corpus BLEU-4, faithfulness and length (`qa.summarize_scores`), citation right book /
+    section (over attribution questions and over all with a source; an answer citing nothing counts wrong),
+    degenerate %, declined %, and how often the gold passage was among the hits."""
+    from qihuang.evaluate.qa import summarize_scores
 
+    base = summarize_scores(per, [p["reference"] for p in per]) if per else \
+        {"rouge_l": 0.0, "bleu4": 0.0, "faithfulness": None, "length": 0.0}
     src = [p for p in per if "right_book" in p]
     attr = [p for p in src if p["task_type"] in ATTRIBUTION_TYPES]
     return {
         "n": len(per), "n_with_source": len(src), "n_attribution": len(attr),
-        "rouge_l": _mean([p["rouge_l"] for p in per]) or 0.0,
-        "bleu4": bleu4([p["answer"] for p in per], [p["reference"] for p in per]) if per else 0.0,
-        "faithfulness": _mean([p["faithfulness"] for p in per if "faithfulness" in p]),
+        "rouge_l": base["rouge_l"], "bleu4": base["bleu4"], "faithfulness": base["faithfulness"],
         "citation_book": _mean([float(p["right_book"]) for p in src]),
         "citation_section": _mean([float(p["right_section"]) for p in src]),
         "citation_book_attribution": _mean([float(p["right_book"]) for p in attr]),
@@ -127,7 +146,7 @@ def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
         "cites_any": _mean([float(bool(p["cited"])) for p in per]),
         "degenerate": _mean([float(p["degenerate"]) for p in per]) or 0.0,
         "declined": _mean([float(p["declined"]) for p in per]) or 0.0,
-        "length": _mean([float(p["length"]) for p in per]) or 0.0,
+        "length": float(base["length"]),
         "gold_retrieved": _mean([float(p["gold_retrieved"]) for p in per if p["hits"]]),
     }
 
@@ -140,14 +159,15 @@ def vectors(per: list[dict[str, Any]]) -> dict[str, list[float | None]]:
 
 
 def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[dict[str, Any]], condition: str,
-            index: PassageIndex | None, cfg: Any,
+            hits: Sequence[list[Hit]] | None, cfg: Any,
             progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Answer every item under `condition` and score it: (summary with `by_type` and `vectors`, predictions)."""
+    """Answer every item under `condition` (with retrieval: the passages of `hits`, one list per item) and score
+    it: (summary with `by_type`, predictions)."""
     t0 = time.time()
-    prompts, hits = build_prompts(tokenizer, defaults, [it["question"] for it in items], condition, index,
-                                  cfg.passages_k, cfg.passage_chars)
+    found = list(hits) if condition == "rag" and hits is not None else [[] for _ in items]
+    prompts = render_prompts(tokenizer, defaults, [it["question"] for it in items], found, cfg.passage_chars)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress)
-    per = [score_item(it, a, h) for it, a, h in zip(items, answers, hits, strict=True)]
+    per = score_items(items, answers, found)
     summary = aggregate(per)
     types = sorted({p["task_type"] for p in per})
     summary["by_type"] = {t: aggregate([p for p in per if p["task_type"] == t]) for t in types}
@@ -157,16 +177,16 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
 
 
 def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str],
-                 index: PassageIndex | None, cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Off-topic questions with retrieval: share of answers citing any book (invented citations), declining,
-    degenerate."""
-    from qihuang.rag import cited_titles, says_not_covered
-
-    prompts, hits = build_prompts(tokenizer, defaults, questions, "rag", index, cfg.passages_k, cfg.passage_chars)
+                 hits: Sequence[list[Hit]], cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Off-topic questions with retrieval (`hits`, one list per question): share of answers citing any book
+    (invented citations), declining, degenerate."""
+    prompts = render_prompts(tokenizer, defaults, questions, hits, cfg.passage_chars)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size)
-    per = [{"question": q, "answer": a, "hits": [_hit_record(x) for x in h],
-            "cited": [list(c) for c in cited_titles(a, [x.passage for x in h])], "declined": says_not_covered(a),
-            "degenerate": is_degenerate(a)} for q, a, h in zip(questions, answers, hits, strict=True)]
+    per = []
+    for q, a, h in zip(questions, answers, hits, strict=True):
+        flags = answer_flags(a, {}, [x.passage for x in h])
+        per.append({"question": q, "answer": a, "hits": [_hit_record(x) for x in h], "cited": flags["cited"],
+                    "declined": flags["declined"], "degenerate": flags["degenerate"]})
     n = len(per)
     return {"n": n, "invented_citation": sum(bool(p["cited"]) for p in per) / n,
             "declined": sum(p["declined"] for p in per) / n, "degenerate": sum(p["degenerate"] for p in per) / n,
@@ -175,29 +195,16 @@ def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions
 
 def add_row_pairs(rows: dict[tuple[str, str], dict[str, Any]], vecs: dict[tuple[str, str], dict[str, Any]],
                   base: str, n_boot: int, seed: int) -> None:
-    """For every row whose model is not `base`: paired bootstrap differences to (`base`, same condition) of the
-    per-answer `vecs` on the items where both have a value, stored as `row["vs_base"][metric]` (with `against`
-    naming the base row)."""
-    from qihuang.evaluate.stats import paired_bootstrap_diff
+    """For every row whose model is not `base`: paired bootstrap differences (`stats.paired_diff`) to (`base`,
+    same condition) of the per-answer `vecs`, stored as `row["vs_base"][metric]` (with `against` naming the base
+    row)."""
+    from qihuang.evaluate.stats import paired_diff
 
     for (label, cond), row in rows.items():
-        ref = rows.get((base, cond))
-        if label == base or ref is None:
+        if label == base or (base, cond) not in rows:
             continue
         row["vs_base"] = {"against": f"{base}:{cond}"}
         for m in PAIRED_METRICS:
-            a, b = vecs[(base, cond)].get(m) or [], vecs[(label, cond)].get(m) or []
-            if len(a) != len(b):
-                continue
-            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-            if pairs:
-                row["vs_base"][m] = paired_bootstrap_diff([x for x, _ in pairs], [y for _, y in pairs],
-                                                          n_boot, seed)
-
-
-def index_fingerprint(index: PassageIndex | None) -> str | None:
-    """The index's passages file (path, size, mtime): part caches of retrieval rows depend on it."""
-    if index is None or index.source is None:
-        return None
-    st = Path(index.source).stat()
-    return f"{Path(index.source).resolve()}:{st.st_size}:{int(st.st_mtime)}"
+            d = paired_diff(vecs[(base, cond)].get(m) or [], vecs[(label, cond)].get(m) or [], n_boot, seed)
+            if d is not None:
+                row["vs_base"][m] = d

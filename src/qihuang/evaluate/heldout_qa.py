@@ -13,6 +13,7 @@ from typing import Any
 from qihuang.instruct.offline import GENERATORS, generate_offline
 from qihuang.instruct.records import Passage
 from qihuang.instruct.textutil import Lexicon
+from qihuang.runs import read_jsonl, sha256_file, write_json, write_jsonl
 
 PASSAGES_PER_QUESTION = 20
 """At most n * this many passages (spread evenly over the file) are put through the generators."""
@@ -117,14 +118,44 @@ def load_lexicon(spec: str) -> Lexicon:
 
 
 def write_qa(path: Path, records: list[dict[str, Any]]) -> str:
-    """Write records as JSONL unless the file already holds exactly them (a resumed stage keeps its cache valid);
-    returns the content's sha256."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    path = Path(path)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        from qihuang.runs import atomic_open
+    """Write records as JSONL; returns the file's sha256."""
+    write_jsonl(path, records)
+    return sha256_file(path)
 
-        with atomic_open(path) as fh:
-            fh.write(text)
-    return digest
+
+BUILD_VERSION = 1
+"""Bumped when the held-out-book QA builder changes, so a cached set is rebuilt."""
+
+
+def _lexicon_key(spec: str) -> str | None:
+    if not spec:
+        return None
+    from qihuang.config import ConfigError
+    from qihuang.instruct.build import resolve_data
+
+    try:
+        return sha256_file(resolve_data(spec))
+    except (ConfigError, OSError):
+        return None
+
+
+def cached_heldout_qa(heldout: Path, cfg: Any, qa_path: Path, key_path: Path) -> tuple[list[dict[str, Any]], str,
+                                                                                       bool]:
+    """The held-out-book QA set of `cfg` (heldout_qa_n, seed, heldout_qa_generators, lexicon) in `qa_path`:
+    read back when `key_path` records the same held-out file, settings and lexicon and the file is unchanged,
+    else built (`build_heldout_qa`) and written. Returns (records, sha256 of the file, whether it was reused)."""
+    key = hashlib.sha256(json.dumps({
+        "heldout": sha256_file(heldout), "n": cfg.heldout_qa_n, "seed": cfg.seed,
+        "generators": list(cfg.heldout_qa_generators), "lexicon": [cfg.lexicon, _lexicon_key(cfg.lexicon)],
+        "v": BUILD_VERSION}, sort_keys=True).encode()).hexdigest()
+    if key_path.exists() and qa_path.exists():
+        saved = json.loads(key_path.read_text(encoding="utf-8"))
+        if saved.get("key") == key and saved.get("sha256") == sha256_file(qa_path):
+            return list(read_jsonl(qa_path)), saved["sha256"], True
+    items = build_heldout_qa(heldout, cfg.heldout_qa_n, cfg.seed, load_lexicon(cfg.lexicon),
+                             cfg.heldout_qa_generators)
+    if not items:
+        return [], "", False
+    digest = write_qa(qa_path, items)
+    write_json(key_path, {"key": key, "sha256": digest})
+    return items, digest, False

@@ -141,8 +141,9 @@ def faithfulness(answer: str, source: str) -> float:
     return float(grounding_score(answer, source))
 
 
-def score_answers(items: Sequence[QAItem], answers: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Aggregate metrics and per-item scores for generated `answers` to `items`."""
+def score_each(items: Sequence[QAItem], answers: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-item scores: ROUGE-L, smoothed sentence BLEU-4, length and (with a source) faithfulness of the answer
+    and of the reference."""
     per: list[dict[str, Any]] = []
     for it, ans in zip(items, answers, strict=True):
         rec: dict[str, Any] = {"row": it.row, "answer": ans, "rouge_l": rouge_l(ans, it.reference),
@@ -151,21 +152,31 @@ def score_answers(items: Sequence[QAItem], answers: Sequence[str]) -> tuple[dict
             rec["faithfulness"] = faithfulness(ans, it.source)
             rec["reference_faithfulness"] = faithfulness(it.reference, it.source)
         per.append(rec)
+    return per
+
+
+def summarize_scores(per: Sequence[dict[str, Any]], references: Sequence[str]) -> dict[str, Any]:
+    """Aggregate metrics of `score_each` records (non-empty) and their references: means, corpus BLEU-4."""
     n = len(per)
     with_src = [p for p in per if "faithfulness" in p]
-    summary: dict[str, Any] = {
+    return {
         "n": n,
         "rouge_l": sum(p["rouge_l"] for p in per) / n,
-        "bleu4": bleu4(list(answers), [it.reference for it in items]),
+        "bleu4": bleu4([p["answer"] for p in per], list(references)),
         "sentence_bleu4": sum(p["bleu4"] for p in per) / n,
         "length": sum(p["length"] for p in per) / n,
-        "reference_length": sum(len(_chars(it.reference)) for it in items) / n,
+        "reference_length": sum(len(_chars(r)) for r in references) / n,
         "faithfulness": (sum(p["faithfulness"] for p in with_src) / len(with_src)) if with_src else None,
         "reference_faithfulness": (sum(p["reference_faithfulness"] for p in with_src) / len(with_src))
         if with_src else None,
         "n_with_source": len(with_src),
     }
-    return summary, per
+
+
+def score_answers(items: Sequence[QAItem], answers: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Aggregate metrics and per-item scores for generated `answers` to `items`."""
+    per = score_each(items, answers)
+    return summarize_scores(per, [it.reference for it in items]), per
 
 
 def evaluate_qa_set(model: Any, tokenizer: Any, data: QASet, max_new_tokens: int = 96,

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from qihuang.evaluate.compare import ci_points, points
+from qihuang.evaluate.compare import pct as _pct
+
 CONDITION_NAMES = {"closed": "closed-book", "rag": "+ retrieval"}
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
 
 
 def _diff(row: dict[str, Any], metric: str) -> str:
     d = (row.get("vs_base") or {}).get(metric)
     if not d:
         return ""
-    return f" ({100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}])"
+    return f" ({points(d)} {ci_points(d)})"
 
 
 def _cells(r: dict[str, Any], with_ci: bool) -> list[str]:
@@ -40,7 +39,9 @@ def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[st
     rows = [r for r in rows if r[1] in (results.get(r[0], {}).get("rows") or {})]
     if not rows:
         return []
-    base = next(iter(results))
+    against = [(r.get("vs_base") or {}).get("against") for r in (results[lb]["rows"][c] for lb, c in rows)]
+    bases = list(dict.fromkeys(a.rpartition(":")[0] for a in against if a)) or [next(iter(results))]
+    base = " / ".join(f"**{b}**" for b in bases)
     out = ["### Held-out-book QA: the system users get", "",
            "| model | condition | " + " | ".join(HEAD) + " | gold passage retrieved % |",
            "|" + "---|" * (len(HEAD) + 3)]
@@ -52,7 +53,7 @@ def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[st
     out += ["", f"Questions: {first['n']} from the corpus' held-out books (never trained on; "
             f"`{files.get('heldout_books_qa')}`), {first['n_attribution']} of them attribution (出处 / 篇名归属), "
             f"{first['n_with_source']} with a source passage. Retrieval: top passages from "
-            f"`{files.get('index')}`. In brackets: difference to **{base}** in the same condition, in points, with "
+            f"`{files.get('index')}`. In brackets: difference to {base} in the same condition, in points, with "
             "its paired-bootstrap 95% CI (same questions). Right book / section: the answer cites the gold book "
             "(/ and chapter) as 《书名》, 《书名·篇名》 or a [n] mark resolving to a prompt passage; an answer that "
             "cites nothing counts wrong. Degenerate: empty or looping (an n-gram repeated ≥ 3 times in a row, or "
@@ -64,8 +65,7 @@ def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[st
 
 
 def _index_note(files: dict[str, Any]) -> str:
-    index = str(files.get("index") or "")
-    if not index.endswith("train.jsonl"):
+    if not files.get("index_training_only"):
         return ""
     return (" Note: the index holds the training books only, so a held-out book's passage is never retrieved and "
             "right-book citations with retrieval cannot score (build the corpus library to include all books).")

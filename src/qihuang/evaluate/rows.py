@@ -1,51 +1,89 @@
-"""The eval stage's held-out-book QA rows: plan them once (QA set, index, rows, MCQ models), run each model's rows
-and the off-topic probe through the part cache, and add the paired differences once every model is done."""
+"""The eval stage's held-out-book QA rows: plan them once (QA set, index, hits, rows, MCQ models), run each model's
+rows and the off-topic probe through the part cache, and add the paired differences once every model is done."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qihuang.decoding import DecodeParams
 from qihuang.evaluate.conditions import (
     add_row_pairs,
-    index_fingerprint,
+    resolve_models,
     resolve_rows,
+    retrieve_hits,
     run_offtopic,
     run_row,
     vectors,
 )
-from qihuang.runs import MetricsLog, write_jsonl
+from qihuang.evaluate.runner import HELDOUT_QA_FILE, Parts, progress_logger, safe_name
+from qihuang.retrieval import Hit, PassageIndex
+from qihuang.runs import MetricsLog, sha256_file, write_jsonl
 
 if TYPE_CHECKING:
     from qihuang.evaluate import EvalConfig
-    from qihuang.evaluate.runner import Plan, _Parts
 
 ROWS_VERSION = 1
 """Bumped when the scoring of rows changes, so cached rows are recomputed."""
 
 
+@dataclass
+class Plan:
+    """What the models of one stage share: the held-out-book QA set, the retrieval index and its hits, the QA rows
+    to run and the models whose MCQ files are scored."""
+
+    qa_items: list[dict[str, Any]] = field(default_factory=list)
+    """The held-out-book QA set (empty: no rows run)."""
+    qa_digest: str | None = None
+    """sha256 of its file: the rows' cache key."""
+    index: PassageIndex | None = None
+    """The opened index (None: no retrieval rows)."""
+    index_key: dict[str, Any] | None = None
+    """What the index records about itself (`index_key`): the retrieval rows' cache key."""
+    index_training_only: bool = False
+    """The index was built from the run's training books only (corpus/train.jsonl, no library)."""
+    hits: list[list[Hit]] = field(default_factory=list)
+    """Retrieved passages of each QA item (empty without an index)."""
+    offtopic_hits: list[list[Hit]] = field(default_factory=list)
+    """Retrieved passages of each off-topic question."""
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    """(label, condition) rows in table order."""
+    mcq_labels: set[str] = field(default_factory=set)
+    """Models whose MCQ files are scored."""
+
+
 def pick_labels(specs: list[str], labels: list[str]) -> set[str]:
     """Labels named by `specs` (a label, `first`/`base`, `last`, or `*`)."""
-    return {lb for lb, _ in resolve_rows([f"{s}:x" for s in specs], labels)}
+    return {lb for s in specs for lb in resolve_models(s, labels)}
+
+
+def index_key(index: PassageIndex) -> dict[str, Any]:
+    """The index's format version, segmentation, passages-file sha256 and lexicon hash (`PassageIndex.meta`): a
+    rebuilt or differently segmented index changes it, a merely touched passages file does not."""
+    meta = index.meta or {}
+    key = {k: meta.get(k) for k in ("version", "segmentation", "fingerprint", "lexicon")}
+    if key["fingerprint"] is None and index.source is not None:  # an index built in memory
+        key.update(segmentation=index.segmentation, fingerprint=sha256_file(Path(index.source)))
+    return key
 
 
 def make_plan(cfg: EvalConfig, labels: list[str], heldout: Path | None, index: Path | None, out_dir: Path,
               log: MetricsLog) -> Plan:
-    """Build (or reuse) the held-out-book QA set, open the index when a retrieval row needs it, resolve rows."""
-    from qihuang.evaluate.heldout_qa import build_heldout_qa, load_lexicon, write_qa
-    from qihuang.evaluate.runner import HELDOUT_QA_FILE, Plan
+    """Build (or reuse) the held-out-book QA set, open the index and retrieve for every question when a retrieval
+    row needs it, resolve rows."""
+    from qihuang.evaluate.heldout_qa import cached_heldout_qa
 
     plan = Plan(mcq_labels=pick_labels(cfg.mcq_models, labels))
     if heldout is not None and cfg.heldout_qa_n:
-        items = build_heldout_qa(Path(heldout), cfg.heldout_qa_n, cfg.seed, load_lexicon(cfg.lexicon),
-                                 cfg.heldout_qa_generators)
+        items, digest, reused = cached_heldout_qa(Path(heldout), cfg, out_dir / HELDOUT_QA_FILE,
+                                                  out_dir / "parts" / "heldout_books_qa.json")
         types = sorted({it["task_type"] for it in items})
-        log.log(event="heldout_books_qa", n=len(items), types=types, books=len({it["book"] for it in items}))
+        log.log(event="heldout_books_qa", n=len(items), types=types, books=len({it["book"] for it in items}),
+                reused=reused)
         if items:
-            plan.qa_items, plan.qa_digest = items, write_qa(out_dir / HELDOUT_QA_FILE, items)
+            plan.qa_items, plan.qa_digest = items, digest
     rows = resolve_rows(cfg.qa_rows, labels)
     if any(c == "rag" for _, c in rows):
         if index is None:
@@ -53,26 +91,33 @@ def make_plan(cfg: EvalConfig, labels: list[str], heldout: Path | None, index: P
                                                                                    if c == "rag"])
             rows = [r for r in rows if r[1] != "rag"]
         else:
-            from qihuang.retrieval import PassageIndex
+            from qihuang.retrieval import RUN_FILES
 
             plan.index = PassageIndex.open(index)
+            plan.index_key = index_key(plan.index)
+            plan.index_training_only = plan.index.source is not None and Path(plan.index.source).name == RUN_FILES[-1]
     plan.rows = rows if plan.qa_items else []
+    if plan.index is not None and plan.rows:
+        plan.hits = retrieve_hits(plan.index, [it["question"] for it in plan.qa_items], cfg.passages_k)
+        if cfg.offtopic:
+            from qihuang.evaluate.offtopic import OFFTOPIC_QUESTIONS
+
+            plan.offtopic_hits = retrieve_hits(plan.index, OFFTOPIC_QUESTIONS, cfg.passages_k)
     return plan
 
 
 def model_rows(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tuple[Any, Any]],
-               defaults: dict[str, Any], parts: _Parts, result: dict[str, Any], out_dir: Path,
+               defaults: dict[str, Any], parts: Parts, result: dict[str, Any], out_dir: Path,
                log: MetricsLog) -> dict[tuple[str, str], dict[str, Any]]:
     """Run (or reuse) this model's rows into result["rows"][condition] and the off-topic probe into
     result["offtopic"]; returns the per-answer vectors by (label, condition) for the paired differences."""
-    from qihuang.evaluate.runner import _progress, _safe
-
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    retrieval = {"index": plan.index_key, "k": cfg.passages_k, "chars": cfg.passage_chars}
     for _, cond in [r for r in plan.rows if r[0] == label]:
         def compute(cond: str = cond) -> dict[str, Any]:
-            summary, per = run_row(*model(), defaults, plan.qa_items, cond, plan.index if cond == "rag" else None,
-                                   cfg, _progress(log, label, f"heldout_books:{cond}"))
-            write_jsonl(out_dir / "predictions" / f"{_safe(label)}__rows__{cond}.jsonl", per)
+            summary, per = run_row(*model(), defaults, plan.qa_items, cond, plan.hits if cond == "rag" else None,
+                                   cfg, progress_logger(log, label, f"heldout_books:{cond}"))
+            write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__rows__{cond}.jsonl", per)
             log.log(event="qa_row", label=label, condition=cond, rouge_l=summary["rouge_l"],
                     citation_book=summary["citation_book"], degenerate=summary["degenerate"])
             return {"summary": summary, "vectors": vectors(per)}
@@ -80,24 +125,22 @@ def model_rows(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tupl
         params = {"qa": plan.qa_digest, "condition": cond, "tokens": cfg.qa_max_new_tokens, "defaults": defaults,
                   "decoding": asdict(DecodeParams()), "v": ROWS_VERSION}
         if cond == "rag":
-            params.update({"index": index_fingerprint(plan.index), "k": cfg.passages_k, "chars": cfg.passage_chars})
+            params.update(retrieval)
         done = parts.get("rows", f"heldout_books__{cond}", params, compute)
         result["rows"][cond], out[(label, cond)] = done["summary"], done["vectors"]
     if cfg.offtopic and plan.index is not None and (label, "rag") in plan.rows:
         result["offtopic"] = parts.get("offtopic", "questions", {
-            "index": index_fingerprint(plan.index), "k": cfg.passages_k, "chars": cfg.passage_chars,
-            "tokens": cfg.qa_max_new_tokens, "defaults": defaults, "decoding": asdict(DecodeParams()), "v": ROWS_VERSION},
-            lambda: _offtopic(cfg, label, plan, model, defaults, out_dir, log))
+            **retrieval, "tokens": cfg.qa_max_new_tokens, "defaults": defaults, "decoding": asdict(DecodeParams()),
+            "v": ROWS_VERSION}, lambda: _offtopic(cfg, label, plan, model, defaults, out_dir, log))
     return out
 
 
 def _offtopic(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tuple[Any, Any]],
               defaults: dict[str, Any], out_dir: Path, log: MetricsLog) -> dict[str, Any]:
     from qihuang.evaluate.offtopic import OFFTOPIC_QUESTIONS
-    from qihuang.evaluate.runner import _safe
 
-    summary, per = run_offtopic(*model(), defaults, OFFTOPIC_QUESTIONS, plan.index, cfg)
-    write_jsonl(out_dir / "predictions" / f"{_safe(label)}__offtopic.jsonl", per)
+    summary, per = run_offtopic(*model(), defaults, OFFTOPIC_QUESTIONS, plan.offtopic_hits, cfg)
+    write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__offtopic.jsonl", per)
     log.log(event="offtopic", label=label, invented_citation=summary["invented_citation"],
             declined=summary["declined"])
     return summary

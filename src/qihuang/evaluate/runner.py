@@ -8,7 +8,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +17,12 @@ from qihuang.runs import MetricsLog, StageDir, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from qihuang.evaluate import EvalConfig
+    from qihuang.evaluate.rows import Plan
 
 HELDOUT_QA_FILE = "heldout_books_qa.jsonl"
 """The held-out-book QA set, written into the eval stage folder."""
+QA_PART_VERSION = 2
+"""Bumped when the scoring of QA files changes, so cached QA parts are recomputed."""
 
 
 def parse_spec(spec: str, default_limit: int) -> tuple[Path, int]:
@@ -67,11 +69,11 @@ def _model_fingerprint(model_dir: Path) -> list[str | None]:
     return [str(Path(model_dir).resolve()), *(_stat(f) for f in files)]
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-class _Parts:
+class Parts:
     """Per-model cache of finished measurements (bpc, each MCQ file, each QA file) under out/parts/<label>/, keyed
     by the model's files and the settings that matter: a killed stage resumes at the next unfinished part."""
 
@@ -81,7 +83,7 @@ class _Parts:
         self.computed = 0
 
     def get(self, kind: str, key: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> Any:
-        path = self.root / f"{kind}__{_safe(key)}.json"
+        path = self.root / f"{kind}__{safe_name(key)}.json"
         fp = hashlib.sha256(json.dumps([self.model_fp, params], sort_keys=True, default=str).encode()).hexdigest()
         if path.exists():
             saved = json.loads(path.read_text(encoding="utf-8"))
@@ -94,25 +96,8 @@ class _Parts:
         return value
 
 
-@dataclass
-class Plan:
-    """What the models of one stage share: the held-out-book QA set, the retrieval index, the QA rows to run and
-    the models whose MCQ files are scored."""
-
-    qa_items: list[dict[str, Any]] = field(default_factory=list)
-    """The held-out-book QA set (empty: no rows run)."""
-    qa_digest: str | None = None
-    """sha256 of its file: the rows' cache key."""
-    index: Any = None
-    """The opened PassageIndex (None: no retrieval rows)."""
-    rows: list[tuple[str, str]] = field(default_factory=list)
-    """(label, condition) rows in table order."""
-    mcq_labels: set[str] = field(default_factory=set)
-    """Models whose MCQ files are scored."""
-
-
 def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path | None, heldout_qa: Path | None,
-                   out_dir: Path, log: MetricsLog, plan: Plan | None = None) -> dict[str, Any]:
+                   out_dir: Path, log: MetricsLog, plan: Plan) -> dict[str, Any]:
     """All measurements for one model (finished parts reused); per-item predictions go to out_dir/predictions/."""
     from qihuang.evaluate.bpc import evaluate_bpc
     from qihuang.evaluate.mcq import evaluate_mcq_set
@@ -121,7 +106,6 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
     from qihuang.template import chat_defaults
 
     t0 = time.time()
-    plan = plan if plan is not None else Plan(mcq_labels={label})
     defaults = chat_defaults(model_dir)
     loaded: list[Any] = []
 
@@ -133,7 +117,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
             loaded.extend([m, tok])
         return loaded[0], loaded[1]
 
-    parts = _Parts(out_dir / "parts" / _safe(label), model_dir, log, label)
+    parts = Parts(out_dir / "parts" / safe_name(label), model_dir, log, label)
     result: dict[str, Any] = {"model": str(model_dir), "bpc": None, "mcq": {}, "qa": {}, "rows": {}}
     correct: dict[str, list[bool]] = {}
     if heldout is not None and cfg.bpc_max_chars:
@@ -153,9 +137,9 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
                 *model(), load_mcq(path, limit), examples=fewshot_examples(cfg, path), scoring=cfg.mcq_scoring,
                 metric=cfg.metric, formulation=cfg.mcq_formulation, gen_max_new_tokens=cfg.mcq_gen_tokens,
                 n_boot=cfg.bootstrap, seed=cfg.seed, batch_size=cfg.mcq_batch_size,
-                progress=_progress(log, label, key))
+                progress=progress_logger(log, label, key))
             summary["file"] = str(path)
-            write_jsonl(out_dir / "predictions" / f"{_safe(label)}__mcq__{_safe(key)}.jsonl", preds)
+            write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__mcq__{safe_name(key)}.jsonl", preds)
             log.log(event="mcq", label=label, file=key, accuracy=summary["accuracy"], n=summary["n"],
                     skipped=summary["skipped"], questions_per_s=round(summary["questions_per_s"], 3))
             return {"summary": summary, "correct": [p["pred"][summary["metric"]] == p["answer"] for p in preds]}
@@ -175,7 +159,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
 
 
 def _qa_files(cfg: EvalConfig, label: str, heldout_qa: Path | None, model: Callable[[], tuple[Any, Any]],
-              defaults: dict[str, Any], parts: _Parts, result: dict[str, Any], out_dir: Path,
+              defaults: dict[str, Any], parts: Parts, result: dict[str, Any], out_dir: Path,
               log: MetricsLog) -> None:
     """The extra QA files (the instruct stage's held-out QA, qa_files), closed-book, into result["qa"]."""
     from qihuang.evaluate.qa import evaluate_qa_set, load_qa
@@ -189,19 +173,19 @@ def _qa_files(cfg: EvalConfig, label: str, heldout_qa: Path | None, model: Calla
     for key, path, limit in qa_specs:
         def qa(key: str = key, path: Path = path, limit: int = limit) -> dict[str, Any]:
             summary, per = evaluate_qa_set(*model(), load_qa(path, limit), cfg.qa_max_new_tokens,
-                                           progress=_progress(log, label, key), defaults=defaults,
+                                           progress=progress_logger(log, label, key), defaults=defaults,
                                            batch_size=cfg.qa_batch_size)
             summary["file"] = str(path)
-            write_jsonl(out_dir / "predictions" / f"{_safe(label)}__qa__{_safe(key)}.jsonl", per)
+            write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__qa__{safe_name(key)}.jsonl", per)
             log.log(event="qa", label=label, file=key, rouge_l=summary["rouge_l"],
                     faithfulness=summary["faithfulness"])
             return summary
 
         result["qa"][key] = parts.get("qa", key, {"file": _stat(path), "limit": limit, "defaults": defaults,
-                                                  "tokens": cfg.qa_max_new_tokens, "v": 2}, qa)
+                                                  "tokens": cfg.qa_max_new_tokens, "v": QA_PART_VERSION}, qa)
 
 
-def _progress(log: MetricsLog, label: str, key: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+def progress_logger(log: MetricsLog, label: str, key: str, every_s: float = 30.0) -> Callable[[int, int], None]:
     """A progress callback that logs `done/total` to metrics.jsonl at most every `every_s` seconds."""
     last = [time.time()]
 
@@ -228,7 +212,7 @@ def _file_key(path: Path) -> str:
 def add_paired(results: dict[str, Any], correct: dict[str, dict[str, list[bool]]], n_boot: int, seed: int) -> None:
     """For every model after the first, its MCQ accuracy difference to the first on the same items (paired
     bootstrap CI), stored as `mcq[file]["vs_<first>"]`."""
-    from qihuang.evaluate.stats import paired_bootstrap_diff
+    from qihuang.evaluate.stats import paired_diff
 
     labels = list(results)
     if len(labels) < 2:
@@ -236,9 +220,9 @@ def add_paired(results: dict[str, Any], correct: dict[str, dict[str, list[bool]]
     base = labels[0]
     for label in labels[1:]:
         for key, ok in correct.get(label, {}).items():
-            ref = correct.get(base, {}).get(key)
-            if ref is not None and len(ref) == len(ok):
-                results[label]["mcq"][key][f"vs_{base}"] = paired_bootstrap_diff(ref, ok, n_boot, seed)
+            d = paired_diff(correct.get(base, {}).get(key), ok, n_boot, seed)
+            if d is not None:
+                results[label]["mcq"][key][f"vs_{base}"] = d
 
 
 def run_all(cfg: EvalConfig, models: dict[str, Path], heldout: Path | None, heldout_qa: Path | None,
@@ -266,6 +250,7 @@ def run_all(cfg: EvalConfig, models: dict[str, Path], heldout: Path | None, held
     files = {"heldout": str(heldout) if heldout else None, "heldout_qa": str(heldout_qa) if heldout_qa else None,
              "heldout_books_qa": str(out.path / HELDOUT_QA_FILE) if plan.qa_items else None,
              "index": str(plan.index.source) if plan.index is not None else None,
+             "index_training_only": plan.index_training_only,
              "mcq": sorted({m["file"] for r in results.values() for m in r["mcq"].values()}),
              "qa": sorted({q["file"] for r in results.values() for q in r["qa"].values()})}
     write_outputs(out.path, results, files, cfg, rows)

@@ -46,3 +46,15 @@ def paired_bootstrap_diff(a: Sequence[bool | int | float], b: Sequence[bool | in
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "p_not_better": float(np.mean(means <= 0))}
+
+
+def paired_diff(ref: Sequence[bool | float | None] | None, other: Sequence[bool | float | None], n_boot: int,
+                seed: int) -> dict[str, float] | None:
+    """`paired_bootstrap_diff(ref, other)` over the items where both have a value (None: does not apply); None
+    when the two do not cover the same items or no item has both."""
+    if ref is None or len(ref) != len(other):
+        return None
+    pairs = [(x, y) for x, y in zip(ref, other) if x is not None and y is not None]
+    if not pairs:
+        return None
+    return paired_bootstrap_diff([x for x, _ in pairs], [y for _, y in pairs], n_boot, seed)
