@@ -1,7 +1,8 @@
 """CPU decode tokens/s: the serving engine vs plain `model.generate`, same model, same prompts, same run.
 
 Decode tokens/s = tokens after the first / time after the first (prefill excluded on both sides; end-to-end
-seconds are printed too). Greedy decoding on both sides; the script checks that both produce the same tokens (the engine's fast path —
+seconds are printed too). Greedy decoding with the engine's default repetition control on both sides (the same
+`qihuang.decoding` logits processor for `generate`); the script checks that both produce the same tokens (the engine's fast path —
 KV-cache reuse without per-step generate overhead, plus prompt-lookup drafting verified in one forward pass —
 is exact). Prompts are real serving prompts: a question plus the passages retrieval puts in front of it.
 
@@ -31,13 +32,13 @@ QUESTIONS = [
 
 def build_prompts(engine: Any, passages: Path | None, n: int, max_new: int) -> list[str]:
     """Rendered prompts: question + retrieved passages (when a corpus is given)."""
-    from qihuang.rag import prepare_prompt
+    from qihuang.rag import PASSAGE_CHARS, PASSAGES_K, prepare_prompt
     from qihuang.retrieval import PassageIndex
 
     index = PassageIndex.open(passages) if passages else None
     out = []
     for q in QUESTIONS[:n]:
-        prep = prepare_prompt(engine, [{"role": "user", "content": q}], index, 3, 160, max_new)
+        prep = prepare_prompt(engine, [{"role": "user", "content": q}], index, PASSAGES_K, PASSAGE_CHARS, max_new)
         out.append(prep.prompt)
     return out
 
@@ -62,13 +63,19 @@ def run_generate(engine: Any, prompt: str, max_new: int) -> tuple[list[int], flo
     """Plain transformers `model.generate` (greedy), the anchor: (tokens, total s, decode s after 1st token)."""
     import torch
 
-    ids = engine.encode(prompt)
+    from qihuang.decoding import logits_processor
+    from qihuang.serve.engine import SamplingParams
+
+    ids = engine.prompts.encode(prompt)
     inp = torch.tensor([ids])
+    decode = SamplingParams().decode  # the engine's default repetition control, so both decode the same tokens
+    procs = [logits_processor(len(ids), decode)] if decode.active else []
     clock = FirstTokenClock()
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = engine.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
-                                    do_sample=False, pad_token_id=engine.tokenizer.pad_token_id, streamer=clock)
+                                    do_sample=False, pad_token_id=engine.tokenizer.pad_token_id, streamer=clock,
+                                    logits_processor=procs)
     t1 = time.perf_counter()
     new = out[0][len(ids):].tolist()
     cut = next((i for i, t in enumerate(new) if t in engine.eos_ids), len(new))
@@ -79,7 +86,7 @@ def run_engine(engine: Any, prompt: str, max_new: int) -> tuple[list[int], float
     """The engine's token stream (what `Engine.generate`/the server use): (tokens, total s, decode s)."""
     from qihuang.serve.engine import SamplingParams
 
-    ids = engine.encode(prompt)
+    ids = engine.prompts.encode(prompt)
     t0 = time.perf_counter()
     first = None
     toks = []
@@ -129,7 +136,7 @@ def main() -> None:
             got[name] = fn(engine, prompt, args.max_new_tokens)
         engine.lookup_draft = draft
         same = got["engine"][0] == got["generate"][0] == got["engine_no_lookup"][0]
-        row = {"prompt": i, "prompt_tokens": len(engine.encode(prompt)), "identical": same}
+        row = {"prompt": i, "prompt_tokens": len(engine.prompts.encode(prompt)), "identical": same}
         for name, (toks, total, decode) in got.items():
             totals[name][0] += len(toks) - 1  # tokens after the first (decode steps)
             totals[name][1] += decode

@@ -26,19 +26,27 @@ class ConfigError(ValueError):
     """A recipe or flag value is wrong; the message names the key and where it came from."""
 
 
-def check_ranges(stage: str, obj: Any, **bounds: tuple[float | None, float | None, bool]) -> None:
+Bound = tuple[float | None, float | None, bool] | tuple[float | None, float | None, bool, bool]
+"""(low, high, low_exclusive[, high_exclusive]) of `check_ranges`; None = unbounded."""
+
+
+def check_ranges(stage: str, obj: Any, **bounds: Bound) -> None:
     """Raise ConfigError naming `stage.field` when a numeric field is NaN or outside its bounds; each bound is
-    (low, high, low_exclusive), None meaning unbounded, high inclusive; a None field value is not checked."""
-    for name, (lo, hi, lo_open) in bounds.items():
+    (low, high, low_exclusive[, high_exclusive]), None meaning unbounded, high inclusive unless high_exclusive; a
+    None field value is not checked."""
+    for name, (lo, hi, lo_open, *rest) in bounds.items():
+        hi_open = bool(rest and rest[0])
         v = getattr(obj, name)
         if v is None:
             continue
-        ok = v == v and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
+        ok = (v == v and (lo is None or (v > lo if lo_open else v >= lo))
+              and (hi is None or (v < hi if hi_open else v <= hi)))
         if not ok:
             low = "-inf" if lo is None else f"{lo:g}"
             high = "inf" if hi is None else f"{hi:g}"
+            close = ")" if hi is None or hi_open else "]"
             raise ConfigError(f"{stage}.{name}: must be in {'(' if lo_open or lo is None else '['}{low}, "
-                              f"{high}{']' if hi is not None else ')'}, got {v!r}")
+                              f"{high}{close}, got {v!r}")
 
 
 @lru_cache(maxsize=None)

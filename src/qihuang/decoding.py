@@ -3,11 +3,11 @@ blocking that leave copying from the prompt's passages alone) and batched genera
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
 """End-of-turn tokens of the common chat templates: generation stops at any of them."""
@@ -27,10 +27,9 @@ class DecodeParams:
     """A generated n-gram of this many tokens is never generated again in the same answer (0 = off)."""
 
     def __post_init__(self) -> None:
-        if not 1.0 <= self.repetition_penalty <= 2.0:
-            raise ConfigError(f"repetition_penalty must be in [1, 2], got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0 or self.no_repeat_ngram_size == 1:
-            raise ConfigError(f"no_repeat_ngram_size must be 0 (off) or >= 2, got {self.no_repeat_ngram_size}")
+        check_ranges("decoding", self, repetition_penalty=(1, 2, False), no_repeat_ngram_size=(0, None, False))
+        if self.no_repeat_ngram_size == 1:
+            raise ConfigError("decoding.no_repeat_ngram_size: must be 0 (off) or >= 2, got 1")
 
     @property
     def active(self) -> bool:
@@ -42,35 +41,84 @@ OFF = DecodeParams(repetition_penalty=1.0, no_repeat_ngram_size=0)
 """No repetition control."""
 
 
-def banned_next(generated: Sequence[int], n: int) -> list[int]:
-    """Tokens that would complete an n-gram already present in `generated` (n-gram blocking)."""
-    if n < 2 or len(generated) < n:
-        return []
-    prefix = list(generated[len(generated) - n + 1:])
-    out = []
-    for i in range(len(generated) - n + 1):
-        if list(generated[i:i + n - 1]) == prefix:
-            out.append(int(generated[i + n - 1]))
-    return out
+class Repetition:
+    """One sequence's generated tokens as incremental repetition-control state: how often each token was generated
+    (the penalty's set) and, for n-gram blocking, a table from each (n-1)-gram to the tokens that followed it, so
+    the banned next tokens are one lookup instead of a scan of the whole answer. `push`/`pop` cost O(n) a token."""
+
+    def __init__(self, params: DecodeParams, generated: Sequence[int] = ()) -> None:
+        self.params = params
+        self.n = params.no_repeat_ngram_size if params.no_repeat_ngram_size >= 2 else 0
+        self.tokens: list[int] = []
+        self.counts: dict[int, int] = {}
+        self.follow: dict[tuple[int, ...], dict[int, int]] = {}
+        for t in generated:
+            self.push(t)
+
+    def push(self, token: int) -> None:
+        """Append one generated token."""
+        token = int(token)
+        self.tokens.append(token)
+        if not self.params.active:
+            return
+        self.counts[token] = self.counts.get(token, 0) + 1
+        if self.n and len(self.tokens) >= self.n:
+            after = self.follow.setdefault(tuple(self.tokens[-self.n:-1]), {})
+            after[token] = after.get(token, 0) + 1
+
+    def pop(self) -> int:
+        """Remove the last token pushed (undoes `push`, e.g. after checking draft tokens)."""
+        token = self.tokens[-1]
+        if self.params.active:
+            if self.n and len(self.tokens) >= self.n:
+                key = tuple(self.tokens[-self.n:-1])
+                after = self.follow[key]
+                after[token] -= 1
+                if not after[token]:
+                    del after[token]
+                    if not after:
+                        del self.follow[key]
+            self.counts[token] -= 1
+            if not self.counts[token]:
+                del self.counts[token]
+        self.tokens.pop()
+        return token
+
+    def banned(self) -> list[int]:
+        """Tokens that would complete an n-gram already generated (n-gram blocking), ascending."""
+        if not self.n or len(self.tokens) < self.n:
+            return []
+        return sorted(self.follow.get(tuple(self.tokens[len(self.tokens) - self.n + 1:]), ()))
+
+    def apply(self, logits: Any) -> Any:
+        """`logits` (last dim = vocabulary; 1-D or 2-D) with the repetition penalty on the generated tokens and the
+        banned n-gram completions at -inf; `logits` itself (not a copy) when nothing applies."""
+        if not self.params.active or not self.tokens:
+            return logits
+        banned = self.banned()
+        penalty = self.params.repetition_penalty
+        if penalty == 1.0 and not banned:
+            return logits
+        import torch
+
+        out = logits.clone()
+        if penalty != 1.0:
+            idx = torch.tensor(sorted(self.counts), dtype=torch.long, device=out.device)
+            vals = out.index_select(-1, idx)
+            vals = torch.where(vals > 0, vals / penalty, vals * penalty)
+            out.index_copy_(-1, idx, vals)
+        if banned:
+            out[..., banned] = float("-inf")
+        return out
 
 
 def penalize(logits: Any, generated: Sequence[int], params: DecodeParams) -> Any:
     """`logits` (last dim = vocabulary; 1-D or 2-D with one row per generated sequence) adjusted for one
-    sequence's `generated` tokens: repetition penalty, then banned n-gram completions at -inf. Returns a new tensor."""
+    sequence's `generated` tokens: repetition penalty, then banned n-gram completions at -inf. A new tensor, or
+    `logits` itself when nothing applies. Token by token, keep a `Repetition` instead (no rescan of `generated`)."""
     if not params.active or not generated:
         return logits
-    import torch
-
-    out = logits.clone()
-    if params.repetition_penalty != 1.0:
-        idx = torch.tensor(sorted(set(int(t) for t in generated)), dtype=torch.long, device=out.device)
-        vals = out.index_select(-1, idx)
-        vals = torch.where(vals > 0, vals / params.repetition_penalty, vals * params.repetition_penalty)
-        out.index_copy_(-1, idx, vals)
-    banned = banned_next(generated, params.no_repeat_ngram_size)
-    if banned:
-        out[..., banned] = float("-inf")
-    return out
+    return Repetition(params, generated).apply(logits)
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -91,30 +139,29 @@ def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(eos)
 
 
-def _processor(prompt_width: int, params: DecodeParams) -> Any:
-    """A transformers LogitsProcessor applying `penalize` to each row's tokens after `prompt_width`."""
+def logits_processor(prompt_width: int, params: DecodeParams) -> Any:
+    """A transformers LogitsProcessor applying `penalize` to each row's tokens after `prompt_width` (for
+    `model.generate`: what the engine's token loop does, so both decode the same tokens)."""
+    import torch
     from transformers import LogitsProcessor
 
     class GeneratedRepetition(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             rows = input_ids[:, prompt_width:].tolist()
-            return _stack([penalize(scores[b], row, params) for b, row in enumerate(rows)])
+            return torch.stack([penalize(scores[b], row, params) for b, row in enumerate(rows)])
 
     return GeneratedRepetition()
 
 
-def _stack(rows: list[Any]) -> Any:
-    import torch
-
-    return torch.stack(rows)
-
-
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-                   params: DecodeParams | None = None) -> list[str]:
+                   params: DecodeParams | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy answers to rendered `prompts` (chat template applied), many per forward: prompts sorted by length,
     left-padded, decoded with the KV cache; repetition control on the generated tokens; an extended vocabulary's
-    untrained byte fragments never generated; each row stops at its own end-of-turn token. Order is kept."""
+    untrained byte fragments never generated; each row stops at its own end-of-turn token. Order is kept.
+    `progress(done, total)` is called after each batch."""
     import torch
+    from transformers import LogitsProcessorList
 
     from qihuang.template import encode_text
     from qihuang.tokenizer import suppressed_ids
@@ -138,8 +185,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
             n = len(encoded[i])
             ids[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
             mask[row, width - n:] = 1
-        processors = [_processor(width, params)] if params.active else []
-        from transformers import LogitsProcessorList
+        processors = [logits_processor(width, params)] if params.active else []
 
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
@@ -149,4 +195,6 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
             new = out[row, width:].tolist()
             cut = next((j for j, t in enumerate(new) if t in stops), len(new))
             answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).rstrip("\ufffd")
+        if progress:
+            progress(start + len(chunk), len(order))
     return answers

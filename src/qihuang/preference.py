@@ -75,19 +75,10 @@ class DPOConfig:
     """Random seed."""
 
     def __post_init__(self) -> None:
-        if self.beta <= 0:
-            raise ConfigError(f"beta: must be positive, got {self.beta}")
-        if not 0 <= self.heldout_fraction < 0.5:
-            raise ConfigError(f"heldout_fraction: must be in [0, 0.5), got {self.heldout_fraction}")
-        if self.max_length < 32:
-            raise ConfigError(f"max_length: must be >= 32, got {self.max_length}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"max_steps: must be positive, got {self.max_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max_minutes: must be positive, got {self.max_minutes}")
-        if self.lora_r <= 0 or self.batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:
-            raise ConfigError("lora_r, batch_size, grad_accum and epochs must be positive")
-        check_ranges("dpo", self, learning_rate=(0, None, True), lora_dropout=(0, 0.999, False),
+        check_ranges("dpo", self, beta=(0, None, True), heldout_fraction=(0, 0.5, False, True),
+                     max_length=(32, None, False), max_steps=(0, None, True), max_minutes=(0, None, True),
+                     lora_r=(0, None, True), batch_size=(0, None, True), grad_accum=(0, None, True),
+                     epochs=(0, None, True), learning_rate=(0, None, True), lora_dropout=(0, 0.999, False),
                      save_steps=(1, None, False), eval_pairs=(0, None, False), max_pairs=(1, None, False))
 
 

@@ -118,38 +118,24 @@ class PretrainConfig:
     """Seed of data order, sampling and initialisation."""
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ConfigError("pretrain.max_steps must be >= 1")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError("pretrain.max_minutes must be > 0")
-        if self.seq_len < 8 or self.micro_batch < 1 or self.grad_accum < 1:
-            raise ConfigError("pretrain: seq_len >= 8, micro_batch >= 1 and grad_accum >= 1 are required")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("pretrain: lr must be > 0 and min_lr_ratio in [0, 1]")
+        check_ranges("pretrain", self, max_steps=(1, None, False), max_minutes=(0, None, True),
+                     seq_len=(8, None, False), micro_batch=(1, None, False), grad_accum=(1, None, False), lr=(0, None, True),
+                     min_lr_ratio=(0, 1, False), general_ratio=(0, 1, False, True), embed_lr_mult=(0, None, True),
+                     lora_rank=(1, None, False), freeze_layers=(0, None, False), grad_checkpoint=(0, 1, False),
+                     eval_chars=(0, None, False), eval_seq_len=(8, None, False), log_every=(1, None, False),
+                     keep_checkpoints=(1, None, False), threads=(0, None, False), weight_decay=(0, None, False),
+                     rollback_lr_factor=(0, 1, True), clip=(0, None, False), spike_factor=(0, None, False),
+                     spike_grad_factor=(0, None, False), spike_max_in_row=(1, None, False),
+                     checkpoint_every_steps=(0, None, False), checkpoint_every_minutes=(0, None, False),
+                     eval_every=(0, None, False), ce_chunk_tokens=(0, None, False), warmup_steps=(0, None, False),
+                     lora_alpha=(0, None, True), lora_dropout=(0, 0.999, False), max_train_chars=(1, None, False),
+                     peak_tflops=(0, None, True))
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
             raise ConfigError("pretrain.schedule_steps must be >= max_steps")
         if self.warmup_steps >= (self.schedule_steps or self.max_steps) and self.max_steps > 1:
             raise ConfigError("pretrain.warmup_steps must be < the schedule length (max_steps)")
-        if not 0 <= self.general_ratio < 1:
-            raise ConfigError("pretrain.general_ratio must be in [0, 1)")
         if self.mode != "full" and self.freeze_layers:
             raise ConfigError("pretrain.freeze_layers applies to mode=full only")
-        if self.embed_lr_mult <= 0:
-            raise ConfigError("pretrain.embed_lr_mult must be > 0")
-        if self.lora_rank < 1 or self.freeze_layers < 0:
-            raise ConfigError("pretrain: lora_rank >= 1 and freeze_layers >= 0 are required")
-        if not 0 <= self.grad_checkpoint <= 1:
-            raise ConfigError("pretrain.grad_checkpoint must be in [0, 1]")
-        if self.eval_chars < 0 or self.eval_seq_len < 8:
-            raise ConfigError("pretrain: eval_chars >= 0 and eval_seq_len >= 8 are required")
-        check_ranges("pretrain", self, log_every=(1, None, False), keep_checkpoints=(1, None, False),
-                     threads=(0, None, False), weight_decay=(0, None, False), rollback_lr_factor=(0, 1, True),
-                     clip=(0, None, False), spike_factor=(0, None, False), spike_grad_factor=(0, None, False),
-                     spike_max_in_row=(1, None, False), checkpoint_every_steps=(0, None, False),
-                     checkpoint_every_minutes=(0, None, False), eval_every=(0, None, False),
-                     ce_chunk_tokens=(0, None, False), warmup_steps=(0, None, False), lora_alpha=(0, None, True),
-                     lora_dropout=(0, 0.999, False), max_train_chars=(1, None, False),
-                     peak_tflops=(0, None, True), lr=(0, None, True))
 
 
 def _heldout_texts(heldout: Path, max_chars: int) -> list[str]:

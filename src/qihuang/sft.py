@@ -117,27 +117,17 @@ class SFTConfig:
             raise ConfigError(f"data_ratios: {len(self.data_ratios)} ratios for {len(self.data)} data files")
         if any(r < 0 for r in self.data_ratios) or (self.data_ratios and sum(self.data_ratios) <= 0):
             raise ConfigError("data_ratios: must be non-negative with a positive sum")
-        if not 0 <= self.val_fraction < 0.5:
-            raise ConfigError(f"val_fraction: must be in [0, 0.5), got {self.val_fraction}")
-        if self.max_length < 16:
-            raise ConfigError(f"max_length: must be >= 16, got {self.max_length}")
-        if self.lora_layers < 0:
-            raise ConfigError(f"lora_layers must be >= 0 (0 = every layer), got {self.lora_layers}")
+        check_ranges("sft", self, val_fraction=(0, 0.5, False, True), max_length=(16, None, False),
+                     lora_layers=(0, None, False), lora_r=(0, None, True), lora_alpha=(0, None, True),
+                     lora_dropout=(0, 1, False, True), max_steps=(0, None, True), max_minutes=(0, None, True),
+                     batch_size=(0, None, True), grad_accum=(0, None, True), eval_steps=(0, None, True),
+                     epochs=(0, None, True), learning_rate=(0, None, True), warmup=(0, 1, False),
+                     max_val=(0, None, False), max_samples=(1, None, False), curriculum_stages=(0, None, False),
+                     early_stopping_patience=(0, None, False), qa_samples=(0, None, False),
+                     qa_max_new_tokens=(1, None, False))
         if self.lora_layers and self.train_new_tokens and self.method == "lora":
             raise ConfigError("lora_layers needs train_new_tokens: false (new embedding rows would need the full "
                               "backward pass that lora_layers saves)")
-        if self.lora_r <= 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ConfigError("lora_r/lora_alpha must be positive and lora_dropout in [0, 1)")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"max_steps: must be positive, got {self.max_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max_minutes: must be positive, got {self.max_minutes}")
-        if self.batch_size <= 0 or self.grad_accum <= 0 or self.eval_steps <= 0 or self.epochs <= 0:
-            raise ConfigError("batch_size, grad_accum, eval_steps and epochs must be positive")
-        check_ranges("sft", self, learning_rate=(0, None, True), warmup=(0, 1, False), max_val=(0, None, False),
-                     max_samples=(1, None, False), curriculum_stages=(0, None, False),
-                     early_stopping_patience=(0, None, False), qa_samples=(0, None, False),
-                     qa_max_new_tokens=(1, None, False))
         if self.early_stopping_patience > 0 and self.val_fraction == 0 and self.eval_data is None:
             raise ConfigError("early_stopping_patience needs validation data: set val_fraction > 0 or eval_data")
 

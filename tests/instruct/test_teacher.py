@@ -248,3 +248,14 @@ def test_malformed_usage_is_tolerated_and_cached(tmp_path: Path, passages_file: 
         again, _, stats2 = run_teacher(tcfg(t.url), ps, tmp_path / "cache")
         assert t.b.requests == paid and stats2["cached"] == len(ps)  # the rerun pays nothing
         assert len(again) == len(pairs)
+
+
+def test_usage_counts_fall_back_to_the_estimates() -> None:
+    from qihuang.instruct.teacher import parse_usage
+
+    assert parse_usage({"prompt_tokens": 0, "completion_tokens": "12"}, 5, 7) == {"prompt_tokens": 5,
+                                                                                  "completion_tokens": 12}
+    assert parse_usage({"prompt_tokens": 0.5, "completion_tokens": -3}, 5, 7) == {"prompt_tokens": 5,
+                                                                                   "completion_tokens": 7}
+    assert parse_usage({"prompt_tokens": 3.9, "completion_tokens": 1e16}, 5, 7) == {"prompt_tokens": 3,
+                                                                                     "completion_tokens": 7}

@@ -9,24 +9,23 @@ from typing import Any
 
 import pytest
 
-from qihuang.serve.engine import (
-    Engine, PromptTooLong, SamplingParams, _Detokenizer, _lookup_draft, _StopMatcher, resolve_model_dir,
-)
+from qihuang.serve.engine import Engine, PromptTooLong, SamplingParams, resolve_model_dir
+from qihuang.serve.textstream import Detokenizer, StopMatcher, prompt_lookup_draft
 
 MESSAGES = [{"role": "user", "content": "脉浮而缓者何也？脉浮而缓者，风在表也。"}]
 
 
 @pytest.mark.parametrize("n", [1, 7, 40])
-@pytest.mark.parametrize("guard", [False, True])
-def test_greedy_matches_model_generate(engine: Engine, n: int, guard: bool) -> None:
+@pytest.mark.parametrize("guard", [False, True, "penalty"])
+def test_greedy_matches_model_generate(engine: Engine, n: int, guard: bool | str) -> None:
     """The fast path equals `model.generate` with the same repetition control (`qihuang.decoding`'s processor)."""
     import torch
 
-    from qihuang.decoding import OFF, DecodeParams, _processor
+    from qihuang.decoding import OFF, DecodeParams, logits_processor
 
-    decode = DecodeParams() if guard else OFF
+    decode = {False: OFF, True: DecodeParams(), "penalty": DecodeParams(1.3, 3)}[guard]
     ids = engine.prompts.encode(engine.prompts.render(MESSAGES))
-    procs = [_processor(len(ids), decode)] if guard else []
+    procs = [logits_processor(len(ids), decode)] if decode.active else []
     out = engine.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                 max_new_tokens=n, do_sample=False, logits_processor=procs)[0][len(ids):].tolist()
     ref_ids = out[: next((i for i, t in enumerate(out) if t in engine.eos_ids), len(out))]
@@ -61,10 +60,41 @@ def test_lookup_path_equals_plain_greedy(engine: Engine) -> None:
     assert with_lookup[-1].finish_reason == "length"
 
 
+def test_incremental_repetition_state_equals_a_rescan() -> None:
+    """`Repetition` (updated per token, drafts pushed and popped) bans what a scan of all generated tokens bans."""
+    import random
+
+    import torch
+
+    from qihuang.decoding import DecodeParams, Repetition
+
+    def scan(generated: list[int], n: int) -> list[int]:
+        tail = generated[len(generated) - n + 1:]
+        return sorted({generated[i + n - 1] for i in range(len(generated) - n + 1) if generated[i:i + n - 1] == tail})
+
+    rnd = random.Random(0)
+    for n, penalty in ((2, 1.0), (3, 1.2), (4, 1.0), (0, 1.5)):
+        rep, seq = Repetition(DecodeParams(penalty, n)), []
+        for _ in range(300):
+            if n:
+                assert rep.banned() == scan(seq, n)
+            logits = torch.randn(8)
+            same = rep.apply(logits)
+            assert (same is logits) == (penalty == 1.0 and not rep.banned()) or not seq
+            draft = [rnd.randrange(8) for _ in range(3)]
+            for t in draft:
+                rep.push(t)
+            for _ in draft:
+                rep.pop()
+            assert rep.tokens == seq and torch.equal(rep.apply(logits), same)
+            seq.append(rnd.randrange(8))
+            rep.push(seq[-1])
+
+
 def test_lookup_draft() -> None:
-    assert _lookup_draft([1, 2, 3, 4, 9, 2, 3], 3, 2) == [4, 9]
-    assert _lookup_draft([5, 6, 7], 3, 4) == []
-    assert _lookup_draft([1, 1, 1], 2, 3) == [1]
+    assert prompt_lookup_draft([1, 2, 3, 4, 9, 2, 3], 3, 2) == [4, 9]
+    assert prompt_lookup_draft([5, 6, 7], 3, 4) == []
+    assert prompt_lookup_draft([1, 1, 1], 2, 3) == [1]
 
 
 def test_stream_pieces_and_usage(engine: Engine) -> None:
@@ -102,19 +132,19 @@ def test_prompt_too_long(engine: Engine) -> None:
 
 
 def test_stop_matcher_holds_back_prefixes() -> None:
-    m = _StopMatcher(["END", "。。"])
+    m = StopMatcher(["END", "。。"])
     assert m.feed("abcE") == ("abc", False)
     assert m.feed("N") == ("", False)
     assert m.feed("x。") == ("ENx", False)
     assert m.feed("。tail") == ("", True)
-    m2 = _StopMatcher([])
+    m2 = StopMatcher([])
     assert m2.feed("E") == ("E", False)
 
 
 def test_detokenizer_is_utf8_safe(engine: Engine) -> None:
     text = "黄连味苦寒，主热气目痛。𠀀字"
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-    det = _Detokenizer(engine.tokenizer)
+    det = Detokenizer(engine.tokenizer)
     pieces = [det.push(i) for i in ids] + [det.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)

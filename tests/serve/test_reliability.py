@@ -128,58 +128,61 @@ def test_shutdown_ends_open_stream_with_final_chunk(tiny_model_dir: Any, index: 
 
 
 # The fuzz corpus: hand-written hostile requests of the kinds above; none may answer 5xx.
-FUZZ: list[tuple[str, bytes, dict[str, str]]] = [
-    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud800abc"}]}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "\\udfff"}], "stream": true}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "model": "\\ud800"}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "user": "\\ud800"}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud83d\\ude00 ok"}], "max_tokens": 2}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e-40, "max_tokens": 2}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e-300, "stream": true, '
-           b'"max_tokens": 2}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 5e-324, "top_k": 1, '
-           b'"max_tokens": 2}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e400}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "top_p": 1e-300, "temperature": 1, '
-           b'"max_tokens": 2}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1e30}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}], "seed": -1}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}]', {}),
-    (CHAT, b'[]', {}),
-    (CHAT, b'null', {}),
-    (CHAT, b'', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "\\u0000"}], "max_tokens": 2}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "' + b"a" * 1_000_100 + b'"}]}', {}),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x"}]}', {"Content-Type": "text/plain"}),
-    ("/v1/models", b"", {}),
-    ("/", b"", {}),
-    ("/static/%2e%2e%2fapp.py", b"", {}),
+def _chat(extra: bytes = b"", content: bytes = b'"x"') -> bytes:
+    """A chat body with one user message (`content`, raw JSON) and `extra` raw JSON members."""
+    return b'{"messages": [{"role": "user", "content": ' + content + b"}]" + (b", " + extra if extra else b"") + b"}"
+
+
+LARGE = _chat(content=b'"' + b"a" * 1_000_100 + b'"')
+GET, POST = "GET", "POST"
+FUZZ = [
+    pytest.param(POST, CHAT, _chat(content=b'"\\ud800abc"'), {}, id="surrogate-content"),
+    pytest.param(POST, CHAT, _chat(b'"stream": true', b'"\\udfff"'), {}, id="surrogate-stream"),
+    pytest.param(POST, CHAT, _chat(b'"model": "\\ud800"'), {}, id="surrogate-model"),
+    pytest.param(POST, CHAT, _chat(b'"user": "\\ud800"'), {}, id="surrogate-user"),
+    pytest.param(POST, CHAT, _chat(b'"max_tokens": 2', b'"\\ud83d\\ude00 ok"'), {}, id="surrogate-pair-ok"),
+    pytest.param(POST, CHAT, _chat(b'"temperature": 1e-40, "max_tokens": 2'), {}, id="temperature-1e-40"),
+    pytest.param(POST, CHAT, _chat(b'"temperature": 1e-300, "stream": true, "max_tokens": 2'), {},
+                 id="temperature-1e-300-stream"),
+    pytest.param(POST, CHAT, _chat(b'"temperature": 5e-324, "top_k": 1, "max_tokens": 2'), {},
+                 id="temperature-denormal-top-k"),
+    pytest.param(POST, CHAT, _chat(b'"temperature": 1e400'), {}, id="temperature-inf"),
+    pytest.param(POST, CHAT, _chat(b'"temperature": NaN'), {}, id="temperature-nan"),
+    pytest.param(POST, CHAT, _chat(b'"top_p": 1e-300, "temperature": 1, "max_tokens": 2'), {}, id="top-p-tiny"),
+    pytest.param(POST, CHAT, _chat(b'"max_tokens": 1e30'), {}, id="max-tokens-huge"),
+    pytest.param(POST, CHAT, _chat(b'"seed": -1'), {}, id="seed-negative"),
+    pytest.param(POST, CHAT, _chat(content=b'"\xff\xfe"'), {}, id="invalid-utf8"),
+    pytest.param(POST, CHAT, _chat()[:-1], {}, id="truncated-json"),
+    pytest.param(POST, CHAT, b"[]", {}, id="json-list"),
+    pytest.param(POST, CHAT, b"null", {}, id="json-null"),
+    pytest.param(POST, CHAT, b"", {}, id="empty-body"),
+    pytest.param(POST, CHAT, _chat(b'"max_tokens": 2', b'"\\u0000"'), {}, id="nul-character"),
+    pytest.param(POST, CHAT, LARGE, {}, id="body-over-cap"),
+    pytest.param(POST, CHAT, _chat(), {"Content-Type": "text/plain"}, id="text-plain"),
+    pytest.param(GET, "/v1/models", b"", {}, id="models"),
+    pytest.param(GET, "/", b"", {}, id="web-page"),
+    pytest.param(GET, "/static/%2e%2e%2fapp.py", b"", {}, id="static-traversal"),
 ]
 
 
-@pytest.mark.parametrize("case", range(len(FUZZ)))
-def test_fuzz_corpus_never_5xx(live: LiveServer, case: int) -> None:
-    path, raw, headers = FUZZ[case]
-    method = "GET" if path in ("/v1/models", "/") or path.startswith("/static") else "POST"
-    r = httpx.request(method, live.url + path, content=raw if method == "POST" else None, timeout=60,
+FUZZ_SENT = [pytest.param(*p.values, False, id=p.id) for p in FUZZ] + [
+    pytest.param(*p.values, True, id=f"{p.id}-chunked") for p in FUZZ if p.values[0] == POST]
+
+
+@pytest.mark.parametrize("method, path, raw, headers, chunked", FUZZ_SENT)
+def test_fuzz_corpus_never_5xx(live: LiveServer, method: str, path: str, raw: bytes, headers: dict[str, str],
+                               chunked: bool) -> None:
+    """Each request as is and (POSTs) with Transfer-Encoding: chunked (the body-size cap counts those bytes too)."""
+    content: Any = None
+    if method == POST:
+        content = iter([raw[: len(raw) // 2], raw[len(raw) // 2:]]) if chunked else raw
+    r = httpx.request(method, live.url + path, content=content, timeout=60,
                       headers={"Content-Type": "application/json", **headers})
-    assert r.status_code < 500, (case, r.status_code, r.text[:300])
+    assert r.status_code < 500, (raw[:80], r.status_code, r.text[:300])
+    if raw is LARGE:
+        assert r.status_code == 413
     if r.status_code >= 400:
         assert "error" in r.json()
     if r.headers.get("content-type", "").startswith("text/event-stream"):
         lines = [x[5:].strip() for x in r.text.splitlines() if x.startswith("data:")]
         assert lines[-1] == "[DONE]" and not any('"error"' in x for x in lines[:-1])
-
-
-def test_fuzz_corpus_chunked_never_5xx(live: LiveServer) -> None:
-    """The same corpus sent with Transfer-Encoding: chunked (the body-size cap counts those bytes too)."""
-    for path, raw, headers in FUZZ:
-        if not path.startswith("/v1/chat"):
-            continue
-        r = httpx.post(live.url + path, content=iter([raw[: len(raw) // 2], raw[len(raw) // 2:]]), timeout=60,
-                       headers={"Content-Type": "application/json", **headers})
-        assert r.status_code < 500, (raw[:80], r.status_code, r.text[:300])
-        if len(raw) > 1_000_000:
-            assert r.status_code == 413

@@ -30,7 +30,7 @@ def _window_holds_span(gold: IndexPassage, question: str, span: tuple[int, int],
     return min(b, e) - max(a, s) >= (b - a) / 2
 
 
-def _record(pair: Pair, gold: Passage | None, shown: list[IndexPassage], answer: str, kind: str,
+def _record(pair: Pair, gold: Passage, shown: list[IndexPassage], answer: str, kind: str,
             cfg: InstructConfig) -> dict[str, Any]:
     messages, _ = rag.rag_messages([{"role": "user", "content": pair.question}], shown, cfg.passage_chars)
     meta = pair.meta(gold)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qihuang import rag
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 
 OFFLINE_GENERATORS = ("attribution", "section_book", "clauses", "formula", "herb", "cloze", "lexicon")
 
@@ -108,26 +108,16 @@ class InstructConfig:
             raise ConfigError(f"generators: unknown {unknown}; known: {list(OFFLINE_GENERATORS)}")
         if not self.generators and not self.teacher_url:
             raise ConfigError("generators is empty and teacher_url is unset: nothing would generate pairs")
-        for name in ("heldout_fraction", "grounding_threshold", "dedup_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("rag_ratio", "rag_missing_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 1 <= self.passages_k <= 10:
-            raise ConfigError(f"passages_k must be in 1..10, got {self.passages_k}")
-        if self.passage_chars < 20:
-            raise ConfigError(f"passage_chars must be >= 20, got {self.passage_chars}")
-        if not 0.0 <= self.general_ratio < 1.0:
+        unit, positive = (0.0, 1.0, False), (1, None, False)
+        check_ranges("instruct", self, heldout_fraction=unit, grounding_threshold=unit, dedup_threshold=unit,
+                      rag_ratio=unit, rag_missing_ratio=unit,
+                      max_type_share=(0.0, 1.0, True), max_category_share=(0.0, 1.0, True),
+                      passages_k=(1, 10, False), passage_chars=(20, None, False), pairs_per_passage=positive,
+                      max_turns=positive, concurrency=positive, rpm=positive, tpm=positive, grounding_n=positive,
+                      workers=positive, max_tokens=positive, max_retries=(0, None, False), timeout=(0, None, True),
+                      backoff=(0, None, False))
+        if not 0.0 <= self.general_ratio < 1.0:  # half-open: check_ranges' upper bound is inclusive
             raise ConfigError(f"general_ratio must be in [0, 1), got {self.general_ratio}")
-        if not 0.0 < self.max_type_share <= 1.0 or not 0.0 < self.max_category_share <= 1.0:
-            raise ConfigError("max_type_share and max_category_share must be in (0, 1]")
-        for name in ("pairs_per_passage", "max_turns", "concurrency", "rpm", "tpm", "grounding_n", "workers",
-                     "max_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_retries < 0 or self.timeout <= 0 or self.backoff < 0:
-            raise ConfigError("max_retries must be >= 0, timeout > 0 and backoff >= 0")
         if self.min_answer > self.max_answer:
             raise ConfigError(f"min_answer ({self.min_answer}) > max_answer ({self.max_answer})")
         if self.teacher_judge and not self.teacher_url:

@@ -269,21 +269,22 @@ class _Retry(Exception):
 
 
 def _count(value: Any, default: int) -> int:
-    """A token count from an untrusted reply: a non-negative finite number (or numeric string), else `default`."""
+    """A token count from an untrusted reply: a finite number (or numeric string) of at least 1, else `default`
+    (a reported 0 is taken as missing: some servers send 0 when they do not count)."""
     if isinstance(value, bool):
         return default
     try:
         n = float(value)
     except (TypeError, ValueError, OverflowError):
         return default
-    return int(n) if 0 <= n < 1e15 else default
+    return int(n) if 1 <= n < 1e15 else default
 
 
 def parse_usage(raw: Any, prompt_default: int, completion_default: int) -> dict[str, int]:
     """The `usage` of a reply as two ints; a missing or malformed one (`"x"`, `"n/a"`, null) gives the estimates."""
     u = raw if isinstance(raw, dict) else {}
-    return {"prompt_tokens": _count(u.get("prompt_tokens"), prompt_default) or prompt_default,
-            "completion_tokens": _count(u.get("completion_tokens"), completion_default) or completion_default}
+    return {"prompt_tokens": _count(u.get("prompt_tokens"), prompt_default),
+            "completion_tokens": _count(u.get("completion_tokens"), completion_default)}
 
 
 def _num(s: str) -> bool:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
 import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qihuang.serve.engine import EngineError, SamplingParams
+from qihuang.serve.guard import GuardMiddleware, _error
 from qihuang.serve.protocol import (
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, Citation,
     Delta, ErrorResponse, Health, ModelCard, ModelList, Usage, error_body, new_id,
@@ -33,87 +33,11 @@ from qihuang.serve.settings import ServeConfig
 
 WEB_DIR = Path(__file__).parent / "web"
 WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
-MAX_BODY = 1_000_000
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in ((400, "Invalid request"), (401, "Missing or invalid API key"), (413, "Body too large"),
                        (503, "Server busy (queue full) or shutting down"))
 }
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-
-
-def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, param, code), status_code=status)
-
-
-PUBLIC_PATHS = ("/health", "/")
-"""Answered without an API key: liveness and the web page (its assets under /static/ too); the API is not."""
-
-
-def _is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith("/static/")
-
-
-async def _read_capped(receive: Callable[[], Awaitable[Any]]) -> list[Any] | None:
-    """The request-body messages of a body without Content-Length (chunked), counted as they arrive; None as soon
-    as more than MAX_BODY bytes came (the rest is never read)."""
-    messages: list[Any] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages
-        size += len(message.get("body", b""))
-        if size > MAX_BODY:
-            return None
-        if not message.get("more_body", False):
-            return messages
-
-
-class GuardMiddleware:
-    """Pure ASGI: Bearer-key check (all paths but the public ones) and a body-size cap, before any routing; a
-    chunked body is counted as it arrives and refused (413) once past the cap, before it is buffered."""
-
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
-        self.app = app
-        self.keys = [k.encode() for k in keys]
-
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
-        if self.keys and not _is_public(scope.get("path", "")):
-            auth = headers.get("authorization", b"")
-            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-            if not token or not any(hmac.compare_digest(token, k) for k in self.keys):
-                resp = _error(401, "Missing or invalid API key (send 'Authorization: Bearer <key>')",
-                              "authentication_error", code="invalid_api_key")
-                resp.headers["WWW-Authenticate"] = "Bearer"
-                await resp(scope, receive, send)
-                return
-        too_large = _error(413, f"request body must be at most {MAX_BODY} bytes", code="body_too_large")
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > MAX_BODY:
-                await too_large(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        buffered = await _read_capped(receive)  # no Content-Length: chunked (or no body)
-        if buffered is None:
-            too_large.headers["Connection"] = "close"
-            await too_large(scope, receive, send)
-            return
-
-        async def replay() -> Any:
-            return buffered.pop(0) if buffered else await receive()
-
-        await self.app(scope, replay, send)
 
 
 class Admission:
@@ -233,7 +157,7 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         # a union (content: str | list of parts) reports every branch: the value check that failed says most
-        first = next((e for e in errs if e.get("type") in ("value_error", "string_unicode")), errs[0] if errs else {})
+        first = next((e for e in errs if not str(e.get("type", "")).endswith("_type")), errs[0] if errs else {})
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         msg = f"{'.'.join(loc) + ': ' if loc else ''}{first.get('msg', 'invalid request')}"
         return _error(400, msg, param=".".join(loc) or None, code="invalid_value")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qihuang.decoding import DecodeParams, penalize
+from qihuang.decoding import DecodeParams, Repetition
+from qihuang.serve.textstream import Detokenizer, StopMatcher, prompt_lookup_draft
 
 RUN_MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
 MIN_TEMPERATURE = 1e-4
@@ -86,7 +87,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     """Upper bound on generated tokens."""
     temperature: float = 0.0
-    """0 → greedy; otherwise softmax temperature."""
+    """Below MIN_TEMPERATURE (e.g. 0) → greedy; otherwise softmax temperature."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
     top_k: int = 0
@@ -101,7 +102,18 @@ class SamplingParams:
     """A generated n-gram is never generated again in this answer (0 = off)."""
 
     def __post_init__(self) -> None:
-        self.decode = DecodeParams(self.repetition_penalty, self.no_repeat_ngram_size)
+        _ = self.decode  # refuses out-of-range repetition control now, not at the first token
+
+    @property
+    def decode(self) -> DecodeParams:
+        """The repetition control of these settings."""
+        return DecodeParams(self.repetition_penalty, self.no_repeat_ngram_size)
+
+    @property
+    def greedy(self) -> bool:
+        """Decode greedily (argmax, no sampling): temperature below MIN_TEMPERATURE (#16: dividing logits by 1e-40
+        overflows to inf/NaN probabilities)."""
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass
@@ -112,76 +124,6 @@ class Chunk:
     completion_tokens: int
     prompt_tokens: int
     finish_reason: str | None = None
-
-
-class _Detokenizer:
-    """Incremental detokenization that never emits half a UTF-8 character (byte-level BPE and CJK)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tok = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return now[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        self.prefix = self.read = len(self.ids)
-        return now[len(before):]
-
-
-class _StopMatcher:
-    """Holds back text that could start a stop string; reports where a stop string occurs."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit, stopped)."""
-        self.pending += text
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
-def _lookup_draft(ids: list[int], max_ngram: int, num_draft: int) -> list[int]:
-    """Prompt-lookup drafting: continue the latest earlier occurrence of the sequence's last n-gram."""
-    n_ids = len(ids)
-    for n in range(min(max_ngram, n_ids - 1), 0, -1):
-        tail = ids[-n:]
-        for start in range(n_ids - n - 1, -1, -1):
-            if ids[start:start + n] == tail:
-                follow = ids[start + n:start + n + num_draft]
-                if follow:
-                    return follow
-    return []
 
 
 class Engine:
@@ -266,11 +208,13 @@ class Engine:
             self._suppress_idx = torch.tensor(self.suppressed, dtype=torch.long, device=logits.device)
         return logits.index_fill(-1, self._suppress_idx, float("-inf"))
 
-    def _pick(self, logits: Any, params: SamplingParams, gen: Any, generated: Sequence[int] = ()) -> int:
+    def _pick(self, logits: Any, params: SamplingParams, gen: Any, rep: Repetition | None = None) -> int:
+        """The next token: repetition control (`rep`, the tokens generated so far), then argmax or sampling."""
         import torch
 
-        logits = penalize(logits, generated, params.decode)
-        if params.temperature < MIN_TEMPERATURE:  # #16: 1e-40 would overflow to inf/NaN probabilities
+        if rep is not None:
+            logits = rep.apply(logits)
+        if params.greedy:
             return int(torch.argmax(logits))
         scores = logits.float() / params.temperature
         if params.top_k > 0:
@@ -292,37 +236,43 @@ class Engine:
         from transformers import DynamicCache
 
         gen = None
-        if params.temperature > 0:
+        if not params.greedy:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
+        rep = Repetition(params.decode)
         if self.static:
-            yield from self._static_stream(prompt_ids, params, cancelled, gen)
+            yield from self._static_stream(prompt_ids, params, cancelled, gen, rep)
             return
         cache = DynamicCache()
         logits = self._forward(prompt_ids, cache, keep=1)
         nxt = self._pick(logits[-1], params, gen)
-        seq = list(prompt_ids)
-        n_prompt = len(seq)
+        seq = list(prompt_ids)  # prompt + generated: what drafts are looked up in
         produced = 0
-        greedy_lookup = params.temperature <= 0 and self.lookup_draft > 0
+        greedy_lookup = params.greedy and self.lookup_draft > 0
         while True:
             if nxt in self.eos_ids or cancelled():
                 return
             yield nxt
             produced += 1
             seq.append(nxt)
+            rep.push(nxt)
             if produced >= params.max_new_tokens:
                 return
             room = params.max_new_tokens - produced
-            draft = _lookup_draft(seq, self.lookup_ngram, min(self.lookup_draft, room)) if greedy_lookup else []
+            draft = prompt_lookup_draft(seq, self.lookup_ngram, min(self.lookup_draft, room)) if greedy_lookup else []
             if not draft:
                 logits = self._forward([nxt], cache, keep=1)
-                nxt = self._pick(logits[-1], params, gen, seq[n_prompt:])
+                nxt = self._pick(logits[-1], params, gen, rep)
                 continue
             logits = self._forward([nxt, *draft], cache, keep=0)
-            if params.decode.active:  # verify against what greedy decoding with repetition control would pick
-                best = [int(torch.argmax(penalize(logits[j], seq[n_prompt:] + draft[:j], params.decode)))
-                        for j in range(len(draft) + 1)]
+            if rep.params.active:  # verify against what greedy decoding with repetition control would pick
+                best = []
+                for j in range(len(draft) + 1):
+                    best.append(int(torch.argmax(rep.apply(logits[j]))))
+                    if j < len(draft):
+                        rep.push(draft[j])
+                for _ in draft:
+                    rep.pop()
             else:
                 best = torch.argmax(logits, dim=-1).tolist()
             accepted = 0
@@ -335,12 +285,13 @@ class Engine:
                 yield tok
                 produced += 1
                 seq.append(tok)
+                rep.push(tok)
             if produced >= params.max_new_tokens:
                 return
             nxt = best[accepted]
 
     def _static_stream(self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool],
-                       gen: Any) -> Iterator[int]:
+                       gen: Any, rep: Repetition) -> Iterator[int]:
         """Decode over one preallocated static KV cache (CUDA-graph step on GPU); one request at a time."""
         from qihuang.serve.fastpath import StaticDecoder
 
@@ -349,15 +300,14 @@ class Engine:
                 self._decoder = StaticDecoder(self.model, self.max_context)
             dec = self._decoder
             nxt = self._pick(self._mask(dec.prefill(prompt_ids)), params, gen)
-            generated: list[int] = []
             for produced in range(1, params.max_new_tokens + 1):
                 if nxt in self.eos_ids or cancelled():
                     return
                 yield nxt
-                generated.append(nxt)
+                rep.push(nxt)
                 if produced >= params.max_new_tokens:
                     return
-                nxt = self._pick(self._mask(dec.step(nxt)), params, gen, generated)
+                nxt = self._pick(self._mask(dec.step(nxt)), params, gen, rep)
 
     def generate(self, messages: Sequence[dict[str, Any]] | None = None, params: SamplingParams | None = None,
                  prompt: str | None = None, cancelled: Callable[[], bool] | None = None) -> Iterator[Chunk]:
@@ -372,8 +322,8 @@ class Engine:
         if len(prompt_ids) + params.max_new_tokens > self.max_context:
             raise PromptTooLong(f"prompt has {len(prompt_ids)} tokens; with max_tokens={params.max_new_tokens} it "
                                 f"exceeds the model's context of {self.max_context} tokens")
-        detok = _Detokenizer(self.tokenizer)
-        stops = _StopMatcher(params.stop)
+        detok = Detokenizer(self.tokenizer)
+        stops = StopMatcher(params.stop)
         n = 0
         finish = "stop"
         tokens = self._token_stream(prompt_ids, params, cancelled)

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from qihuang.config import ConfigError
+from qihuang.decoding import DecodeParams
 
 HARD_MAX_MESSAGES = 256
 HARD_MAX_CHARS = 100_000
 HARD_MAX_TOKENS = 8192
 
 
-def _encodable(value: str) -> str:
-    """`value` if it is valid Unicode text (no lone surrogates, which no tokenizer can encode), else ValueError."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"invalid text: lone surrogate {value[exc.start]!r} at character {exc.start}") from None
-    return value
+Text = Annotated[str, Field(max_length=HARD_MAX_CHARS)]
+"""Message text. Every string field is constrained, so pydantic itself refuses lone surrogates (which no tokenizer
+can encode) as `string_unicode`, naming the field."""
+StopString = Annotated[str, Field(max_length=64)]
 
 
 class TextPart(BaseModel):
@@ -28,12 +28,7 @@ class TextPart(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
-    text: str = Field(max_length=HARD_MAX_CHARS)
-
-    @field_validator("text")
-    @classmethod
-    def _check_text(cls, v: str) -> str:
-        return _encodable(v)
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -41,13 +36,8 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart] = Field(description="Text, or a list of text parts")
+    content: Text | list[TextPart] = Field(description="Text, or a list of text parts")
     name: str | None = Field(default=None, max_length=64)
-
-    @field_validator("content", "name")
-    @classmethod
-    def _check_content(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
-        return _encodable(v) if isinstance(v, str) else v
 
     def text(self) -> str:
         """The content as one string."""
@@ -77,14 +67,14 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(default=None, description="Up to 4 stop strings")
+    stop: StopString | list[StopString] | None = Field(default=None, description="Up to 4 stop strings")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="Accepted, not applied")
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, description="Accepted, not applied")
-    repetition_penalty: float | None = Field(default=None, ge=1.0, le=2.0, description=(
+    repetition_penalty: float | None = Field(default=None, description=(
         "Penalty on tokens already generated in this answer (1 = off; default: the server's, "
         "qihuang.decoding.DecodeParams)"))
-    no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=64, description=(
+    no_repeat_ngram_size: int | None = Field(default=None, le=64, description=(
         "A generated n-gram of this many tokens is never generated again (0 = off; 1 is refused; default: the "
         "server's)"))
     user: str | None = Field(default=None, max_length=256)
@@ -94,25 +84,19 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        items = [v] if isinstance(v, str) else (v or [])
-        for s in items:
-            _encodable(s)
-        if len(items) > 4:
+        if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop sequences")
-        if any(len(s) > 64 for s in items):
-            raise ValueError("stop sequences must be at most 64 characters")
         return v
 
-    @field_validator("model", "user")
+    @field_validator("repetition_penalty", "no_repeat_ngram_size")
     @classmethod
-    def _check_ids(cls, v: str | None) -> str | None:
-        return _encodable(v) if isinstance(v, str) else v
-
-    @field_validator("no_repeat_ngram_size")
-    @classmethod
-    def _check_ngram(cls, v: int | None) -> int | None:
-        if v == 1:
-            raise ValueError("no_repeat_ngram_size must be 0 (off) or >= 2")
+    def _check_decode(cls, v: float | int | None, info: ValidationInfo) -> float | int | None:
+        """The bounds of `qihuang.decoding.DecodeParams` (the one place they are written)."""
+        if v is not None:
+            try:
+                DecodeParams(**{info.field_name: v})
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     def decode_overrides(self) -> dict[str, float | int]:

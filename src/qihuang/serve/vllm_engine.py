@@ -8,6 +8,7 @@ queue, so concurrent API requests are batched by vLLM (continuous batching) and 
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,16 @@ from typing import Any
 from qihuang.models import ModelError
 from qihuang.serve.engine import (Chunk, EngineError, PromptCodec, PromptTooLong, SamplingParams, model_label,
                                    resolve_model_dir)
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """Log `message` the first time `key` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
 
 
 class VLLMEngine:
@@ -115,7 +126,13 @@ class VLLMEngine:
         if len(ids) + params.max_new_tokens > self.max_context:
             raise PromptTooLong(f"prompt has {len(ids)} tokens; with max_tokens={params.max_new_tokens} it exceeds "
                                 f"the model's context of {self.max_context} tokens")
-        vparams = VLLMParams(n=1, temperature=params.temperature, top_p=params.top_p,
+        if params.no_repeat_ngram_size:
+            _warn_once("ngram", f"the vLLM engine does not apply no_repeat_ngram_size={params.no_repeat_ngram_size} "
+                                "(n-gram blocking, on by default in the HF engine): answers may repeat themselves")
+        if params.repetition_penalty != 1.0:
+            _warn_once("penalty", "the vLLM engine's repetition_penalty also penalises the prompt's tokens (the HF "
+                                  "engine only the generated ones): quoting the retrieved passages is discouraged")
+        vparams = VLLMParams(n=1, temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p,
                              top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
                              repetition_penalty=params.repetition_penalty,
                              stop=list(params.stop) or None, seed=params.seed, skip_special_tokens=True)

@@ -1,0 +1,77 @@
+"""Text side of streaming generation: incremental detokenization, stop-string matching and prompt-lookup
+drafting (pure Python, no model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class Detokenizer:
+    """Incremental detokenization that never emits half a UTF-8 character (byte-level BPE and CJK)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):]
+
+
+class StopMatcher:
+    """Holds back text that could start a stop string; reports where a stop string occurs."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to emit, stopped)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def prompt_lookup_draft(ids: list[int], max_ngram: int, num_draft: int) -> list[int]:
+    """Prompt-lookup drafting: continue the latest earlier occurrence of the sequence's last n-gram."""
+    n_ids = len(ids)
+    for n in range(min(max_ngram, n_ids - 1), 0, -1):
+        tail = ids[-n:]
+        for start in range(n_ids - n - 1, -1, -1):
+            if ids[start:start + n] == tail:
+                follow = ids[start + n:start + n + num_draft]
+                if follow:
+                    return follow
+    return []
