@@ -148,9 +148,10 @@ def says_not_covered(answer: str) -> bool:
 
 def citations_for(hits: list[Hit], query: str, answer: str, max_quote: int = 120) -> list[dict[str, Any]]:
     """Citations of an answer: each prompt passage with its quoted span (best sentence for question + answer);
-    `cited` tells whether the answer marks it ([n]), names its title, or reuses its wording."""
+    `cited` tells whether the answer marks it ([n]), names its title, or reuses its wording — wording of its own:
+    what the answer merely repeats from the question does not make a passage cited."""
     out = []
-    own = {g for g in char_bigrams(answer) if len(g) == 2}
+    own = {g for g in char_bigrams(answer) if len(g) == 2} - char_bigrams(query)
     named = {(b, s) for b, s in cited_titles(answer, [h.passage for h in hits])}
     for i, hit in enumerate(hits, 1):
         p = hit.passage

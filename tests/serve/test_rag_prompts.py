@@ -85,3 +85,17 @@ def test_cited_titles_marks_and_names() -> None:
 def test_prepare_prompt_without_index_is_the_plain_question(engine: Any, passages_file: Path) -> None:
     plain = rag.prepare_prompt(engine, [{"role": "user", "content": "桂枝汤"}], None, 3, 60, 8)
     assert plain.hits == [] and rag.CONTEXT_HEADER not in plain.prompt and "桂枝汤" in plain.prompt
+
+
+def test_an_answer_that_only_repeats_the_question_cites_nothing() -> None:
+    """The chat/report/API `cited` flag: wording the answer takes from the question is not a citation."""
+    from qihuang.retrieval import Hit
+
+    p = Passage(id="x", book="素问集注", section="阴阳应象大论", text="阴阳者，天地之道也，万物之纲纪，变化之父母。")
+    hits = [Hit(p, 1.0, 1)]
+    question = "“阴阳者，天地之道也”是什么意思？"
+    echo = rag.citations_for(hits, question, "“阴阳者，天地之道也”是什么意思？")
+    quoting = rag.citations_for(hits, question, "阴阳是万物之纲纪，变化之父母。")
+    assert not echo[0]["cited"] and quoting[0]["cited"]
+    assert rag.citations_for(hits, question, "见[1]。")[0]["cited"]
+    assert rag.citations_for(hits, question, "据《素问集注·阴阳应象大论》：……")[0]["cited"]
