@@ -131,3 +131,17 @@ def test_rows_and_config() -> None:
     # the probe's questions: distinct, and all in Chinese (at least one CJK character each)
     assert len(set(OFFTOPIC_QUESTIONS)) == len(OFFTOPIC_QUESTIONS) == 30
     assert all(any("\u4e00" <= c <= "\u9fff" for c in q) for q in OFFTOPIC_QUESTIONS)
+
+
+@pytest.mark.parametrize(("answer", "echo"), [
+    ("《外科全生集》中「赤游」指的是什么？", True),                       # the question, word for word
+    ("据《外科全生集·卷一》：《外科全生集》中「赤游」指的是什么？", True),  # the question behind a citation
+    ("据《外科全生集·卷一》：", True),                                  # a citation and nothing else
+    ("", True),
+    ("赤游即赤游丹，小儿皮肤红肿游走如丹，多因胎毒。", False),          # an answer in its own words
+    ("据《外科全生集·卷一》：赤游指小儿丹毒，皮色红赤，游走不定。", False),
+])
+def test_echoes_question(answer: str, echo: bool) -> None:
+    from qihuang.evaluate.answers import echoes_question
+
+    assert echoes_question(answer, "《外科全生集》中「赤游」指的是什么？") is echo

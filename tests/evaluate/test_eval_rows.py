@@ -71,6 +71,7 @@ def test_rows_end_to_end(tiny_model_dir: Path, tmp_path: Path, scripted: None) -
     assert 0 < len(qa) <= 12 and {r["book"] for r in qa} <= {"甲医书", "乙药书"}
     base, sft = doc["models"]["base"]["rows"], doc["models"]["sft"]["rows"]
     assert base["closed"]["degenerate"] == 1.0 and base["closed"]["citation_book"] == 0.0  # empty answers
+    assert base["closed"]["echo"] == 1.0 and sft["closed"]["echo"] == 0.0  # empty answers say nothing of their own
     assert base["rag"]["degenerate"] == 1.0 and sft["rag"]["degenerate"] == 0.0
     assert sft["rag"]["vs_base"]["against"] == "base:rag"
     assert sft["rag"]["vs_base"]["degenerate"]["diff"] == -1.0

@@ -1,4 +1,5 @@
-"""Per-answer checks of the system users get: degenerate (looping or empty) answers, citation accuracy, declining."""
+"""Per-answer checks of the system users get: degenerate (looping or empty) answers, answers that only echo the
+question, citation accuracy, declining."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ COVER_MIN_N = 4
 COVER_SHARE = 0.4
 """A single n-gram (n in COVER_MIN_N..LOOP_MAX_N) occurring >= LOOP_REPEATS times and covering this share of the
 answer's characters makes it degenerate."""
+ECHO_SHARE = 0.8
+"""An answer whose own content (its 《…》 titles left out) is at least this share a subsequence of the question only
+repeats it: a non-answer, however much ROUGE-L it earns against references that quote the question."""
+_TITLES = re.compile(r"据?《[^《》\n]{0,40}》[：:]?")
 ATTRIBUTION_TYPES = ("出处", "篇名归属")
 """Question types that ask where a text comes from."""
 _SECTION_SPLIT = re.compile(r"[/／·・]")
@@ -97,11 +102,22 @@ def citation_accuracy(answer: str, book: str, section: str, passages: Sequence[P
     return Citation(cited, right_book, right_section)
 
 
+def echoes_question(answer: str, question: str) -> bool:
+    """Whether `answer` says nothing but (a part of) `question`, or nothing besides its citations (ECHO_SHARE)."""
+    from qihuang.instruct.grounding import content_chars, lcs_coverage
+
+    body = _TITLES.sub("", answer)
+    if not content_chars(body):
+        return True
+    return bool(question) and lcs_coverage(body, question) >= ECHO_SHARE
+
+
 def answer_flags(answer: str, item: dict[str, Any], passages: Sequence[Passage] = ()) -> dict[str, Any]:
-    """Degenerate / declined / citation fields of one answer to a held-out-book QA item."""
+    """Degenerate / echo / declined / citation fields of one answer to a held-out-book QA item."""
     from qihuang.rag import says_not_covered
 
-    rec: dict[str, Any] = {"degenerate": is_degenerate(answer), "declined": says_not_covered(answer)}
+    rec: dict[str, Any] = {"degenerate": is_degenerate(answer), "declined": says_not_covered(answer),
+                           "echo": echoes_question(answer, str(item.get("question") or ""))}
     cit = citation_accuracy(answer, str(item.get("book") or ""), str(item.get("section") or ""), passages)
     rec["cited"] = [list(c) for c in cit.cited]
     if item.get("book") and item.get("source"):

@@ -14,7 +14,7 @@ from qihuang.retrieval import Hit, PassageIndex
 
 CONDITIONS = ("closed", "rag")
 """closed: the question alone; rag: the top passages_k passages before it (`rag.rag_messages`)."""
-PAIRED_METRICS = ("rouge_l", "faithfulness", "citation_book", "citation_section", "degenerate", "declined")
+PAIRED_METRICS = ("rouge_l", "faithfulness", "citation_book", "citation_section", "degenerate", "echo", "declined")
 """Per-answer figures compared with the base row of the same condition (paired bootstrap)."""
 ROW_FIGURES = ("rouge_l", "bleu4", "faithfulness", "length")
 """The figures of a row taken from `qa.summarize_scores` (the rest are the citation / degeneration checks)."""
@@ -129,7 +129,8 @@ def _mean(values: list[float]) -> float | None:
 def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
     """Row figures: ROUGE-L, corpus BLEU-4, faithfulness and length (`qa.summarize_scores`), citation right book /
     section (over attribution questions and over all with a source; an answer citing nothing counts wrong),
-    degenerate %, declined %, and how often the gold passage was among the hits."""
+    degenerate %, echo % (answers that only repeat the question), declined %, and how often the gold passage was
+    among the hits."""
     from qihuang.evaluate.qa import summarize_scores
 
     base = summarize_scores(per, [p["reference"] for p in per]) if per else \
@@ -145,6 +146,7 @@ def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
         "citation_section_attribution": _mean([float(p["right_section"]) for p in attr]),
         "cites_any": _mean([float(bool(p["cited"])) for p in per]),
         "degenerate": _mean([float(p["degenerate"]) for p in per]) or 0.0,
+        "echo": _mean([float(p["echo"]) for p in per]) or 0.0,
         "declined": _mean([float(p["declined"]) for p in per]) or 0.0,
         "length": float(base["length"]),
         "gold_retrieved": _mean([float(p["gold_retrieved"]) for p in per if p["hits"]]),

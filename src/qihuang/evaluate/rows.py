@@ -25,7 +25,7 @@ from qihuang.runs import MetricsLog, sha256_file, write_jsonl
 if TYPE_CHECKING:
     from qihuang.evaluate import EvalConfig
 
-ROWS_VERSION = 1
+ROWS_VERSION = 2
 """Bumped when the scoring of rows changes, so cached rows are recomputed."""
 
 
