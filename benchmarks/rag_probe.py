@@ -43,7 +43,8 @@ def _smoke(tmp: Path) -> tuple[list[dict[str, Any]], Path]:
 def _items(run: Path, n: int) -> list[dict[str, Any]]:
     qa = run / "eval" / "heldout_books_qa.jsonl"
     if not qa.exists():
-        sys.exit(f"{qa} not found: run the eval stage of {run} first")
+        sys.exit(f"{qa} not found: it is written by the eval stage of a run (`qihuang run recipes/demo.yaml`); "
+                 "or try `--smoke` (tiny model, invented passages)")
     items = [json.loads(line) for line in qa.read_text(encoding="utf-8").splitlines() if line.strip()]
     return items[:: max(1, len(items) // n)][:n]
 
