@@ -3,7 +3,9 @@ for-each AdamW, deliberate threads) vs a plain Hugging Face `Trainer` (one passa
 the same model, passages, micro-batch and sequence length, in the same process. Both count real (non-pad)
 tokens. Ends with `RESULT pretrain_cpu <ours> tokens/s baseline=<hf> ratio=<x>`.
 
-    python benchmarks/pretrain_cpu.py --model runs/dev/tokenizer/model --train runs/dev/corpus/train.jsonl
+    python benchmarks/pretrain_cpu.py [--model smollm2-135m] [--train runs/demo/corpus/train.jsonl]
+
+Without the --train file (a fresh clone) it first builds a small corpus (12 books, ~20 s) into a temporary folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def small_corpus(tmp: Path) -> Path:
+    """train.jsonl of a 12-book corpus built by `qihuang corpus build` (for a fresh clone without a run)."""
+    import subprocess
+
+    out = tmp / "corpus"
+    cmd = [sys.executable, "-m", "qihuang", "corpus", "build", "--max-books", "12", "--out", str(out),
+           "--no-library"]
+    print(f"{' '.join(cmd[1:])}  # no --train file: building a small corpus first", flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out / "train.jsonl"
 
 
 def passages(path: Path, n: int, seed: int) -> list[str]:
@@ -103,7 +117,8 @@ def hf_trainer(model_dir: str, texts: list[str], seq: int, mb: int, warm: int, s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="preset or HF directory")
-    ap.add_argument("--train", type=Path, default=Path("runs/dev/corpus/train.jsonl"))
+    ap.add_argument("--train", type=Path, default=Path("runs/demo/corpus/train.jsonl"),
+                    help="passages JSONL (missing: a small corpus is built first)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps (after 1 warm-up step)")
@@ -117,7 +132,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = str(prepare_model(args.model))
-    texts = passages(args.train, args.passages, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        train = args.train if args.train.exists() else small_corpus(Path(tmp))
+        texts = passages(train, args.passages, 0)
     warm, lr = 1, 5e-4
     a = ours(model_dir, texts, args.seq_len, args.micro_batch, warm, args.steps, lr)
     print(f"qihuang: {a['tokens_per_s']:.1f} tokens/s ({a['tokens']} tokens in {a['seconds']:.1f} s)", flush=True)

@@ -201,3 +201,30 @@ def test_building_an_index_sweeps_temporaries_of_killed_builds(home: Path, tmp_p
     live.mkdir()
     idx = PassageIndex.open(write(tmp_path / "lib.jsonl", PASSAGES))
     assert idx.built and sorted(p.name for p in cache.iterdir()) == sorted([live.name, Path(idx.meta["dir"]).name])
+
+
+SCOPED = [
+    {"id": "s:0", "book": "虚拟脉诀精义大全", "section": "总论", "text": "脉有浮沉。"},
+    {"id": "s:1", "book": "虚拟脉诀精义大全", "section": "杂论",
+     "text": "病者面色青黄，时作冷笑，" + "其脉弦细而数，饮食减少，夜卧不安，宜养心安神，不可妄攻。" * 3},
+    {"id": "t:0", "book": "拟作医话", "section": "笑", "text": "冷笑者，心气不足也。"},
+]
+
+
+def test_a_named_book_scopes_the_search(home: Path, tmp_path: Path) -> None:
+    """The book's title no longer pulls its shortest passage to the top: the question's other words are searched
+    among the named book's passages (a partial name covers the books containing it); unknown books and titles
+    with nothing else to search fall back to the whole index."""
+    idx = PassageIndex.open(write(tmp_path / "p.jsonl", SCOPED), segmentation="char")
+    folder = Path(idx.meta["dir"])
+    assert (folder / "books.npy").exists() and idx.scope.names == ["虚拟脉诀精义大全", "拟作医话"]
+    plain = idx.matrix.top_ids(idx._term_ids("什么叫冷笑？请依据《虚拟脉诀精义大全》回答。"), 3)
+    assert idx.passages[plain[0][0]].id != "s:1"  # what unscoped BM25 ranks first
+    for query in ("什么叫冷笑？请依据《虚拟脉诀精义大全》回答。", "《虚拟脉诀》中冷笑指什么？"):
+        assert [h.passage.id for h in idx.search(query, 3)] == ["s:1"]
+    assert [h.passage.id for h in idx.search("《无此书》冷笑", 1)] == [h.passage.id for h in idx.search("冷笑", 1)]
+    assert idx.search("《虚拟脉诀精义大全》", 3)  # nothing else to search: the whole index, titles included
+    for name in ("books.npy", "books.json"):  # an index folder from before scopes were saved
+        (folder / name).unlink()
+    old = PassageIndex.open(tmp_path / "p.jsonl", segmentation="char")
+    assert old.scope.names == idx.scope.names and (folder / "books.npy").exists()

@@ -212,8 +212,9 @@ class Bm25Matrix:
         """(doc, score) of the k best documents for a query's term keys (each distinct term counted once)."""
         return self.top_ids(self.vocab.ids(np.unique(keys)), k)
 
-    def top_ids(self, ids: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """(doc, score) of the k best documents for a query's column numbers (each distinct column counted once)."""
+    def top_ids(self, ids: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """(doc, score) of the k best documents for a query's column numbers (each distinct column counted once);
+        with `mask`, among the documents it marks only."""
         ids = np.unique(ids)
         if not len(ids) or k <= 0:
             return []
@@ -221,6 +222,8 @@ class Bm25Matrix:
         for t in ids.tolist():
             s, e = int(self.indptr[t]), int(self.indptr[t + 1])
             acc[self.indices[s:e]] += self.data[s:e]
+        if mask is not None:
+            acc[~mask] = 0.0
         k = min(k, self.n_docs)
         cand = np.argpartition(-acc, k - 1)[:k] if k < self.n_docs else np.arange(self.n_docs)
         cand = cand[np.lexsort((cand, -acc[cand]))]

@@ -21,8 +21,12 @@ from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder,
                           full_mode_candidates, full_mode_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
 from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
+from qihuang.scope import BookScope, strip_titles
 
 INDEX_VERSION = 3
+SEARCH_VERSION = 2
+"""Bumped when `PassageIndex.search` ranks differently for the same index (2: a named book scopes the search), so
+results cached on search (eval rows) are recomputed."""
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
 CHUNK_DOCS = 8192
 RUN_FILES = ("library.jsonl", "train.jsonl")
@@ -245,11 +249,13 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
     t0 = time.perf_counter()
     builder = Bm25Builder(segmentation, lexicon)
     offsets = [0]
+    books: list[str] = []
     with open(folder / "passages.jsonl", "wb") as out:
         batch: list[Passage] = []
         for p in iter_passages(path):
             out.write(json.dumps(asdict(p), ensure_ascii=False).encode() + b"\n")
             offsets.append(out.tell())
+            books.append(p.book)
             batch.append(p)
             if len(batch) == CHUNK_DOCS:
                 builder.add([index_text(q) for q in batch])
@@ -258,6 +264,7 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
     if builder.n_docs == 0:
         raise ConfigError(f"{path}: no passages")
     np.save(folder / "passages.offsets.npy", np.asarray(offsets, dtype=np.int64))
+    BookScope.of_books(books).save(folder)
     matrix = builder.finish()
     matrix.save(folder)
     meta = {"version": INDEX_VERSION, "segmentation": segmentation, "fingerprint": fingerprint,
@@ -290,6 +297,7 @@ class PassageIndex:
         self.meta = meta or {}
         self.built = False
         self._by_id: dict[str, Passage] | None = None
+        self._scope: BookScope | None = None
 
     @property
     def by_id(self) -> dict[str, Passage]:
@@ -354,13 +362,37 @@ class PassageIndex:
             return index
         return cls.load(cache, path, t0)
 
+    @property
+    def scope(self) -> BookScope:
+        """Each passage's book (saved with the index; an older index folder is scanned once and given one)."""
+        if self._scope is None:
+            store = self.passages
+            if isinstance(store, PassageStore):
+                folder = store.path.parent
+                self._scope = BookScope.load(folder)
+                if self._scope is None:
+                    self._scope = BookScope.of_jsonl(store.path)
+                    with contextlib.suppress(OSError):
+                        self._scope.save(folder)
+            else:
+                self._scope = BookScope.of_books(p.book for p in store)
+        return self._scope
+
+    def _term_ids(self, query: str) -> np.ndarray:
+        if self.segmentation == "char":
+            return self.vocab.ids(np.unique(token_keys(char_tokens(query))))
+        return self.vocab.ids(token_keys(full_mode_candidates(query)))  # every substring that may be a word
+
     def search(self, query: str, k: int = 5) -> list[Hit]:
-        """Top-k passages for `query` (empty if no query term is in the index)."""
+        """Top-k passages for `query` (empty if no query term is in the index). A query naming a known book
+        (《书名》, 《书名·篇名》) is searched among that book's passages on its other words; when none of them
+        matches there, over the whole index as written."""
         if k <= 0:
             return []
-        if self.segmentation == "char":
-            ids = self.vocab.ids(np.unique(token_keys(char_tokens(query))))
-        else:  # every substring that may be a word, looked up once
-            ids = self.vocab.ids(token_keys(full_mode_candidates(query)))
-        return [Hit(self.passages[doc], score, rank)
-                for rank, (doc, score) in enumerate(self.matrix.top_ids(ids, k), 1)]
+        top: list[tuple[int, float]] = []
+        mask = self.scope.mask(query) if "《" in query else None
+        if mask is not None:
+            top = self.matrix.top_ids(self._term_ids(strip_titles(query)), k, mask)
+        if not top:
+            top = self.matrix.top_ids(self._term_ids(query), k)
+        return [Hit(self.passages[doc], score, rank) for rank, (doc, score) in enumerate(top, 1)]

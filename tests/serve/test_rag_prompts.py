@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang import rag
-from qihuang.instruct.augment import augment
+from qihuang.instruct.augment import augment, decline_offtopic
 from qihuang.instruct.records import Pair
 from qihuang.instruct.records import Passage as CorpusPassage
 from qihuang.instruct.settings import InstructConfig
@@ -63,6 +63,28 @@ def test_closed_book_share_and_window_miss(index: PassageIndex) -> None:
     records, closed, stats = augment([far], corpus, index, InstructConfig(rag_ratio=1.0, rag_missing_ratio=0.0,
                                                                          passage_chars=20))
     assert not records and closed == [far] and stats["by_kind"] == {"window_miss": 1}
+
+
+def test_offtopic_general_records_decline_with_their_retrieved_passages(engine: Any, index: PassageIndex) -> None:
+    """A general question asked with the passages retrieved for it is answered NOT_COVERED, with the prompt serving
+    builds for that question; classics records and the unconverted share are left as they were."""
+    general = [{"conversations": [{"from": "human", "value": f"春天汽车{i}怎么保养？"}, {"from": "gpt", "value": "定期换油。"}],
+                "meta": {"source": "general", "task_type": "通用指令"}} for i in range(40)]
+    domain = {"conversations": [{"from": "human", "value": "桂枝汤主治何证？"}, {"from": "gpt", "value": "营卫不和。"}],
+              "meta": {"task_type": "方证主治"}}
+    out, turned = decline_offtopic([domain, *general], index, InstructConfig(rag_offtopic_ratio=0.5))
+    assert out[0] is domain and 8 <= turned <= 32 and len(out) == 41
+    declined = [r for r in out if r["meta"].get("rag") == "offtopic"]
+    assert len(declined) == turned and all(r["conversations"][-1]["value"] == rag.NOT_COVERED for r in declined)
+    rec = declined[0]
+    question = next(g for g in general if g["meta"] is not rec["meta"] and
+                    rec["conversations"][0]["value"].endswith(g["conversations"][0]["value"]))
+    served = rag.prepare_prompt(engine, [{"role": "user", "content": question["conversations"][0]["value"]}], index,
+                                rag.PASSAGES_K, rag.PASSAGE_CHARS, 32)
+    assert [h.passage.id for h in served.hits] == rec["meta"]["passages"]
+    assert rec["conversations"][0]["value"].startswith(rag.CONTEXT_HEADER)
+    all_out, n = decline_offtopic(general, index, InstructConfig(rag_offtopic_ratio=1.0))
+    assert n == 40 and general[0]["conversations"][1]["value"] == "定期换油。"  # inputs not mutated
 
 
 def test_passage_text_is_quoted_not_followed() -> None:

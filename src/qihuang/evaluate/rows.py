@@ -19,7 +19,7 @@ from qihuang.evaluate.conditions import (
     vectors,
 )
 from qihuang.evaluate.runner import HELDOUT_QA_FILE, Parts, progress_logger, safe_name
-from qihuang.retrieval import Hit, PassageIndex
+from qihuang.retrieval import SEARCH_VERSION, Hit, PassageIndex
 from qihuang.runs import MetricsLog, sha256_file, write_jsonl
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def model_rows(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tupl
     """Run (or reuse) this model's rows into result["rows"][condition] and the off-topic probe into
     result["offtopic"]; returns the per-answer vectors by (label, condition) for the paired differences."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    retrieval = {"index": plan.index_key, "k": cfg.passages_k, "chars": cfg.passage_chars}
+    retrieval = {"index": plan.index_key, "k": cfg.passages_k, "chars": cfg.passage_chars, "search": SEARCH_VERSION}
     for _, cond in [r for r in plan.rows if r[0] == label]:
         def compute(cond: str = cond) -> dict[str, Any]:
             summary, per = run_row(*model(), defaults, plan.qa_items, cond, plan.hits if cond == "rag" else None,

@@ -1,6 +1,7 @@
 """Retrieval-augmented training records: a share of the refined pairs is asked *with* the passages the retriever
 returns for the question (built by `qihuang.rag`, exactly as serving builds its prompts); the answer opens with the
-gold passage's source, `据《书名·篇名》：`. Some records lose their gold passage and answer that the passages do not say."""
+gold passage's source, `据《书名·篇名》：`. Some records lose their gold passage and answer that the passages do not say;
+some general (non-classics) questions are asked with the passages retrieved for them and answered the same way."""
 
 from __future__ import annotations
 
@@ -93,3 +94,36 @@ def augment(pairs: list[Pair], passages: dict[str, Passage], index: PassageIndex
     stats = {"rag_records": len(records), "closed_book_pairs": len(closed), "by_kind": dict(kinds),
              "rag_by_task_type": dict(Counter(r["meta"]["task_type"] for r in records).most_common())}
     return records, closed, stats
+
+
+def _offtopic_record(rec: dict[str, Any], index: PassageIndex, cfg: InstructConfig) -> dict[str, Any] | None:
+    """A general record's last question asked with the passages retrieved for it, answered NOT_COVERED (None when
+    nothing is retrieved). Earlier turns stay as they were."""
+    conv = rec["conversations"]
+    last = max((i for i, m in enumerate(conv) if m["from"] == "human"), default=None)
+    if last is None:
+        return None
+    question = conv[last]["value"]
+    shown = [h.passage for h in rag.retrieve(index, question, cfg.passages_k)]
+    if not shown:
+        return None
+    turn = rag.rag_user_turn(question, shown, cfg.passage_chars)
+    meta = {**rec.get("meta", {}), "rag": "offtopic", "passages": [p.id for p in shown]}
+    return {"conversations": conv[:last] + [{"from": "human", "value": turn}, {"from": "gpt", "value": rag.NOT_COVERED}],
+            "meta": meta}
+
+
+def decline_offtopic(records: list[dict[str, Any]], index: PassageIndex, cfg: InstructConfig
+                     ) -> tuple[list[dict[str, Any]], int]:
+    """(records, how many were turned): `rag_offtopic_ratio` of the general records (meta source `general`) asked
+    with the passages the retriever returns for their question and answered NOT_COVERED; order kept."""
+    rng = random.Random(f"{cfg.seed}:offtopic")
+    out: list[dict[str, Any]] = []
+    turned = 0
+    for rec in records:
+        new = None
+        if rec.get("meta", {}).get("source") == "general" and rng.random() < cfg.rag_offtopic_ratio:
+            new = _offtopic_record(rec, index, cfg)
+        turned += new is not None
+        out.append(new or rec)
+    return out, turned

@@ -127,6 +127,10 @@ def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log
     dialogues = integrate(train_closed, pmap, cfg.max_turns, cfg.seed) + rag_records
     general = _general(cfg) if cfg.general_data and cfg.general_ratio > 0 else []
     mixed, n_general = mix(dialogues, general, cfg.general_ratio, cfg.seed)
+    if index is not None and cfg.rag_offtopic_ratio > 0:
+        from qihuang.instruct.augment import decline_offtopic
+
+        mixed, rag_stats["offtopic_declines"] = decline_offtopic(mixed, index, cfg)
     write_jsonl(out_dir / "train.jsonl", mixed)
     write_jsonl(out_dir / "train_alpaca.jsonl", (to_alpaca(r) for r in mixed))
     write_jsonl(out_dir / "heldout_qa.jsonl", heldout_records(held, pmap))
@@ -144,7 +148,7 @@ def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log
 
 def training_index(cfg: InstructConfig, passages: Path) -> PassageIndex | None:
     """The training retriever's index (None when no record gets passages)."""
-    if cfg.rag_ratio <= 0:
+    if cfg.rag_ratio <= 0 and cfg.rag_offtopic_ratio <= 0:
         return None
     return PassageIndex.open(cfg.rag_index or passages)
 

@@ -62,6 +62,10 @@ class InstructConfig:
     rag_missing_ratio: float = 0.15
     """Share of those records whose gold passage is left out (distractors from other books only): the answer says
     the passages do not cover the question."""
+    rag_offtopic_ratio: float = 0.5
+    """Share of the general (non-classics) records mixed in that are asked with the passages the retriever returns
+    for them and answered that the passages do not cover the question: passages that merely share words with a
+    question about cars or tax are no source (measured by eval's off-topic invented-citation rate)."""
     passages_k: int = rag.PASSAGES_K
     """Passages per record (the serving default: `qihuang serve --passages-k`)."""
     passage_chars: int = rag.PASSAGE_CHARS
@@ -110,7 +114,7 @@ class InstructConfig:
             raise ConfigError("generators is empty and teacher_url is unset: nothing would generate pairs")
         unit, positive = (0.0, 1.0, False), (1, None, False)
         check_ranges("instruct", self, heldout_fraction=unit, grounding_threshold=unit, dedup_threshold=unit,
-                      rag_ratio=unit, rag_missing_ratio=unit,
+                      rag_ratio=unit, rag_missing_ratio=unit, rag_offtopic_ratio=unit,
                       max_type_share=(0.0, 1.0, True), max_category_share=(0.0, 1.0, True),
                       passages_k=(1, 10, False), passage_chars=(20, None, False), pairs_per_passage=positive,
                       max_turns=positive, concurrency=positive, rpm=positive, tpm=positive, grounding_n=positive,
