@@ -20,18 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-
-def small_corpus(tmp: Path) -> Path:
-    """train.jsonl of a 12-book corpus built by `qihuang corpus build` (for a fresh clone without a run)."""
-    import subprocess
-
-    out = tmp / "corpus"
-    cmd = [sys.executable, "-m", "qihuang", "corpus", "build", "--max-books", "12", "--out", str(out),
-           "--no-library"]
-    print(f"{' '.join(cmd[1:])}  # no --train file: building a small corpus first", flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return out / "train.jsonl"
+from _inputs import corpus_file  # noqa: E402
 
 
 def passages(path: Path, n: int, seed: int) -> list[str]:
@@ -48,17 +37,19 @@ def ours(model_dir: str, texts: list[str], seq: int, mb: int, warm: int, steps: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qihuang.training.data import pack_documents
-    from qihuang.training.loop import LoopSettings, train_loop
+    from qihuang.pretrain import PretrainConfig, loop_settings
+    from qihuang.training.loop import train_loop
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     data = pack_documents(tok, texts, seq, seed=0)
-    s = LoopSettings(seq_len=seq, micro_batch=mb, grad_accum=1, lr=lr, warmup_steps=0, min_lr_ratio=0.1,
-                     weight_decay=0.0, clip=1.0, max_steps=warm + steps, schedule_steps=warm + steps, spike_factor=3.0,
-                     spike_max_in_row=3, rollback_lr_factor=0.5, checkpoint_every_steps=0,
-                     checkpoint_every_minutes=0.0, keep_checkpoints=1, eval_every=0, log_every=1, ce_chunk_tokens=0,
-                     compile=False, doc_mask=True, peak_tflops=None, tensorboard=False)
+    s = loop_settings(PretrainConfig(seq_len=seq, micro_batch=mb, grad_accum=1, lr=lr, warmup_steps=0,
+                                     min_lr_ratio=0.1, weight_decay=0.0, clip=1.0, max_steps=warm + steps,
+                                     schedule_steps=warm + steps, max_minutes=None, fit_schedule=False,
+                                     checkpoint_every_steps=0, checkpoint_every_minutes=0.0, keep_checkpoints=1,
+                                     eval_every=0, log_every=1, ce_chunk_tokens=0, compile=False, doc_mask=True,
+                                     tensorboard=False))
 
     class Rows:
         rows: list[dict[str, Any]] = []
@@ -133,7 +124,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_dir = str(prepare_model(args.model))
     with tempfile.TemporaryDirectory() as tmp:
-        train = args.train if args.train.exists() else small_corpus(Path(tmp))
+        train = corpus_file(args.train, Path(tmp), "train.jsonl")
         texts = passages(train, args.passages, 0)
     warm, lr = 1, 5e-4
     a = ours(model_dir, texts, args.seq_len, args.micro_batch, warm, args.steps, lr)

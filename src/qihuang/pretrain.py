@@ -7,13 +7,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from qihuang.cliutil import config_options, model_passages_options, run_stage_command
 from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir
+
+if TYPE_CHECKING:
+    from qihuang.training.loop import LoopSettings
 
 EXTENSION_FILE = "qihuang_extension.json"
 DEFAULT_GENERAL = "general_sft/alpaca_zh_47k.json"
@@ -210,6 +213,24 @@ def _load_extension(model_dir: Path) -> dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
+def loop_settings(cfg: PretrainConfig) -> LoopSettings:
+    """The training loop's settings for a pretrain config: the one place its fields are handed to the loop (the
+    benchmarks build theirs here too)."""
+    from qihuang.training.loop import LoopSettings
+
+    return LoopSettings(
+        seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, clip=cfg.clip,
+        max_steps=cfg.max_steps, schedule_steps=cfg.schedule_steps or cfg.max_steps, spike_factor=cfg.spike_factor,
+        spike_grad_factor=cfg.spike_grad_factor, spike_max_in_row=cfg.spike_max_in_row,
+        rollback_lr_factor=cfg.rollback_lr_factor,
+        checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_minutes=cfg.checkpoint_every_minutes,
+        keep_checkpoints=cfg.keep_checkpoints, eval_every=cfg.eval_every, log_every=cfg.log_every,
+        ce_chunk_tokens=cfg.ce_chunk_tokens, compile=cfg.compile, doc_mask=cfg.doc_mask, peak_tflops=cfg.peak_tflops,
+        tensorboard=cfg.tensorboard, embed_lr_mult=cfg.embed_lr_mult,
+        fit_schedule_to_time=cfg.fit_schedule)
+
+
 def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, out: StageDir) -> dict[str, Any]:
     """Train on `train` passages (+ general mix), write the (merged) model into out.path/'model'."""
     import torch
@@ -279,17 +300,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
 
     model = prepare_for_training(cfg, model, extension)
     model.train()
-    settings = LoopSettings(
-        seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, clip=cfg.clip,
-        max_steps=cfg.max_steps, schedule_steps=cfg.schedule_steps or cfg.max_steps, spike_factor=cfg.spike_factor,
-        spike_grad_factor=cfg.spike_grad_factor, spike_max_in_row=cfg.spike_max_in_row,
-        rollback_lr_factor=cfg.rollback_lr_factor,
-        checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_minutes=cfg.checkpoint_every_minutes,
-        keep_checkpoints=cfg.keep_checkpoints, eval_every=cfg.eval_every, log_every=cfg.log_every,
-        ce_chunk_tokens=cfg.ce_chunk_tokens, compile=cfg.compile, doc_mask=cfg.doc_mask, peak_tflops=cfg.peak_tflops,
-        tensorboard=cfg.tensorboard, embed_lr_mult=cfg.embed_lr_mult,
-        fit_schedule_to_time=cfg.fit_schedule)
+    settings = loop_settings(cfg)
     train_seconds = None
     if cfg.max_minutes is not None:
         final_eval = float(before.get("before", {}).get("eval_seconds", 0.0))
