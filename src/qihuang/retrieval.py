@@ -383,14 +383,14 @@ class PassageIndex:
             return self.vocab.ids(np.unique(token_keys(char_tokens(query))))
         return self.vocab.ids(token_keys(full_mode_candidates(query)))  # every substring that may be a word
 
-    def search(self, query: str, k: int = 5) -> list[Hit]:
+    def search(self, query: str, k: int = 5, scoped: bool = True) -> list[Hit]:
         """Top-k passages for `query` (empty if no query term is in the index). A query naming a known book
         (《书名》, 《书名·篇名》) is searched among that book's passages on its other words; when none of them
-        matches there, over the whole index as written."""
+        matches there, or with `scoped=False`, over the whole index as written."""
         if k <= 0:
             return []
         top: list[tuple[int, float]] = []
-        mask = self.scope.mask(query) if "《" in query else None
+        mask = self.scope.mask(query) if scoped and "《" in query else None
         if mask is not None:
             top = self.matrix.top_ids(self._term_ids(strip_titles(query)), k, mask)
         if not top:

@@ -74,16 +74,15 @@ def test_offtopic_general_records_decline_with_their_retrieved_passages(engine: 
               "meta": {"task_type": "方证主治"}}
     out, turned = decline_offtopic([domain, *general], index, InstructConfig(rag_offtopic_ratio=0.5))
     assert out[0] is domain and 8 <= turned <= 32 and len(out) == 41
-    declined = [r for r in out if r["meta"].get("rag") == "offtopic"]
-    assert len(declined) == turned and all(r["conversations"][-1]["value"] == rag.NOT_COVERED for r in declined)
-    rec = declined[0]
-    question = next(g for g in general if g["meta"] is not rec["meta"] and
-                    rec["conversations"][0]["value"].endswith(g["conversations"][0]["value"]))
-    served = rag.prepare_prompt(engine, [{"role": "user", "content": question["conversations"][0]["value"]}], index,
-                                rag.PASSAGES_K, rag.PASSAGE_CHARS, 32)
+    declined = [(i, r) for i, r in enumerate(out) if r["meta"].get("rag") == "offtopic"]
+    assert len(declined) == turned and all(r["conversations"][-1]["value"] == rag.NOT_COVERED for _, r in declined)
+    i, rec = declined[0]
+    question = general[i - 1]["conversations"][0]["value"]  # order kept: out[i] was general[i - 1]
+    served = rag.prepare_prompt(engine, [{"role": "user", "content": question}], index, rag.PASSAGES_K,
+                                rag.PASSAGE_CHARS, 32)
     assert [h.passage.id for h in served.hits] == rec["meta"]["passages"]
-    assert rec["conversations"][0]["value"].startswith(rag.CONTEXT_HEADER)
-    all_out, n = decline_offtopic(general, index, InstructConfig(rag_offtopic_ratio=1.0))
+    assert rec["conversations"][0]["value"] == rag.rag_user_turn(question, [h.passage for h in served.hits])
+    _, n = decline_offtopic(general, index, InstructConfig(rag_offtopic_ratio=1.0))
     assert n == 40 and general[0]["conversations"][1]["value"] == "定期换油。"  # inputs not mutated
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qihuang.retrieval import Passage
+from qihuang.scope import BOOK_TITLE
 
 LOOP_MIN_N, LOOP_MAX_N = 2, 8
 """Character n-gram sizes checked for back-to-back loops."""
@@ -23,7 +24,7 @@ answer's characters makes it degenerate."""
 ECHO_SHARE = 0.8
 """An answer whose own content (its 《…》 titles left out) is at least this share a subsequence of the question only
 repeats it: a non-answer, however much ROUGE-L it earns against references that quote the question."""
-_TITLES = re.compile(r"据?《[^《》\n]{0,40}》[：:]?")
+_TITLES = re.compile(r"据?" + BOOK_TITLE.pattern + r"[：:]?")
 ATTRIBUTION_TYPES = ("出处", "篇名归属")
 """Question types that ask where a text comes from."""
 _SECTION_SPLIT = re.compile(r"[/／·・]")
