@@ -148,6 +148,11 @@ def test_detokenizer_is_utf8_safe(engine: Engine) -> None:
     pieces = [det.push(i) for i in ids] + [det.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
+    cut = engine.tokenizer("黄连𠀀", add_special_tokens=False)["input_ids"]
+    head = engine.tokenizer("黄连", add_special_tokens=False)["input_ids"]
+    assert cut[: len(head)] == head and len(cut) - len(head) >= 2  # 𠀀 spans several byte tokens
+    det = Detokenizer(engine.tokenizer)  # a length cut in the middle of 𠀀: its bytes are dropped, not shown as U+FFFD
+    assert "".join([det.push(i) for i in cut[:-1]] + [det.flush()]) == "黄连"
 
 
 def test_resolve_run_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -160,7 +165,8 @@ def test_resolve_run_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert resolve_model_dir(run) == run / "sft" / "model"
     assert resolve_model_dir(tiny_model_dir) == tiny_model_dir
     eng = Engine.load(run)
-    assert eng.name == "demo-sft" and eng.complete(MESSAGES, max_new_tokens=3) is not None
+    last = list(eng.generate(MESSAGES, SamplingParams(max_new_tokens=3)))[-1]
+    assert eng.name == "demo-sft" and 1 <= last.completion_tokens <= 3 and last.finish_reason in ("stop", "length")
     assert "你是岐黄古籍助手。" in eng.prompts.render(MESSAGES)  # the trained default system prompt (template #6)
     assert "你是岐黄古籍助手。" not in eng.prompts.render([{"role": "system", "content": "另"}, *MESSAGES])
     from qihuang.models import ModelError

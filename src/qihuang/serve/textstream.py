@@ -26,10 +26,12 @@ class Detokenizer:
         return ""
 
     def flush(self) -> str:
+        """The text still held back; a character the stream ended in the middle of (a length cut) is dropped,
+        not shown as U+FFFD."""
         before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
         now = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
         self.prefix = self.read = len(self.ids)
-        return now[len(before):]
+        return now[len(before):].rstrip("\ufffd")
 
 
 class StopMatcher:
