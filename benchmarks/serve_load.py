@@ -1,9 +1,11 @@
-"""Load test of `qihuang serve` on loopback: N concurrent streaming clients against a live server; reports how many
-completed / got 503 / failed, p50/p99 latency (request → last byte), time to first token and generated tokens/s.
+"""Load test of `qihuang serve` on loopback, three phases against one live server in one run: one streaming client
+alone (the baseline), 16 concurrent streams (continuous batching: aggregate tokens/s against one stream's), then
+`--clients` at once (how many complete / get 503 / fail; p50/p99 latency and time to first token).
 
-    python benchmarks/serve_load.py --model tiny-llama --clients 64 --max-tokens 32
+    python benchmarks/serve_load.py                       # smollm2-135m, 64 new tokens, 2 threads
+    python benchmarks/serve_load.py --smoke               # tiny random model, seconds (CI)
 Starts its own server (uvicorn in a thread, 127.0.0.1, random port) unless --url is given.
-Ends with: RESULT serve_load p50=<s> p99=<s> tokens_per_s=<x> ok=<n> busy503=<n> errors=<n>
+Ends with: RESULT serve_load_16_streams <tokens/s> tokens/s baseline=<one stream tokens/s> ratio=<x>
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def start_local_server(args: argparse.Namespace) -> tuple[str, Any]:
     from qihuang.retrieval import PassageIndex
     from qihuang.serve.settings import ServeConfig
 
-    engine = Engine.load(args.model)
+    engine = Engine.load(args.model, max_batch=args.concurrency)
     index = PassageIndex.open(args.passages) if args.passages and Path(args.passages).exists() else None
     cfg = ServeConfig(max_concurrency=args.concurrency, max_queue=args.queue, max_tokens=max(args.max_tokens, 1),
                       queue_timeout_s=args.timeout)
@@ -101,19 +103,40 @@ def start_local_server(args: argparse.Namespace) -> tuple[str, Any]:
     return f"http://127.0.0.1:{port}", server
 
 
+def phase(url: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`clients` concurrent streams; their summary (tokens/s over the phase's wall time)."""
+    t0 = time.perf_counter()
+    rows = asyncio.run(run_clients(url, clients, args.max_tokens, args.key, args.timeout))
+    wall = time.perf_counter() - t0
+    ok = [r for r in rows if r["status"] == 200]
+    errors = [r for r in rows if r["status"] not in (200, 503)]
+    lat = [r["latency"] for r in ok]
+    ttft = [r["ttft"] for r in ok if r.get("ttft") is not None]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"clients": clients, "ok": len(ok), "busy_503": sum(1 for r in rows if r["status"] == 503),
+            "errors": len(errors), "error_kinds": sorted({str(r.get("error", r["status"])) for r in errors}),
+            "wall_s": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
+            "latency_p50_s": round(percentile(lat, 50), 3), "latency_p99_s": round(percentile(lat, 99), 3),
+            "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="", help="an already running server (else one is started here)")
     ap.add_argument("--key", default=os.environ.get("QIHUANG_API_KEY"))
-    ap.add_argument("--model", default="tiny-llama")
-    ap.add_argument("--passages", default="runs/dev/corpus/train.jsonl")
-    ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--passages", default="", help="passages JSONL for retrieval (default: none)")
+    ap.add_argument("--clients", type=int, default=64, help="clients of the last phase")
+    ap.add_argument("--streams", type=int, default=16, help="concurrent streams of the batching phase")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=16, help="the server's max_concurrency (= batch rows)")
     ap.add_argument("--queue", type=int, default=64)
-    ap.add_argument("--timeout", type=float, default=300.0)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--smoke", action="store_true", help="tiny random model, 8 tokens, 4 streams, 8 clients")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.max_tokens, args.streams, args.clients, args.concurrency = "tiny-llama", 8, 4, 8, 4
 
     import torch
 
@@ -122,24 +145,19 @@ def main() -> None:
     url = args.url
     if not url:
         url, server = start_local_server(args)
-    t0 = time.perf_counter()
-    rows = asyncio.run(run_clients(url, args.clients, args.max_tokens, args.key, args.timeout))
-    wall = time.perf_counter() - t0
+    phase(url, 1, args)  # warm-up: first-call allocations, thread pools
+    one = phase(url, 1, args)
+    many = phase(url, args.streams, args)
+    load = phase(url, args.clients, args)
     if server is not None:
         server.should_exit = True
-    ok = [r for r in rows if r["status"] == 200]
-    busy = sum(1 for r in rows if r["status"] == 503)
-    errors = [r for r in rows if r["status"] not in (200, 503)]
-    lat = [r["latency"] for r in ok]
-    ttft = [r["ttft"] for r in ok if r.get("ttft") is not None]
-    tokens = sum(r["tokens"] for r in ok)
-    print(json.dumps({"clients": args.clients, "ok": len(ok), "busy_503": busy, "errors": len(errors),
-                      "error_kinds": sorted({str(r.get("error", r["status"])) for r in errors}),
-                      "wall_s": round(wall, 2), "tokens": tokens,
-                      "latency_p50_s": round(percentile(lat, 50), 3), "latency_p99_s": round(percentile(lat, 99), 3),
-                      "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None}))
-    print(f"RESULT serve_load p50={percentile(lat, 50):.2f}s p99={percentile(lat, 99):.2f}s "
-          f"tokens_per_s={tokens / wall:.1f} ok={len(ok)} busy503={busy} errors={len(errors)}")
+    for name, row in (("one stream", one), (f"{args.streams} streams", many), (f"{args.clients} clients", load)):
+        print(f"{name}: {json.dumps(row)}", flush=True)
+    ratio = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else float("nan")
+    print(f"{args.clients} clients: ok={load['ok']} busy503={load['busy_503']} errors={load['errors']} "
+          f"ttft_p50={load['ttft_p50_s']}s latency_p50={load['latency_p50_s']}s p99={load['latency_p99_s']}s")
+    print(f"RESULT serve_load_{args.streams}_streams {many['tokens_per_s']:.1f} tokens/s "
+          f"baseline={one['tokens_per_s']:.1f} ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,30 @@ def test_recipe_name_cannot_leave_runs_dir(name: str) -> None:
 
     with pytest.raises(ConfigError, match="name"):
         Recipe(name=name)
+
+
+@pytest.mark.parametrize("cls, stage, field, value", [
+    ("qihuang.tokenizer:TokenizerConfig", "tokenizer", "min_word_count", 0),
+    ("qihuang.tokenizer:TokenizerConfig", "tokenizer", "max_corpus_chars", 0),
+    ("qihuang.tokenizer:TokenizerConfig", "tokenizer", "heldout_chars", -5),
+    ("qihuang.evaluate:EvalConfig", "", "passages_k", 11),  # serve's RetrievalConfig checks them for eval
+    ("qihuang.evaluate:EvalConfig", "", "passage_chars", 5),
+    ("qihuang.serve.settings:ServeConfig", "serve", "threads", -1),
+    ("qihuang.serve.settings:ServeConfig", "serve", "queue_timeout_s", 0.0),
+    ("qihuang.serve.settings:ServeConfig", "serve", "shutdown_grace_s", NAN),
+    ("qihuang.serve.settings:ChatConfig", "chat", "threads", -2),
+    ("qihuang.pipeline:ChatSampleConfig", "chat", "max_new_tokens", 0),
+])
+def test_remaining_stages_numbers_are_validated(cls: str, stage: str, field: str, value: Any) -> None:
+    import importlib
+
+    mod, name = cls.split(":")
+    with pytest.raises(ConfigError, match=f"{stage}.{field}" if stage else field):
+        getattr(importlib.import_module(mod), name)(**{field: value})
+
+
+def test_serve_work_bound_must_allow_max_tokens() -> None:
+    from qihuang.serve.settings import ServeConfig
+
+    with pytest.raises(ConfigError, match="max_request_work"):
+        ServeConfig(max_tokens=512, max_request_work=100)

@@ -228,11 +228,46 @@ def test_time_budget_stops_training() -> None:
     budget = TimeBudget(minutes=0.5)
     budget.t0 -= 31
     control = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
-    budget.on_step_end(SimpleNamespace(eval_strategy="steps"), None, control)
+    state = SimpleNamespace(global_step=5, max_steps=100)
+    budget.on_step_end(SimpleNamespace(eval_strategy="steps"), state, control)
     assert control.should_training_stop and control.should_save and control.should_evaluate
     relaxed = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
-    TimeBudget(minutes=None).on_step_end(SimpleNamespace(eval_strategy="no"), None, relaxed)
+    TimeBudget(minutes=None).on_step_end(SimpleNamespace(eval_strategy="no"), state, relaxed)
     assert not relaxed.should_training_stop
+
+
+def test_time_budget_fits_the_lr_schedule_to_the_steps_it_allows() -> None:
+    """A 1-minute budget at 5 s a step allows 12 steps of a nominal 100: the LR anneals to its floor by step 12
+    (the trainer's own cosine would still be at 99% of its peak there)."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from qihuang.trainer_callbacks import TimeBudget
+    from qihuang.training.schedule import lr_at
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=100)
+    budget = TimeBudget(minutes=1.0, fit_schedule=True, warmup=0.05)
+    args = SimpleNamespace(eval_strategy="no")
+    control = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
+    budget.on_train_begin(args, SimpleNamespace(max_steps=100), control, lr_scheduler=sched)
+    assert budget.schedule_steps == 100 and opt.param_groups[0]["lr"] == pytest.approx(1e-3 / 5)
+    for step in (1, 2, 3):
+        opt.step()
+        sched.step()
+        if step == 3:  # three steps done in 12 s; the last two took 10 s
+            budget.t0, budget.t1 = time.time() - 12, time.time() - 10
+        budget.on_step_end(args, SimpleNamespace(global_step=step, max_steps=100), control, lr_scheduler=sched)
+    assert budget.schedule_steps == 3 + int(48 / 5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_at(3, 1.0, 1, 12, 0.1))
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # the floor, held after the fitted end
+    assert not control.should_training_stop
 
 
 def test_lora_on_extended_vocabulary_trains_new_rows(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qihuang.config import ConfigError, from_mapping, load_yaml, to_mapping
+from qihuang.config import ConfigError, check_ranges, from_mapping, load_yaml, to_mapping
 from qihuang.corpus import CorpusConfig, build_corpus
 from qihuang.evaluate import EvalConfig, evaluate_models
 from qihuang.index import IndexConfig, build_index
@@ -40,6 +40,9 @@ class ChatSampleConfig:
     """Tokens generated per answer."""
     retrieval: bool = True
     """Ask with retrieval over the run's index and show the citations (as `qihuang chat` does)."""
+
+    def __post_init__(self) -> None:
+        check_ranges("chat", self, max_new_tokens=(1, None, False))
 
 
 @dataclass

@@ -63,6 +63,8 @@ class DPOConfig:
     """Stop after this many optimizer steps."""
     max_minutes: float | None = None
     """Time budget for training in minutes."""
+    fit_schedule: bool = True
+    """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (as SFT and pretrain)."""
     batch_size: int = 4
     """Pairs per step."""
     grad_accum: int = 1
@@ -244,7 +246,7 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
                          train_dataset=Dataset.from_list([p.row() for p in train]),
                          processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes)])
+                         callbacks=[LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, 0.05)])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).exists() else None
     result = trainer.train(resume_from_checkpoint=last)
     policy_scores = score_pairs(trainer.model, tokenizer, held, cfg.max_length) if held else []

@@ -93,6 +93,9 @@ class SFTConfig:
     """Stop after this many optimizer steps."""
     max_minutes: float | None = None
     """Time budget for training: stop (saving a checkpoint) after this many minutes."""
+    fit_schedule: bool = True
+    """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (re-estimated every
+    step), so the LR anneals by the end instead of stopping near its peak (as pretrain's fit_schedule)."""
     batch_size: int = 4
     """Sequences per step (packed rows when packing)."""
     grad_accum: int = 1
@@ -337,7 +340,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples else []
     ckpt_dir = out.path / "checkpoints"
     use_val = val_ds is not None
-    callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes)]
+    callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, cfg.warmup)]
     trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks)
     base_model = trainer.model
     rouge_before = _rouge(base_model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from qihuang.cliutil import config_options, model_passages_options, run_stage_command
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir
 
 EXTENSION_FILE = "qihuang_extension.json"
@@ -73,6 +73,8 @@ class TokenizerConfig:
             raise ConfigError("tokenizer: max_added >= 0, max_words >= 0 and min_count >= 1 are required")
         if self.max_words > 0 and self.words_file is None:
             raise ConfigError("tokenizer.max_words > 0 needs tokenizer.words_file")
+        check_ranges("tokenizer", self, min_word_count=(1, None, False), max_corpus_chars=(0, None, True),
+                     heldout_chars=(0, None, False))
 
 
 def fragment_token_ids(tokenizer: Any, min_added_chars: int = 100) -> list[int]:

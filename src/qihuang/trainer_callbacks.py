@@ -22,23 +22,60 @@ class LogToMetrics(TrainerCallback):  # type: ignore[misc]
 
 
 class TimeBudget(TrainerCallback):  # type: ignore[misc]
-    """Stop training (validating and checkpointing first) once `minutes` have passed."""
+    """Stop training (validating and checkpointing first) once `minutes` have passed. With `fit_schedule`, the LR
+    schedule (linear warm-up over the `warmup` fraction, cosine to `min_lr_ratio`; `qihuang.training.schedule.lr_at`,
+    as pretraining) spans the steps the budget allows, re-estimated after every step from the mean step time (the
+    first step, which warms caches up, excluded): the LR anneals by the end instead of being cut off near its peak
+    — a 4-minute SFT on 2 cores is 11–22 steps of a nominal ~100-step schedule."""
 
-    def __init__(self, minutes: float | None) -> None:
+    def __init__(self, minutes: float | None, fit_schedule: bool = False, warmup: float = 0.05,
+                 min_lr_ratio: float = 0.1) -> None:
         self.minutes = minutes
+        self.fit_schedule = fit_schedule and minutes is not None
+        self.warmup = warmup
+        self.min_lr_ratio = min_lr_ratio
         self.t0 = time.time()
+        self.t1: float | None = None
         self.hit = False
+        self.schedule_steps: int | None = None
+        """Steps the fitted schedule spans now (None: the trainer's own schedule)."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.t0 = time.time()
+        if self.fit_schedule and kw.get("lr_scheduler") is not None:
+            self._fit(kw["lr_scheduler"], max(int(state.max_steps), 1))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-        if self.minutes is not None and time.time() - self.t0 > self.minutes * 60:
+        now = time.time()
+        if self.minutes is None:
+            return control
+        if state.global_step == 1:
+            self.t1 = now
+        elif self.fit_schedule and self.t1 is not None and kw.get("lr_scheduler") is not None:
+            per_step = (now - self.t1) / (state.global_step - 1)
+            left = self.minutes * 60 - (now - self.t0)
+            fitted = state.global_step + max(int(left / max(per_step, 1e-9)), 0)
+            self._fit(kw["lr_scheduler"], max(min(fitted, int(state.max_steps)), state.global_step + 1))
+        if now - self.t0 > self.minutes * 60:
             self.hit = True
             control.should_training_stop = True
             control.should_save = True
             control.should_evaluate = args.eval_strategy != "no"
         return control
+
+    def _fit(self, scheduler: Any, total: int) -> None:
+        """Make `scheduler` (a LambdaLR) follow warm-up + cosine over `total` steps, from its current step on."""
+        import functools
+        import math
+
+        from qihuang.training.schedule import lr_at
+
+        warm = int(self.warmup) if self.warmup >= 1 else math.ceil(self.warmup * total)
+        rule = functools.partial(lr_at, base_lr=1.0, warmup=warm, total=total, min_lr_ratio=self.min_lr_ratio)
+        scheduler.lr_lambdas = [rule for _ in scheduler.lr_lambdas]
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * rule(scheduler.last_epoch)
+        self.schedule_steps = total
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -222,6 +222,11 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
         except Exception:
             admission.release()
             raise
+        if prep.prompt_tokens * max_new > cfg.max_request_work:
+            admission.release()
+            return _error(400, f"prompt of {prep.prompt_tokens} tokens × max_tokens {max_new} exceeds this server's "
+                               f"limit of {cfg.max_request_work} (shorten the conversation or lower max_tokens)",
+                          param="max_tokens", code="request_too_large")
         params = SamplingParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
                                 top_k=req.top_k, stop=req.stop_list(), seed=req.seed, **req.decode_overrides())
         job = Job(engine, prep, params, admission.release, lora=req.model if req.model in adapters else None)

@@ -36,8 +36,8 @@ def _open_index(path: Path | None) -> Any:
 
 
 def load_engine(model: str, engine: str = "hf", device: str = "cpu", threads: int = 0,
-                adapters: list[str] | None = None) -> Any:
-    """The chosen backend with the model loaded."""
+                adapters: list[str] | None = None, max_batch: int = 1) -> Any:
+    """The chosen backend with the model loaded (`max_batch`: requests the hf engine decodes together)."""
     if threads:
         import torch
 
@@ -49,7 +49,7 @@ def load_engine(model: str, engine: str = "hf", device: str = "cpu", threads: in
         return VLLMEngine.load(model, adapters={k.strip(): v.strip() for k, v in pairs.items()})
     from qihuang.serve.engine import Engine
 
-    return Engine.load(model, device=device)
+    return Engine.load(model, device=device, max_batch=max_batch)
 
 
 @click.command("serve")
@@ -61,7 +61,7 @@ def serve_cli(cfg: ServeConfig) -> None:
     from qihuang.serve.app import create_app
 
     index = _open_index(_passages_for(cfg, cfg.model))
-    engine = load_engine(cfg.model, cfg.engine, cfg.device, cfg.threads, cfg.adapters)
+    engine = load_engine(cfg.model, cfg.engine, cfg.device, cfg.threads, cfg.adapters, cfg.max_concurrency)
     app = create_app(engine, index, cfg)
     click.echo(f"serving {engine.name} on http://{cfg.host}:{cfg.port}/ (API: /v1/chat/completions)", err=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info",

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.decoding import DecodeParams, Repetition
-from qihuang.serve.textstream import Detokenizer, StopMatcher, prompt_lookup_draft
+from qihuang.serve.textstream import (Detokenizer, StopMatcher, accepted_prefix, prompt_lookup_draft,
+                                      verify_draft)
 
 RUN_MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
 MIN_TEMPERATURE = 1e-4
@@ -127,10 +128,13 @@ class Chunk:
 
 
 class Engine:
-    """A loaded causal LM plus its tokenizer; thread-safe (one forward pass at a time, requests interleave)."""
+    """A loaded causal LM plus its tokenizer; thread-safe. With `max_batch` > 1 concurrent requests are decoded
+    together (continuous batching, `qihuang.serve.batching`); otherwise one forward pass at a time, requests
+    interleaving token by token."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "qihuang", path: Path | None = None,
-                 lookup_draft: int = 8, lookup_ngram: int = 3, static: bool | None = None) -> None:
+                 lookup_draft: int = 8, lookup_ngram: int = 3, static: bool | None = None,
+                 max_batch: int = 1) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -158,12 +162,19 @@ class Engine:
         # byte fragments an extended vocabulary no longer trains (they would decode to U+FFFD): never sampled
         self.suppressed = fragment_token_ids(tokenizer)
         self._suppress_idx: Any = None
+        from qihuang.serve.batching import BatchDecoder, batchable
+
+        self.batcher: BatchDecoder | None = None
+        """Continuous batching of concurrent requests (None: one request at a time, interleaved token by token)."""
+        if max_batch > 1 and not self.static and batchable(model):
+            self.batcher = BatchDecoder(model, self.eos_ids, self._mask, self._cache_kw, max_batch, self._lock)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", dtype: str = "float32", name: str | None = None,
-             lookup_draft: int = 8, static: bool | None = None) -> Engine:
+             lookup_draft: int = 8, static: bool | None = None, max_batch: int = 1) -> Engine:
         """Load a model dir / preset / run dir (base + LoRA adapter dirs are merged on load). `static`: decode
-        over a static KV cache (CUDA graph on GPU; default on for CUDA devices)."""
+        over a static KV cache (CUDA graph on GPU; default on for CUDA devices). `max_batch`: concurrent requests
+        decoded together (1 → one at a time)."""
         from qihuang.models import ModelError, load_model, load_tokenizer
 
         path = resolve_model_dir(model_dir)
@@ -187,7 +198,8 @@ class Engine:
         else:
             model, tokenizer = load_model(path, dtype=dtype, device=device)
         label = name or model_label(path)
-        return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static)
+        return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static,
+                   max_batch=max_batch)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _forward(self, ids: list[int], cache: Any, keep: int) -> Any:
@@ -240,6 +252,9 @@ class Engine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
         rep = Repetition(params.decode)
+        if self.batcher is not None:
+            yield from self._batched_stream(prompt_ids, params, cancelled, gen, rep)
+            return
         if self.static:
             yield from self._static_stream(prompt_ids, params, cancelled, gen, rep)
             return
@@ -265,19 +280,8 @@ class Engine:
                 nxt = self._pick(logits[-1], params, gen, rep)
                 continue
             logits = self._forward([nxt, *draft], cache, keep=0)
-            if rep.params.active:  # verify against what greedy decoding with repetition control would pick
-                best = []
-                for j in range(len(draft) + 1):
-                    best.append(int(torch.argmax(rep.apply(logits[j]))))
-                    if j < len(draft):
-                        rep.push(draft[j])
-                for _ in draft:
-                    rep.pop()
-            else:
-                best = torch.argmax(logits, dim=-1).tolist()
-            accepted = 0
-            while accepted < len(draft) and draft[accepted] == best[accepted]:
-                accepted += 1
+            best = verify_draft(logits, draft, rep)
+            accepted = accepted_prefix(draft, best)
             cache.crop(accepted - len(draft))  # drop the rejected drafts
             for tok in draft[:accepted]:
                 if tok in self.eos_ids or cancelled():
@@ -289,6 +293,23 @@ class Engine:
             if produced >= params.max_new_tokens:
                 return
             nxt = best[accepted]
+
+    def _batched_stream(self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool],
+                        gen: Any, rep: Repetition) -> Iterator[int]:
+        """Decode as one row of the continuous batch (`qihuang.serve.batching`); alone in the batch, a greedy
+        request drafts by prompt lookup as the one-stream path does."""
+        from qihuang.serve.batching import Request
+
+        def draft(req: Request) -> list[int]:
+            room = req.max_new_tokens - req.produced
+            return prompt_lookup_draft(req.prompt_ids + req.rep.tokens, self.lookup_ngram,
+                                       min(self.lookup_draft, room))
+
+        assert self.batcher is not None
+        drafting = params.greedy and self.lookup_draft > 0
+        yield from self.batcher.submit(Request(prompt_ids, lambda logits, r: self._pick(logits, params, gen, r),
+                                               params.max_new_tokens, cancelled, rep,
+                                               draft=draft if drafting else None))
 
     def _static_stream(self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool],
                        gen: Any, rep: Repetition) -> Iterator[int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from qihuang import rag
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 
 
 @dataclass
@@ -47,8 +47,9 @@ class ServeConfig(RetrievalConfig):
     """Port (0 → a free one)."""
     api_keys: list[str] = field(default_factory=list)
     """Bearer API keys; when set, every endpoint but /health requires one (also via QIHUANG_API_KEYS, comma-separated)."""
-    max_concurrency: int = 2
-    """Generations running at once (they interleave token by token)."""
+    max_concurrency: int = 16
+    """Generations running at once; the hf engine decodes them together, one forward per token for all (continuous
+    batching: a request joins at the next step, leaves when it ends)."""
     max_queue: int = 32
     """Requests waiting for a slot; beyond that the server answers 503."""
     queue_timeout_s: float = 120.0
@@ -59,6 +60,9 @@ class ServeConfig(RetrievalConfig):
     """Most characters over all messages of a request."""
     max_tokens: int = 512
     """Largest max_tokens a request may ask for."""
+    max_request_work: int = 1_048_576
+    """Largest prompt tokens × max_tokens one request may ask for (what its decoding costs: every new token attends
+    to the whole prompt); beyond it → 400 `request_too_large` (default: a 2048-token prompt with 512 new tokens)."""
     default_max_tokens: int = 0
     """max_tokens when the request gives none (0 → min(256, max_tokens))."""
     threads: int = 0
@@ -74,6 +78,8 @@ class ServeConfig(RetrievalConfig):
             raise ConfigError(f"max_queue must be >= 0, got {self.max_queue}")
         if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_request_work < self.max_tokens:
+            raise ConfigError(f"max_request_work ({self.max_request_work}) must be at least max_tokens ({self.max_tokens})")
         if self.default_max_tokens == 0:
             self.default_max_tokens = min(256, self.max_tokens)
         if not 1 <= self.default_max_tokens <= self.max_tokens:
@@ -89,6 +95,8 @@ class ServeConfig(RetrievalConfig):
             raise ConfigError("adapters are served by --engine vllm (merge them for the hf engine: qihuang merge)")
         if any(not k.strip() for k in self.api_keys):
             raise ConfigError("api_keys must not contain empty keys")
+        check_ranges("serve", self, threads=(0, None, False), queue_timeout_s=(0, None, True),
+                     shutdown_grace_s=(0, None, False))
 
 
 @dataclass
@@ -114,6 +122,7 @@ class ChatConfig(RetrievalConfig):
             raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
+        check_ranges("chat", self, threads=(0, None, False))
 
 
 @dataclass

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from qihuang.decoding import Repetition
+
 
 class Detokenizer:
     """Incremental detokenization that never emits half a UTF-8 character (byte-level BPE and CJK)."""
@@ -77,3 +79,28 @@ def prompt_lookup_draft(ids: list[int], max_ngram: int, num_draft: int) -> list[
                 if follow:
                     return follow
     return []
+
+
+def verify_draft(logits: Any, draft: list[int], rep: Repetition) -> list[int]:
+    """What greedy decoding (with `rep`'s repetition control) picks after the fed token and after each draft token:
+    `logits` holds one row per fed position ([nxt, *draft]). `rep` is left as it was."""
+    import torch
+
+    if not rep.params.active:
+        return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]
+    best = []
+    for j in range(len(draft) + 1):
+        best.append(int(torch.argmax(rep.apply(logits[j]))))
+        if j < len(draft):
+            rep.push(draft[j])
+    for _ in draft:
+        rep.pop()
+    return best
+
+
+def accepted_prefix(draft: list[int], best: list[int]) -> int:
+    """How many draft tokens greedy decoding confirms (the first mismatch ends them)."""
+    n = 0
+    while n < len(draft) and draft[n] == best[n]:
+        n += 1
+    return n

@@ -1,0 +1,264 @@
+"""Continuous batching for the hf engine: concurrent requests are decoded together, one forward per step for all
+of them (left-padded KV cache, per-row positions); a request joins the running batch at the next step and leaves it
+when it ends, so nobody waits for a whole batch to finish. With one request it is plain one-stream decoding."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from qihuang.decoding import Repetition
+
+_END = object()
+"""Put on a request's queue after its last token."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation in the batch: its prompt, how to pick tokens, and where they go."""
+
+    prompt_ids: list[int]
+    """The rendered, encoded prompt."""
+    pick: Callable[[Any, Any], int]
+    """(logits of this row (1-D), repetition state) → next token (greedy or sampled, with the request's settings)."""
+    max_new_tokens: int
+    """Tokens to generate at most (EOS excluded)."""
+    cancelled: Callable[[], bool]
+    """True when the client went away (the row leaves the batch at the next step)."""
+    rep: Repetition
+    """Repetition-control state over the tokens generated so far."""
+    draft: Callable[[Request], list[int]] | None = None
+    """Greedy requests: draft tokens to verify in one forward while this row decodes alone (prompt lookup)."""
+    out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    """Generated token ids, then `_END` (or an exception)."""
+    produced: int = 0
+    """Tokens handed out so far."""
+    length: int = 0
+    """Real (unpadded) tokens of this row in the KV cache."""
+    nxt: int = -1
+    """The token to feed at the next step."""
+
+
+def batchable(model: Any) -> bool:
+    """Whether rows of `model`'s KV cache can be padded and joined: every layer a plain full-attention dynamic
+    layer (sliding-window or linear-attention layers are not; such models decode one request at a time)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - a config DynamicCache cannot read: no batching
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class BatchDecoder:
+    """A worker thread that owns the model's forward passes: admits waiting requests between steps (up to
+    `max_batch` rows), prefills the new ones as one left-padded batch, joins them to the running KV cache, then
+    decodes one token for every row per forward."""
+
+    def __init__(self, model: Any, eos_ids: frozenset[int], mask: Callable[[Any], Any], cache_kw: str,
+                 max_batch: int = 16, lock: threading.Lock | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.eos_ids = eos_ids
+        self.mask = mask
+        self.cache_kw = cache_kw
+        self.max_batch = max_batch
+        self.lock = lock or threading.Lock()
+        self.device = next(model.parameters()).device
+        self.pending: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.rows: list[Request] = []
+        self.cache: Any = None
+        self.attn: Any = None  # [rows, width] 1 = real token, 0 = left padding
+        self.steps = 0
+        """Forward passes run (prefills + decode steps)."""
+        self.widest = 0
+        """Most rows decoded in one forward so far."""
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    # ---- public ------------------------------------------------------------------------------------------
+    def submit(self, req: Request) -> Iterator[int]:
+        """Queue `req` and yield its tokens as the batch produces them (stops at EOS, max_new_tokens, cancel)."""
+        self._ensure_thread()
+        self.pending.put(req)
+        while True:
+            item = req.out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield int(item)
+
+    # ---- worker ------------------------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._start:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="qihuang-batch", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fresh = self._admit()
+            try:
+                if fresh:
+                    self._prefill(fresh)
+                if self.rows:
+                    self._step()
+            except Exception as exc:  # noqa: BLE001 - every waiting client gets the error; the worker lives on
+                for req in dict.fromkeys([*self.rows, *fresh]):
+                    req.out.put(exc)
+                self.rows, self.cache, self.attn = [], None, None
+
+    def _admit(self) -> list[Request]:
+        """New requests to join: block while the batch is empty, else take what is already waiting."""
+        fresh: list[Request] = []
+        if not self.rows:
+            fresh.append(self.pending.get())
+        while len(self.rows) + len(fresh) < self.max_batch:
+            try:
+                fresh.append(self.pending.get_nowait())
+            except queue.Empty:
+                break
+        return [r for r in fresh if not self._finish_if_cancelled(r)]
+
+    def _finish_if_cancelled(self, req: Request) -> bool:
+        if req.cancelled():
+            req.out.put(_END)
+            return True
+        return False
+
+    def _forward(self, ids: Any, attn: Any, positions: Any, cache: Any, keep: int = 1) -> Any:
+        """Masked logits: [rows, vocab] for the last position (keep=1), [rows, fed, vocab] for all (keep=0)."""
+        import torch
+
+        with self.lock, torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                             logits_to_keep=keep, **{self.cache_kw: cache})
+        self.steps += 1
+        self.widest = max(self.widest, int(ids.shape[0]))
+        logits = out.logits.float()
+        return self.mask(logits[:, -1] if keep == 1 else logits)
+
+    def _prefill(self, fresh: list[Request]) -> None:
+        """Run the new prompts as one left-padded batch, then join their cache rows to the running batch."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt_ids) for r in fresh)
+        ids = torch.zeros((len(fresh), width), dtype=torch.long)
+        attn = torch.zeros((len(fresh), width), dtype=torch.long)
+        for i, req in enumerate(fresh):
+            n = len(req.prompt_ids)
+            ids[i, width - n:] = torch.tensor(req.prompt_ids, dtype=torch.long)
+            attn[i, width - n:] = 1
+            req.length = n
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids.to(self.device), attn.to(self.device), positions.to(self.device), cache)
+        self._join(cache, attn.to(self.device), fresh)
+        self._emit([(req, req.pick(logits[i], req.rep)) for i, req in enumerate(fresh)])
+
+    def _step(self) -> None:
+        """One token for every row (several for a lone greedy row whose draft is confirmed)."""
+        import torch
+
+        if len(self.rows) == 1 and self.rows[0].draft is not None and self.pending.empty():
+            draft = self.rows[0].draft(self.rows[0])
+            if draft:
+                self._draft_step(self.rows[0], draft)
+                return
+
+        ids = torch.tensor([[r.nxt] for r in self.rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[r.length] for r in self.rows], dtype=torch.long, device=self.device)
+        self.attn = torch.cat([self.attn, self.attn.new_ones((len(self.rows), 1))], dim=1)
+        logits = self._forward(ids, self.attn, positions, self.cache)
+        for r in self.rows:
+            r.length += 1
+        self._emit([(r, r.pick(logits[i], r.rep)) for i, r in enumerate(self.rows)])
+
+    def _draft_step(self, req: Request, draft: list[int]) -> None:
+        """Feed the pending token plus `draft` in one forward; keep the draft tokens greedy decoding confirms
+        (exact: the same tokens one at a time would give), drop the rest from the cache."""
+        import torch
+
+        from qihuang.serve.textstream import accepted_prefix, verify_draft
+
+        fed = [req.nxt, *draft]
+        ids = torch.tensor([fed], dtype=torch.long, device=self.device)
+        positions = torch.arange(req.length, req.length + len(fed), device=self.device).view(1, -1)
+        attn = torch.cat([self.attn, self.attn.new_ones((1, len(fed)))], dim=1)
+        logits = self._forward(ids, attn, positions, self.cache, keep=0)[0]
+        best = verify_draft(logits, draft, req.rep)
+        accepted = accepted_prefix(draft, best)
+        self.cache.crop(accepted - len(draft))
+        self.attn = attn[:, :attn.shape[1] - (len(draft) - accepted)]
+        req.length += 1 + accepted
+        for tok in [*draft[:accepted], best[accepted]]:
+            self._emit([(req, tok)])
+            if not self.rows:
+                return
+
+    def _emit(self, picked: list[tuple[Request, int]]) -> None:
+        """Hand out each row's token; rows that ended (EOS, length, cancelled) leave the batch."""
+        done: list[int] = []
+        for req, tok in picked:
+            if tok in self.eos_ids or req.cancelled():
+                done.append(self.rows.index(req))
+                continue
+            req.out.put(tok)
+            req.produced += 1
+            req.rep.push(tok)
+            req.nxt = tok
+            if req.produced >= req.max_new_tokens:
+                done.append(self.rows.index(req))
+        if done:
+            for i in done:
+                self.rows[i].out.put(_END)
+            self._drop(sorted(done))
+
+    def _join(self, cache: Any, attn: Any, fresh: list[Request]) -> None:
+        """Append `fresh`'s cache rows to the running cache (both left-padded to the wider one)."""
+        if not self.rows:
+            self.cache, self.attn, self.rows = cache, attn, list(fresh)
+            return
+        import torch.nn.functional as F
+
+        width = max(self.attn.shape[1], attn.shape[1])
+
+        def left_pad(t: Any, dim_from_end: int) -> Any:
+            grow = width - t.shape[-dim_from_end]
+            if not grow:
+                return t
+            pad = [0, 0] * (dim_from_end - 1) + [grow, 0]
+            return F.pad(t, pad)
+
+        import torch
+
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], dim=0)
+            old.values = torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], dim=0)
+        self.attn = torch.cat([left_pad(self.attn, 1), left_pad(attn, 1)], dim=0)
+        self.rows.extend(fresh)
+
+    def _drop(self, done: list[int]) -> None:
+        """Remove finished rows from the batch and trim cache columns that are padding in every remaining row."""
+        keep = [i for i in range(len(self.rows)) if i not in set(done)]
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache, self.attn = None, None
+            return
+        import torch
+
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        live = self.attn.index_select(0, idx)
+        first = int(live.any(dim=0).nonzero()[0])  # leading columns that are padding for every row
+        self.attn = live[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
+            layer.values = layer.values.index_select(0, idx)[:, :, first:]
