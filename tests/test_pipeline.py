@@ -58,5 +58,53 @@ def test_tiny_recipe_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     (run_dir / "eval" / "done").unlink()
     again = run(ROOT / "recipes" / "tiny.yaml", runs)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("(done, skipped)") == len(STAGES) - 1
+    assert again.stdout.count("(done, skipped)") == len(STAGES) - 1  # chat is not built from eval
     assert (run_dir / "eval" / "done").exists()
+    # A changed value reruns its stage and every stage built from it, and says why.
+    edited = run(ROOT / "recipes" / "tiny.yaml", runs, "--set", "dpo.beta=0.2")
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert "── stage dpo (stale: config changed: beta; rerunning)" in edited.stdout
+    for stage in ("eval", "chat"):
+        assert f"── stage {stage} (stale: dpo rebuilt; rerunning)" in edited.stdout, edited.stdout
+    assert edited.stdout.count("(done, skipped)") == len(STAGES) - 3
+
+
+def _finished(run_dir: Path, name: str, config: dict) -> None:
+    import time
+
+    from qihuang.runs import StageDir
+
+    stage = StageDir(run_dir / name)
+    stage.begin(config)
+    stage.finish({})
+    time.sleep(0.01)  # distinct done-file times
+
+
+def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
+    import os
+
+    from qihuang.pipeline import stale_reason
+    from qihuang.runs import StageDir
+
+    cfgs = {"corpus": {"max_books": 3}, "tokenizer": {"enabled": True}, "pretrain": {"lr": 1e-4}}
+    for name, cfg in cfgs.items():
+        _finished(tmp_path, name, cfg)
+    active = list(cfgs)
+    dirs = {n: StageDir(tmp_path / n) for n in cfgs}
+
+    def why(name: str, cfg: dict | None = None, rebuilt: tuple[str, ...] = (), force: tuple[str, ...] = (),
+            model_changed: bool = False) -> str | None:
+        return stale_reason(name, dirs[name], cfg or cfgs[name], list(rebuilt), list(force), model_changed, active)
+
+    assert [why(n) for n in cfgs] == [None, None, None]
+    assert why("pretrain", {"lr": 3e-4}) == "config changed: lr"
+    assert why("pretrain", {"lr": 1e-4, "seq_len": 256}) == "config changed: seq_len"
+    assert why("tokenizer", force=("tokenizer",)) == "forced"
+    assert why("pretrain", rebuilt=("tokenizer",)) == "tokenizer rebuilt"
+    assert why("corpus", rebuilt=("tokenizer",)) is None  # the corpus is not built from the tokenizer
+    assert why("pretrain", model_changed=True) == "base model changed" and why("corpus", model_changed=True) is None
+    later = dirs["pretrain"].done_file.stat().st_mtime + 5
+    os.utime(dirs["corpus"].done_file, (later, later))  # the corpus rebuilt after pretrain, in an earlier run
+    assert why("pretrain") == "corpus newer"
+    dirs["pretrain"].done_file.unlink()
+    assert why("pretrain", {"lr": 3e-4}) is None  # not finished: it runs anyway, nothing to explain

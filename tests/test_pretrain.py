@@ -68,6 +68,18 @@ def test_full_pretrain_end_to_end(extended: Path, data: tuple[Path, Path], tmp_p
     assert len(tok) == model.get_input_embeddings().weight.shape[0]
 
 
+def test_progress_bar_shows_steps_and_loss(extended: Path, data: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QIHUANG_PROGRESS", "1")
+    cfg = PretrainConfig(max_steps=4, log_every=1, **FAST)
+    pretrain(cfg, extended, *data, StageDir(tmp_path / "shown"))
+    err = capsys.readouterr().err
+    assert "pretrain" in err and "4/4" in err and "loss=" in err and "tok_s=" in err
+    monkeypatch.setenv("QIHUANG_PROGRESS", "0")
+    pretrain(cfg, extended, *data, StageDir(tmp_path / "quiet"))
+    assert "4/4" not in capsys.readouterr().err
+
+
 def test_lora_trains_new_rows_and_merges(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     out = StageDir(tmp_path / "lora")
     cfg = PretrainConfig(max_steps=6, lr=1e-2, mode="lora", lora_rank=4, checkpoint_every_steps=0,

@@ -36,8 +36,22 @@ def test_run_stage_writes_done_last_and_skips(tmp_path: Path) -> None:
     assert MetricsLog(sd.path / "metrics.jsonl").read()[0]["loss"] == 2.0
     s2 = run_stage(sd, {"a": 1}, work)
     assert s2["skipped"] and len(calls) == 1
+    (sd.path / "checkpoints" / "checkpoint-11").mkdir(parents=True)
+    kept = sd.path / "kept.json"
+    kept.write_text("{}")
     run_stage(sd, {"a": 1}, work, force=True)
     assert len(calls) == 2
+    # a rebuilt stage does not resume from the finished build's checkpoints; its other files stay (e.g. caches)
+    assert not (sd.path / "checkpoints").exists() and kept.exists()
+
+
+def test_a_killed_stage_keeps_its_checkpoints_to_resume(tmp_path: Path) -> None:
+    sd = stage_dir(tmp_path, "sft")
+    (sd.path / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    seen = []
+    run_stage(sd, {"a": 1}, lambda: {"resumable": seen.append((sd.path / "checkpoints").exists()) or True},
+              force=True)
+    assert seen == [True]
 
 
 def test_failed_stage_is_not_done(tmp_path: Path) -> None:

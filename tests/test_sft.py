@@ -198,10 +198,14 @@ def test_sft_lora_end_to_end_and_resume(tmp_path: Path, tiny_model_dir: Path) ->
     assert chat_defaults(out.path / "model") == {"system_prompt": "你是中医古籍助手。"}
     lineage = json.loads((out.path / "lineage.json").read_text())
     assert lineage["base"] == str(tiny_model_dir) and lineage["adapter"] == "adapter"
-    # resume: a longer budget picks up from the last checkpoint instead of restarting
+    # resume: a run killed before its `done` picks up from its last checkpoint instead of restarting
+    out.done_file.unlink()
     cfg2 = SFTConfig(**{**cfg.__dict__, "max_steps": 9, "qa_samples": 0})
-    s2 = run_stage(out, cfg2, lambda: sft(cfg2, tiny_model_dir, out), force=True)
+    s2 = run_stage(out, cfg2, lambda: sft(cfg2, tiny_model_dir, out))
     assert s2["resumed_from"] and s2["resumed_from"].endswith("checkpoint-8") and s2["steps"] == 9
+    # a finished stage rebuilt (--force, or stale) starts afresh: its old checkpoints are not resumed from
+    s3 = run_stage(out, cfg2, lambda: sft(cfg2, tiny_model_dir, out), force=True)
+    assert s3["resumed_from"] is None and s3["steps"] == 9
 
 
 def test_full_fine_tuning_moves_every_weight_kind(tmp_path: Path, tiny_model_dir: Path) -> None:

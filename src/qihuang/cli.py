@@ -32,7 +32,7 @@ def cli() -> None:
 @click.argument("recipe", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set pretrain.max_minutes=2 (YAML-typed value).")
-@click.option("--force", multiple=True, metavar="STAGE", help="Rerun this stage even if it is done.")
+@click.option("--force", multiple=True, metavar="STAGE", help="Rerun this stage, and every stage built from it, even if done.")
 def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...]) -> None:
     """Run a recipe end to end into runs/<name>/ (finished stages are skipped, unfinished ones resume)."""
     import yaml

@@ -19,11 +19,20 @@ from qihuang.instruct import InstructConfig, build_instructions
 from qihuang.models import DEFAULT_MODEL, prepare_model
 from qihuang.preference import DPOConfig, dpo
 from qihuang.pretrain import PretrainConfig, pretrain
-from qihuang.runs import StageDir, atomic_open, run_stage, stage_dir, write_json
+from qihuang.runs import StageDir, atomic_open, changed_fields, run_stage, stage_dir, write_json
 from qihuang.sft import SFTConfig, sft
 from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
 
 STAGES = ("corpus", "index", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat")
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "corpus": (), "index": ("corpus",), "tokenizer": ("corpus",), "pretrain": ("corpus", "tokenizer"),
+    "instruct": ("corpus", "index"), "sft": ("tokenizer", "pretrain", "instruct", "index"), "dpo": ("sft",),
+    "eval": ("corpus", "index", "tokenizer", "pretrain", "sft", "dpo"),
+    "chat": ("index", "tokenizer", "pretrain", "sft", "dpo"),
+}
+"""What each stage is built from (its inputs' stages): a stage rebuilt makes every stage depending on it stale."""
+USES_MODEL = ("tokenizer", "pretrain", "sft", "dpo", "eval", "chat")
+"""Stages whose output depends on the recipe's base model."""
 
 
 @dataclass
@@ -130,16 +139,52 @@ def _chat_samples(cfg: ChatSampleConfig, model_dir: Path, index_spec: Path, out:
     return {"model": str(model_dir), "retrieval": cfg.retrieval, "samples": samples}
 
 
+def stale_reason(name: str, stage: StageDir, cfg: Any, rebuilt: list[str], force: list[str],
+                 model_changed: bool, active: list[str]) -> str | None:
+    """Why finished stage `name` must be rebuilt (None: reuse it): forced, its config changed since it was built,
+    a stage it depends on was rebuilt (in this run, or later than it in an earlier one), or the base model changed."""
+    if not stage.is_done():
+        return None
+    if name in force:
+        return "forced"
+    ups = [u for u in DEPENDS[name] if u in rebuilt]
+    if ups:
+        return f"{', '.join(ups)} rebuilt"
+    if model_changed and name in USES_MODEL:
+        return "base model changed"
+    changed = changed_fields(stage, cfg)
+    if changed:
+        return "config changed: " + ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
+    done_at = stage.done_file.stat().st_mtime
+    newer = [u for u in DEPENDS[name] if u in active and (stage.path.parent / u / "done").exists()
+             and (stage.path.parent / u / "done").stat().st_mtime > done_at]
+    return f"{', '.join(newer)} newer" if newer else None
+
+
+def _recorded_model(run_dir: Path) -> str | None:
+    """The base model the run dir's stages were built with (its recipe.json), if any."""
+    import json
+
+    try:
+        return str(json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
-    """Run every stage of `recipe` in order (skipping finished ones) and write report.md; returns the run dir."""
+    """Run every stage of `recipe` in order and write report.md; returns the run dir. A finished stage is reused
+    unless it is stale (`stale_reason`): then it and every stage built from it rerun, and the log says why."""
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    previous_model = _recorded_model(run_dir)
+    model_changed = previous_model is not None and previous_model != str(recipe.model)
     write_json(run_dir / "recipe.json", recipe)
     _set_threads(recipe.threads)
     force = force or []
     base_dir = prepare_model(recipe.model)
     dirs = {s: stage_dir(run_dir, s) for s in STAGES}
     summaries: dict[str, dict[str, Any]] = {}
+    rebuilt: list[str] = []
     models: dict[str, Path] = {"base": base_dir}
     current = base_dir
     corpus_out = dirs["corpus"].path
@@ -172,8 +217,12 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
             cfg = dataclasses.replace(cfg, data=[dirs["instruct"].path / "train.jsonl"])
             if (dirs["instruct"].path / "heldout_qa.jsonl").exists() and hasattr(cfg, "eval_data"):
                 cfg = dataclasses.replace(cfg, eval_data=dirs["instruct"].path / "heldout_qa.jsonl")
-        log(f"── stage {name} " + ("(done, skipped)" if dirs[name].is_done() and name not in force else "…"))
-        summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=name in force)
+        why = stale_reason(name, dirs[name], cfg, rebuilt, force, model_changed, list(recipe.stages))
+        reuse = dirs[name].is_done() and why is None
+        log(f"── stage {name} " + ("(done, skipped)" if reuse else f"(stale: {why}; rerunning) …" if why else "…"))
+        summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=why is not None)
+        if not reuse:
+            rebuilt.append(name)
         log(f"   {name}: {summaries[name].get('wall_seconds', 0):.1f}s")
         produced = dirs[name].path / "model"
         if (produced / "config.json").exists():

@@ -202,6 +202,7 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
+    from qihuang.progress import enabled as progress_enabled
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
@@ -232,7 +233,8 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
         truncation_mode="keep_start", logging_steps=max(1, min(10, cfg.save_steps // 5)), save_strategy="steps",
-        save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, report_to=[], disable_tqdm=True,
+        save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, report_to=[],
+        disable_tqdm=not progress_enabled(),
         dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.05,
     )
     model.config.use_cache = False

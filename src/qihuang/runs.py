@@ -185,6 +185,20 @@ class StageDir:
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
+def changed_fields(out: StageDir, config: Any) -> list[str]:
+    """Top-level fields of `config` whose value differs from the one a finished stage recorded in its
+    config.json (compared as JSON, the way it was written); ["(no recorded config)"] when there is none."""
+    path = out.path / "config.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ["(no recorded config)"]
+    new = json.loads(json.dumps(to_mapping(config), ensure_ascii=False))
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else ["(config)"]
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
     """Run one stage into `out` unless it is already done: record config, time it, write summary and `done`."""
     if out.is_done() and not force:
@@ -193,6 +207,9 @@ def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], fo
         return summary
     if force and out.done_file.exists():
         out.done_file.unlink()
+        # a killed run resumes from its checkpoints; a finished one being rebuilt must not (they belong to the
+        # build being replaced: the demo's forced SFT once resumed at step 11 and trained twice its budget)
+        shutil.rmtree(out.path / "checkpoints", ignore_errors=True)
     out.begin(config)
     t0 = time.time()
     summary = work() or {}

@@ -279,6 +279,7 @@ def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val
                   callbacks: list[Any]) -> Any:
     """A trl SFTTrainer for pre-tokenised (and possibly pre-packed) data on CPU (fp32, no checkpointing), with
     `PackedCollator` batches (its `tokens` counts real tokens; the trainer is returned with it attached)."""
+    from qihuang.progress import enabled as progress_enabled
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
@@ -294,7 +295,7 @@ def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val
         seed=cfg.seed, data_seed=cfg.seed, report_to=[], dataloader_num_workers=0,
         packing=False, padding_free=False, max_length=None, shuffle_dataset=False,
         train_sampling_strategy="sequential" if cfg.curriculum_stages > 1 else "random",
-        disable_tqdm=True, remove_unused_columns=True,
+        disable_tqdm=not progress_enabled(), remove_unused_columns=True,
     )
     model.config.use_cache = False  # a cache disables the packed-sequence (block-diagonal) attention mask
     peft_config = _lora_config(cfg, tokenizer, model) if cfg.method == "lora" else None

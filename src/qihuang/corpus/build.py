@@ -27,6 +27,7 @@ from qihuang.corpus.passages import book_passages, layout
 from qihuang.corpus.records import RejectedFile
 from qihuang.corpus.settings import CorpusConfig, resolve_source
 from qihuang.corpus.split import Candidate, check_heldout, is_heldout, processing_order, select
+from qihuang.progress import bar
 from qihuang.runs import StageDir, atomic_open, atomic_path
 
 EXAMPLES_PER_REASON = 3
@@ -220,7 +221,9 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
         if lib is not None:
             jobs += [(c.path, c.name, c.title, c.category, False, {**opts, "library_only": True}, None)
                      for c in cands if id(c) not in chosen_ids]
+        pbar = stack.enter_context(bar(len(jobs), "corpus", "book"))
         for res in _results(jobs, cfg.workers):
+            pbar.update(1)
             if res["library_only"]:
                 _library_only(res, lib, counts)
                 continue

@@ -186,10 +186,19 @@ def _qa_files(cfg: EvalConfig, label: str, heldout_qa: Path | None, model: Calla
 
 
 def progress_logger(log: MetricsLog, label: str, key: str, every_s: float = 30.0) -> Callable[[int, int], None]:
-    """A progress callback that logs `done/total` to metrics.jsonl at most every `every_s` seconds."""
+    """A progress callback: a terminal bar (items/s, ETA; `qihuang.progress`) and `done/total` in metrics.jsonl at
+    most every `every_s` seconds."""
+    from qihuang.progress import bar
+
     last = [time.time()]
+    shown: list[Any] = []
 
     def report(done: int, total: int) -> None:
+        if not shown:
+            shown.append(bar(total, f"eval {label} {key}", "item"))
+        shown[0].update(done - shown[0].n)
+        if done >= total:
+            shown[0].close()
         if time.time() - last[0] >= every_s or done == total:
             last[0] = time.time()
             log.log(event="progress", label=label, file=key, done=done, total=total)

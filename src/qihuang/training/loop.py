@@ -166,6 +166,9 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         last_ckpt_t = time.time()
 
     stop_reason = "max_steps"
+    from qihuang.progress import bar
+
+    pbar = bar(st["schedule_steps"] if main else 0, "pretrain", "step", initial=st["step"])
     while st["step"] < s.max_steps:
         elapsed = base_seconds + time.time() - session_t0
         if train_seconds is not None and elapsed >= train_seconds:
@@ -227,6 +230,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
                 metrics.log(event="rollback", step=st["step"], lr_scale=scale, loss=loss)
             continue
         st["step"] += 1
+        pbar.total = st["schedule_steps"]
+        pbar.update(1)
         if fit_at is not None and st["step"] == fit_at[2]:
             fit_at[1] = time.time()  # the first step (warm-up of kernels, allocations) is not timed
         st["tokens"] += G * s.seq_len
@@ -242,6 +247,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
                 row["mfu"] = round(tps * fpt / (peak * 1e12), 4)
             metrics.log(**row)
             tb.log(st["step"], row)
+            pbar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}", refresh=False)
             win_t, win_tokens = time.time(), 0
         if evaluate and s.eval_every > 0 and st["step"] % s.eval_every == 0 and st["step"] < s.max_steps:
             if main:
@@ -258,6 +264,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         if fault and st["step"] == fault:
             os.kill(os.getpid(), signal.SIGKILL)
     tb.close()
+    pbar.close()
     total_seconds = base_seconds + time.time() - session_t0
     return {"steps": st["step"], "tokens": st["tokens"], "train_seconds": round(total_seconds, 2),
             "tokens_per_s": round(st["tokens"] / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
