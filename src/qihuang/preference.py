@@ -65,6 +65,10 @@ class DPOConfig:
     """Time budget for training in minutes."""
     fit_schedule: bool = True
     """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (as SFT and pretrain)."""
+    """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (as SFT and pretrain)."""
+    chat_template: str = "auto"
+    """Chat template: auto (the model's own), chatml, llama2, ziya (HuangDI's `<human>:`/`<bot>:`) or a .jinja
+    file; saved with the trained model's tokenizer (`qihuang.chat_templates`)."""
     batch_size: int = 4
     """Pairs per step."""
     grad_accum: int = 1
@@ -77,6 +81,9 @@ class DPOConfig:
     """Random seed."""
 
     def __post_init__(self) -> None:
+        from qihuang.chat_templates import resolve
+
+        resolve(self.chat_template)  # an unknown name or a missing file fails at load, not after data prep
         check_ranges("dpo", self, beta=(0, None, True), heldout_fraction=(0, 0.5, False, True),
                      max_length=(32, None, False), max_steps=(0, None, True), max_minutes=(0, None, True),
                      lora_r=(0, None, True), batch_size=(0, None, True), grad_accum=(0, None, True),
@@ -202,12 +209,15 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
-    from qihuang.progress import enabled as progress_enabled
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
+    from qihuang import chat_templates
+    from qihuang.progress import enabled as progress_enabled
+
     set_seed(cfg.seed)
     model, tokenizer, start = load_start_model(Path(model_dir))
+    chat_templates.apply(tokenizer, cfg.chat_template)
     system = cfg.system_prompt or chat_defaults(model_dir).get("system_prompt")
     paths = list(cfg.data) or [data_file(DEFAULT_PAIRS)]
     pairs, rejects = load_pairs(paths, tokenizer, cfg.max_length, system)

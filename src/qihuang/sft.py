@@ -96,6 +96,9 @@ class SFTConfig:
     fit_schedule: bool = True
     """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (re-estimated every
     step), so the LR anneals by the end instead of stopping near its peak (as pretrain's fit_schedule)."""
+    chat_template: str = "auto"
+    """Chat template: auto (the model's own), chatml, llama2, ziya (HuangDI's `<human>:`/`<bot>:`) or a .jinja
+    file; saved with the trained model's tokenizer, so chat, serve and export use it (`qihuang.chat_templates`)."""
     batch_size: int = 4
     """Sequences per step (packed rows when packing)."""
     grad_accum: int = 1
@@ -116,6 +119,9 @@ class SFTConfig:
     """Random seed."""
 
     def __post_init__(self) -> None:
+        from qihuang.chat_templates import resolve
+
+        resolve(self.chat_template)  # an unknown name or a missing file fails at load, not after data prep
         if self.data_ratios and len(self.data_ratios) != len(self.data):
             raise ConfigError(f"data_ratios: {len(self.data_ratios)} ratios for {len(self.data)} data files")
         if any(r < 0 for r in self.data_ratios) or (self.data_ratios and sum(self.data_ratios) <= 0):
@@ -328,11 +334,13 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    from qihuang import chat_templates
     from qihuang.trainer_callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)
     model, tokenizer, start = load_start_model(Path(model_dir))
+    chat_templates.apply(tokenizer, cfg.chat_template)
     train, val, data_summary = build_data(cfg, tokenizer, out.path)
     train_ds = to_dataset(train, cfg.packing, cfg.max_length, cfg.curriculum_stages)
     val_ds = to_dataset(val, cfg.packing, cfg.max_length, 0) if val else None
