@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,13 @@ import pytest
 from qihuang.models import ModelError, list_models, load_model, prepare_model
 
 
-def test_smollm2_preset_loads_fast_and_generates() -> None:
+def test_smollm2_preset_loads_from_its_cache_and_generates() -> None:
     import torch
 
-    prepare_model("smollm2-135m")  # converts once (about 30 s) if not cached
-    t0 = time.time()
+    cached = prepare_model("smollm2-135m")  # converts once (about 30 s) if not cached
+    stamp = (cached / "model.safetensors").stat().st_mtime_ns
     model, tok = load_model("smollm2-135m")
-    assert time.time() - t0 < 10
+    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp  # loaded from the cache, not converted again
     assert model.config.model_type == "llama" and model.num_parameters() > 100e6
     enc = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)
@@ -67,3 +66,24 @@ def test_model_folder_without_tokenizer_files_says_so(tiny_model_dir: Path, tmp_
         with pytest.raises(ModelError, match="no tokenizer files") as info:
             load(bare)
         assert str(bare) in str(info.value) and "sentencepiece" not in str(info.value)
+
+
+def test_hub_ids_resolve_through_the_hugging_face_cache(tmp_path: Path, tiny_model_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`org/name` is looked up in the hub cache (offline here: no network is touched); a model neither cached nor
+    reachable is a ModelError naming the cache folder."""
+    import shutil
+
+    from qihuang.models import prepare_model
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--qihuang-test--tiny" / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_model_dir, snap)
+    (cache / "models--qihuang-test--tiny" / "refs").mkdir()
+    (cache / "models--qihuang-test--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert prepare_model("qihuang-test/tiny") == snap
+    with pytest.raises(ModelError, match=f"not in the Hugging Face cache \\({cache}\\) offline"):
+        prepare_model("qihuang-test/absent")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +164,8 @@ def _make_tiny(target: Path) -> Path:
 
 
 def prepare_model(spec: str = DEFAULT_MODEL) -> Path:
-    """Resolve a model spec (preset name, HF directory or .gguf file) to a ready HF directory, converting once."""
+    """Resolve a model spec (preset name, HF directory, .gguf file or hub id `org/name`) to a ready HF directory,
+    converting once."""
     home = qihuang_home() / "models"
     if spec == TINY:
         target = home / TINY
@@ -181,9 +183,44 @@ def prepare_model(spec: str = DEFAULT_MODEL) -> Path:
         return _convert_gguf(path, target)
     if path.is_dir():
         return _check_dir(path)
+    if HUB_ID.fullmatch(spec):
+        return _check_dir(hub_snapshot(spec))
     raise ModelError(
-        f"unknown model {spec!r}: not a preset ({', '.join([*PRESETS, TINY])}), not a directory, not a .gguf file"
+        f"unknown model {spec!r}: not a preset ({', '.join([*PRESETS, TINY])}), not a directory, not a .gguf file, "
+        "not a Hugging Face id (org/name)"
     )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(?:@[\w./-]{1,100})?")
+"""`org/name` or `org/name@revision`: a Hugging Face Hub model id."""
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.jinja", "*.txt"]
+"""Files fetched of a hub model: configs, safetensors weights, tokenizer (no duplicate .bin/.pth/.gguf weights)."""
+
+
+def hub_snapshot(spec: str) -> Path:
+    """The local folder of hub model `org/name[@revision]` through huggingface_hub: its cache first (HF_HUB_CACHE /
+    HF_HOME), downloading only when online; HF_HUB_OFFLINE=1 never touches the network. A ModelError says where
+    it looked when the model is neither cached nor reachable."""
+    import os
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo, _, revision = spec.partition("@")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES, cache_dir=cache,
+                                      local_files_only=offline))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        from huggingface_hub import constants
+
+        where = cache or constants.HF_HUB_CACHE
+        mode = "offline (HF_HUB_OFFLINE=1)" if offline else "and the hub is not reachable or refused it"
+        raise ModelError(f"model {spec!r} is no folder here and not in the Hugging Face cache ({where}) {mode}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} — "
+                         "download it where there is a network (`hf download " + repo + "`) and copy the cache, "
+                         "or give a local model directory") from None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
