@@ -6,6 +6,7 @@ run): the same pipeline in one process (`workers=1`), on every `--baseline-every
 the benchmark short; both are compared as input megabytes per second.
 
 Run:  python benchmarks/corpus_build.py [--source DIR] [--workers 2] [--baseline-every 4] [--keep-card DIR]
+      python benchmarks/corpus_build.py --smoke     (the 8 median-size books of the source, baseline every 2nd)
 Ends with one line:  RESULT corpus_build <MB/s> MB/s baseline=<MB/s> ratio=<ours/baseline>
 """
 
@@ -67,6 +68,21 @@ def run_build(source: Path, workers: int, heldout: list[str], keep: Path | None 
         shutil.rmtree(out, ignore_errors=True)
 
 
+def copy_books(files: list[Path], dest: Path) -> Path:
+    """`dest` holding copies of `files` (a build refuses links that point outside its source folder)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        shutil.copy2(p, dest / p.name)
+    return dest
+
+
+def smoke_books(files: list[Path], n: int = 8) -> list[Path]:
+    """The `n` median-size files of `files`, in file order (--smoke: a few seconds per build)."""
+    by_size = sorted(files, key=lambda p: (p.stat().st_size, p.name))
+    mid = max(0, len(by_size) // 2 - n // 2)
+    return sorted(by_size[mid:mid + n])
+
+
 def main() -> None:
     from qihuang.corpus.settings import DEFAULT_HELDOUT, default_source
 
@@ -75,12 +91,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-every", type=int, default=4, help="baseline on every N-th book (0 = skip)")
     ap.add_argument("--keep-card", type=Path, default=None, help="copy the full run's card.{json,md,png} here")
+    ap.add_argument("--smoke", action="store_true", help="8 median-size books, baseline every 2nd (seconds, CI)")
     args = ap.parse_args()
-    source = args.source or default_source()
-    files = sorted(p for p in source.iterdir() if p.is_file())
+    with tempfile.TemporaryDirectory(prefix="qihuang-bench-smoke-") as tmp:
+        source = args.source or default_source()
+        files = sorted(p for p in source.iterdir() if p.is_file())
+        if args.smoke:
+            source, args.baseline_every = copy_books(smoke_books(files), Path(tmp) / "books"), 2
+            files = sorted(source.iterdir())
+        run(args, source, files, list(DEFAULT_HELDOUT))
+
+
+def run(args: argparse.Namespace, source: Path, files: list[Path], heldout: list[str]) -> None:
+    """Our build on `source`, then the one-process baseline on every `args.baseline_every`-th of `files`."""
     size_mb = sum(p.stat().st_size for p in files) / 1e6
 
-    ours = run_build(source, args.workers, list(DEFAULT_HELDOUT), args.keep_card)
+    ours = run_build(source, args.workers, heldout, args.keep_card)
     ours_rate = size_mb / ours["wall"]
     c = ours["card"]
     print(f"ours: {len(files)} files, {size_mb:.1f} MB in {ours['wall']:.1f} s wall on {args.workers} workers "
@@ -97,8 +123,7 @@ def main() -> None:
         subset = Path(tempfile.mkdtemp(prefix="qihuang-bench-subset-"))
         try:
             chosen = files[::args.baseline_every]
-            for p in chosen:
-                (subset / p.name).symlink_to(p)
+            copy_books(chosen, subset)
             sub_mb = sum(p.stat().st_size for p in chosen) / 1e6
             base = run_build(subset, 1, [])
             base_rate = sub_mb / base["wall"]

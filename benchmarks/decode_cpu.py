@@ -7,6 +7,7 @@ KV-cache reuse without per-step generate overhead, plus prompt-lookup drafting v
 is exact). Prompts are real serving prompts: a question plus the passages retrieval puts in front of it.
 
     python benchmarks/decode_cpu.py --model smollm2-135m --max-new-tokens 128
+    python benchmarks/decode_cpu.py --smoke    # tiny random model, 2 prompts over 4 shared books, seconds (CI)
 Ends with: RESULT decode_cpu <tok/s> tokens/s baseline=<tok/s> ratio=<x>
 """
 
@@ -16,9 +17,12 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _inputs import smoke_corpus
 
 QUESTIONS = [
     "太阳病，发热汗出，恶风，脉缓者，当用何方？",
@@ -108,8 +112,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny random model, 2 prompts retrieving from 4 shared books, 24 new tokens (seconds, CI)")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="qh-decode-cpu-") as tmp:
+        if args.smoke:
+            args.model, args.prompts, args.max_new_tokens = "tiny-llama", 2, 24
+            args.passages = str(smoke_corpus(Path(tmp)) / "train.jsonl")
+        run(args)
 
+
+def run(args: argparse.Namespace) -> None:
+    """Both decoders over the same prompts; prints a row per prompt and the RESULT line."""
     import torch
 
     from qihuang.serve.engine import Engine

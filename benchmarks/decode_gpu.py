@@ -3,6 +3,7 @@
 
     python benchmarks/decode_gpu.py            # on a CUDA machine
     python benchmarks/decode_gpu.py --dry      # tiny shape on the CPU, checks the script
+    python benchmarks/decode_gpu.py --smoke    # --dry on one shape, 16 new tokens: seconds (CI)
 Ends with: RESULT decode_gpu <ms>/token baseline=<ms>/token ratio=<x>
 """
 
@@ -81,7 +82,12 @@ def main() -> None:
     ap.add_argument("--dry", action="store_true")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--shapes", default="135M,13B")
+    ap.add_argument("--smoke", action="store_true", help="--dry on one shape, 16 new tokens (seconds, CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.dry, args.new_tokens, args.shapes = True, 16, "135M"
+    if not args.dry and not torch.cuda.is_available():
+        sys.exit("decode_gpu.py needs a CUDA device and found none; --dry or --smoke runs a tiny shape on the CPU")
     dev = "cpu" if args.dry else "cuda"
     dtype = torch.float32 if args.dry else torch.bfloat16
     shapes = {"135M": SMOLLM2_135M, "13B": ZIYA13B}

@@ -15,19 +15,24 @@ default extension since session 3 also rescales them, see TokenizerConfig.rescal
 - `logit_untied[β]`: the same rows in an untied LM head only (inputs keep `mean`); byte fragments lowered by β·u.
 - `head_fit`: untied LM head rows of the corpus' tokens fitted (Adam, cross-entropy against a Witten-Bell bigram
   over all training tokens) on the final hidden states of `--head-positions` training tokens; body untouched.
-Prints `PROBE <variant> bpc=<x>` lines (2,000 held-out characters, the pretrain stage's round-robin selection).
+Prints `PROBE <variant> bpc=<x>` lines (2,000 held-out characters, the pretrain stage's round-robin selection), then
+`RESULT extension_init_probe <best variant's bpc> bpc baseline=<mean's bpc> ratio=<best / mean> (<variant> ...)`.
+
+    python benchmarks/extension_init_probe.py --smoke   # tiny random model extended on 4 shared books (CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
+from _inputs import smoke_corpus
 
 from qihuang.models import prepare_model
 from qihuang.pretrain import _heldout_texts
@@ -145,7 +150,7 @@ def head_fit(model: Any, tok: Any, train_ids: list[list[int]], positions: int, e
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="extended with --no-rescale-new-rows")
+    ap.add_argument("--model", help="extended with --no-rescale-new-rows (required unless --smoke)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--train", default="runs/demo/corpus/train.jsonl")
     ap.add_argument("--heldout", default="runs/demo/corpus/heldout.jsonl")
@@ -155,9 +160,37 @@ def main() -> None:
     ap.add_argument("--head-epochs", type=int, default=30)
     ap.add_argument("--head-lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny random model extended on 4 shared books, small samples, 1 thread (CI)")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.model is None and not a.smoke:
+        ap.error("--model is required (or --smoke)")
+    torch.set_num_threads(1 if a.smoke else a.threads)
     torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="qh-ext-probe-") as tmp:
+        if a.smoke:
+            smoke_inputs(a, Path(tmp))
+        bpc = probe(a)
+    best = min((k for k in bpc if k not in ("base", "mean")), key=bpc.__getitem__)
+    print(f"RESULT extension_init_probe {bpc[best]:.3f} bpc baseline={bpc['mean']:.3f} "
+          f"ratio={bpc[best] / bpc['mean']:.3f} ({best} vs mean rows)")
+
+
+def smoke_inputs(a: argparse.Namespace, tmp: Path) -> None:
+    """--smoke: tiny-llama extended (400 new tokens, plain mean rows) on the 4-book smoke corpus; small samples."""
+    from qihuang.runs import StageDir
+    from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
+
+    corpus = smoke_corpus(tmp)
+    a.base, a.train, a.heldout = "tiny-llama", str(corpus / "train.jsonl"), str(corpus / "heldout.jsonl")
+    extend_tokenizer(TokenizerConfig(rescale_new_rows=False, max_added=400), prepare_model(a.base), Path(a.train),
+                     Path(a.heldout), StageDir(tmp / "tokenizer"))
+    a.model = str(tmp / "tokenizer" / "model")
+    a.eval_chars, a.context_chars, a.head_positions, a.head_epochs = 300, 1000, 1000, 2
+
+
+def probe(a: argparse.Namespace) -> dict[str, float]:
+    """Print a PROBE line per variant; their held-out bits/char by name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     held = _heldout_texts(Path(a.heldout), a.eval_chars)
@@ -167,9 +200,11 @@ def main() -> None:
     def load(path: str | Path) -> Any:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
+    bpc: dict[str, float] = {}
+
     def report(name: str, model: Any, t: Any, t0: float) -> None:
-        print(f"PROBE {name} bpc={bits_per_char(model, t, held)['bpc']:.3f} seconds={time.time() - t0:.0f}",
-              flush=True)
+        bpc[name] = bits_per_char(model, t, held)["bpc"]
+        print(f"PROBE {name} bpc={bpc[name]:.3f} seconds={time.time() - t0:.0f}", flush=True)
 
     base = load(base_dir)
     report("base", base, tok_b, time.time())
@@ -210,6 +245,7 @@ def main() -> None:
     head_fit(model, tok, tok(train_texts, add_special_tokens=False)["input_ids"], a.head_positions,
              a.head_epochs, a.head_lr)
     report("head_fit", model, tok, t0)
+    return bpc
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ near-duplicates. Its per-pair filter cost is measured on `--baseline-sample` pai
 comparison likewise; the time for N pairs is extrapolated as  t = a·N + b·N²/2  (pairwise compare is quadratic).
 
 Run:  python benchmarks/instruct_refine.py [--pairs 504372] [--workers 2]
+      python benchmarks/instruct_refine.py --smoke     (3,000 pairs over 300 passages, baseline on 300: seconds)
+Ends with: RESULT instruct_refine <pairs/s> pairs/s baseline=<pairs/s> ratio=<x>
 """
 
 from __future__ import annotations
@@ -118,7 +120,10 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=40_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-sample", type=int, default=3000)
+    ap.add_argument("--smoke", action="store_true", help="3,000 pairs, baseline on 300 (seconds, CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.pairs, args.passages, args.baseline_sample = 3000, 300, 300
     rng = random.Random(0)
     t0 = time.perf_counter()
     passages = synth_passages(args.passages, rng)

@@ -2,6 +2,7 @@
 
     python benchmarks/mcq_throughput.py [--model smollm2-135m] [--file F ...] [--n 48] [--n-naive 8]
         [--batch-size 4] [--threads 2] [--formulation cf|mcf]
+    python benchmarks/mcq_throughput.py --smoke     # tiny random model, 8 questions, naive loop on 4 (CI)
 
 Default questions: the first 4-option questions of the six CMMLU medical subjects (clinical_knowledge,
 college_medicine, professional_medicine, anatomy, nutrition, virology), split evenly. Both paths score the same
@@ -45,7 +46,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formulation", choices=["cf", "mcf"], default="cf",
                     help="cf: question alone, option texts scored (the eval default); mcf: options listed")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny random model, 8 questions, 4 naive, 1 thread (seconds, CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.n, args.n_naive, args.threads = "tiny-llama", 8, 4, 1
 
     torch.set_num_threads(args.threads)
     files = args.file or [f"eval/cmmlu/test/{name}.csv" for name in MEDICAL]

@@ -4,9 +4,11 @@ on growing samples of the training passages, scored on the first held-out charac
     python benchmarks/ngram_bpc.py [--train runs/demo/corpus/train.jsonl] [--heldout runs/demo/corpus/heldout.jsonl]
     (without them, a fresh clone: a 12-book corpus is built first, ~20 s)
         [--chars 4000] [--sizes 20000 60000 200000 0]
+    python benchmarks/ngram_bpc.py --smoke    (4 shared training books + 1 held-out book, 2 sizes: seconds)
 
 Puts the pretraining bits/char goal in context: what character statistics of N training characters are worth on
-the same held-out text (size 0 = all). Ends with one line per size: `NGRAM <chars> unigram=<bpc> bigram=<bpc>`.
+the same held-out text (size 0 = all). Prints one line per size: `NGRAM <chars> unigram=<bpc> bigram=<bpc>`, and
+ends with `RESULT ngram_bpc <bigram bpc> bpc baseline=<unigram bpc> ratio=<bigram / unigram>` of the last size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _inputs import corpus_file  # noqa: E402
+from _inputs import corpus_file, smoke_corpus  # noqa: E402
 
 from qihuang.training.bpc import take_chars  # noqa: E402
 from qihuang.training.data import read_texts  # noqa: E402
@@ -66,8 +68,12 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=4000, help="held-out characters scored")
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 60_000, 200_000, 0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="4 shared books, sizes 20000 and all (seconds, CI)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:  # a fresh clone: a small corpus is built first
+        if args.smoke:
+            corpus = smoke_corpus(Path(tmp))
+            args.train, args.heldout, args.sizes = corpus / "train.jsonl", corpus / "heldout.jsonl", [20_000, 0]
         train = read_texts(corpus_file(Path(args.train), Path(tmp), "train.jsonl"))
         held = take_chars(read_texts(corpus_file(Path(args.heldout), Path(tmp), "heldout.jsonl")), args.chars)
     shuffled = list(train)
@@ -82,6 +88,8 @@ def main() -> None:
             total += len(text)
         u, b = score(sample, held)
         print(f"NGRAM {size or total} unigram={u:.3f} bigram={b:.3f}")
+    print(f"RESULT ngram_bpc {b:.3f} bpc baseline={u:.3f} ratio={b / u:.3f} (bigram vs unigram, {total:,} "
+          "training characters)")
 
 
 if __name__ == "__main__":

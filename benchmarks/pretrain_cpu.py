@@ -4,6 +4,7 @@ the same model, passages, micro-batch and sequence length, in the same process. 
 tokens. Ends with `RESULT pretrain_cpu <ours> tokens/s baseline=<hf> ratio=<x>`.
 
     python benchmarks/pretrain_cpu.py [--model smollm2-135m] [--train runs/demo/corpus/train.jsonl]
+    python benchmarks/pretrain_cpu.py --smoke    # tiny random model, 4 shared books, seq 64 × 2, 3 steps (CI)
 
 Without the --train file (a fresh clone) it first builds a small corpus (12 books, ~20 s) into a temporary folder.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _inputs import corpus_file  # noqa: E402
+from _inputs import corpus_file, smoke_corpus  # noqa: E402
 
 
 def passages(path: Path, n: int, seed: int) -> list[str]:
@@ -115,7 +116,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps (after 1 warm-up step)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0))
     ap.add_argument("--passages", type=int, default=400)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny random model, 4 shared books, seq 64 × micro-batch 2, 3 steps, 1 thread (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.seq_len, args.micro_batch, args.steps, args.threads, args.passages = \
+            "tiny-llama", 64, 2, 3, 1, 40
     import torch
 
     from qihuang.models import prepare_model
@@ -124,8 +130,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_dir = str(prepare_model(args.model))
     with tempfile.TemporaryDirectory() as tmp:
-        train = corpus_file(args.train, Path(tmp), "train.jsonl")
-        texts = passages(train, args.passages, 0)
+        if args.smoke:
+            args.train = smoke_corpus(Path(tmp)) / "train.jsonl"
+        texts = passages(corpus_file(args.train, Path(tmp), "train.jsonl"), args.passages, 0)
     warm, lr = 1, 5e-4
     a = ours(model_dir, texts, args.seq_len, args.micro_batch, warm, args.steps, lr)
     print(f"qihuang: {a['tokens_per_s']:.1f} tokens/s ({a['tokens']} tokens in {a['seconds']:.1f} s)", flush=True)

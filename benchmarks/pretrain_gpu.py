@@ -4,9 +4,13 @@ weights: SmolLM2-135M and TinyLlama-1.1B full training (fp32 master weights + bf
 Run beside ../shared/bench/anchor_hf.py (same shapes, same LoRA config) on the same card. Several variants per
 shape (regional torch.compile, chunked/fused cross-entropy, micro-batch, partial gradient checkpointing); every
 variant is reported, the best per shape is the figure. Liger kernels are used when `liger-kernel` is installed.
-`--dry` runs tiny shapes on the CPU to check the script. Writes JSON to $OUT (or --out).
+`--dry` runs tiny shapes on the CPU to check the script. `--baseline` also times, per shape, the plain Hugging Face
+loop of ../shared/bench/anchor_hf.py (its settings) in the same process, and the RESULT lines then carry
+`baseline=` and `ratio=`. Writes JSON to $OUT (or --out).
 
-    python benchmarks/pretrain_gpu.py [--dry] [--only 135M,1.1B,13B]
+    python benchmarks/pretrain_gpu.py [--dry] [--only 135M,1.1B,13B] [--baseline]
+    python benchmarks/pretrain_gpu.py --smoke    # --dry --only 135M --baseline: seconds on the CPU (CI)
+Ends with one line per shape: RESULT pretrain_gpu <shape> <tokens/s> tokens/s [baseline=<plain HF> ratio=<x>] (...)
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from qihuang.pretrain import PretrainConfig, prepare_for_training  # noqa: E402
+from qihuang.pretrain import PretrainConfig, loop_settings, prepare_for_training  # noqa: E402
 from qihuang.training.data import PackedData  # noqa: E402
-from qihuang.training.loop import LoopSettings, train_loop  # noqa: E402
+from qihuang.training.loop import train_loop  # noqa: E402
 
 ZIYA13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
                num_key_value_heads=40, vocab_size=39424, max_position_embeddings=2048)
@@ -56,6 +60,13 @@ PLAN: list[tuple[str, str, dict[str, Any]]] = [
     ("1.1B", "eager mb8", dict(shape=TINYLLAMA, lora=False, mb=8, ga=1, compile=False, chunk=0, gc=0.0)),
 ]
 STEPS = {"135M": (2, 6), "1.1B": (2, 4), "13B": (1, 3)}  # (warm-up steps, timed steps)
+ANCHOR: dict[str, dict[str, Any]] = {
+    "135M": dict(shape=SMOLLM2_135M, lora=False, mb=16, gc=False),
+    "1.1B": dict(shape=TINYLLAMA, lora=False, mb=8, gc=False),
+    "13B": dict(shape=ZIYA13B, lora=True, mb=8, gc=True),
+}
+"""--baseline: the settings of ../shared/bench/anchor_hf.py's plain loop per shape (LoRA r16 on all seven linear
+projections for 13B)."""
 
 
 class Rows:
@@ -88,32 +99,89 @@ def synthetic_data(vocab: int, seq: int, n_blocks: int) -> PackedData:
     return PackedData(stream, starts, seq, seed=0)
 
 
+def sync(dry: bool) -> None:
+    """Wait for the GPU's queued work (nothing to wait for on a dry run)."""
+    if not dry:
+        torch.cuda.synchronize()
+
+
+def random_llama(shape: dict[str, Any], dev: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(LLaMA model with seeded random weights on `dev` in `dtype`, its config)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**shape, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    return model, cfg
+
+
+def plain_hf(shape_name: str, dry: bool, seq: int) -> float:
+    """Tokens/s of the anchor's plain loop on the shape: HF forward with labels under bf16 autocast (none on the
+    CPU, like our dry runs), backward, AdamW (fused on CUDA); peft LoRA and gradient checkpointing as ANCHOR says."""
+    kw, dev = ANCHOR[shape_name], "cpu" if dry else "cuda"
+    model, cfg = random_llama(TINY if dry else kw["shape"], dev, torch.bfloat16 if kw["lora"] else torch.float32)
+    if kw["gc"]:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if kw["lora"]:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                 "up_proj", "down_proj"]))
+        if kw["gc"]:
+            model.enable_input_require_grads()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=not dry)
+    ids = torch.randint(0, cfg.vocab_size, (kw["mb"], seq), device=dev)
+
+    def step() -> None:
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=not dry):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    warm, steps = STEPS[shape_name] if not dry else (1, 2)
+    for _ in range(warm):
+        step()
+    sync(dry)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dry)
+    return steps * kw["mb"] * seq / (time.perf_counter() - t0)
+
+
+def variant_config(kw: dict[str, Any], seq: int, total_steps: int, dry: bool) -> PretrainConfig:
+    """A variant's settings: constant LR 1e-4, no spike guard, no checkpoints, plain causal attention over the
+    packed block (doc_mask off: SDPA's flash kernel takes no block-diagonal mask); no compile on a dry run unless
+    DRY_COMPILE=1."""
+    return PretrainConfig(
+        mode="lora" if kw["lora"] else "full", lora_rank=16, lora_alpha=32, lora_dropout=0.05, lora_embeddings="none",
+        grad_checkpoint=kw["gc"], general_ratio=0.0, seq_len=seq, micro_batch=kw["mb"], grad_accum=kw["ga"], lr=1e-4,
+        warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, clip=1.0, max_steps=total_steps,
+        schedule_steps=total_steps, fit_schedule=False, spike_factor=0.0, spike_max_in_row=3, rollback_lr_factor=0.5,
+        checkpoint_every_steps=0, checkpoint_every_minutes=0.0, keep_checkpoints=1, eval_every=0, log_every=1,
+        ce_chunk_tokens=kw["chunk"], compile=kw["compile"] and (not dry or os.environ.get("DRY_COMPILE") == "1"),
+        doc_mask=False, peak_tflops=None, tensorboard=False)
+
+
 def run_variant(shape_name: str, name: str, kw: dict[str, Any], dry: bool, seq: int) -> dict[str, Any]:
     from accelerate import Accelerator
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch._dynamo.reset()
     dev = "cpu" if dry else "cuda"
-    shape = TINY if dry else kw["shape"]
-    cfg = LlamaConfig(**shape, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if kw["lora"] else torch.float32  # as the anchors: bf16 frozen base for LoRA
-    with torch.device(dev):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    # as the anchors: bf16 frozen base for LoRA
+    model, cfg = random_llama(TINY if dry else kw["shape"], dev, torch.bfloat16 if kw["lora"] else torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
-    pcfg = PretrainConfig(mode="lora" if kw["lora"] else "full", lora_rank=16, lora_alpha=32, lora_dropout=0.05,
-                          lora_embeddings="none", grad_checkpoint=kw["gc"], general_ratio=0.0)
+    warm, steps = STEPS[shape_name] if not dry else (1, 2)
+    pcfg = variant_config(kw, seq, warm + steps, dry)
     model = prepare_for_training(pcfg, model, {})
     model.train()
-    warm, steps = STEPS[shape_name] if not dry else (1, 2)
     mb, ga = kw["mb"], kw["ga"]
     data = synthetic_data(cfg.vocab_size, seq, (warm + steps) * mb * ga + 1)
-    s = LoopSettings(seq_len=seq, micro_batch=mb, grad_accum=ga, lr=1e-4, warmup_steps=0, min_lr_ratio=1.0,
-                     weight_decay=0.0, clip=1.0, max_steps=warm + steps, schedule_steps=warm + steps, spike_factor=0.0,
-                     spike_max_in_row=3, rollback_lr_factor=0.5, checkpoint_every_steps=0,
-                     checkpoint_every_minutes=0.0, keep_checkpoints=1, eval_every=0, log_every=1,
-                     ce_chunk_tokens=kw["chunk"], compile=kw["compile"] and (not dry or os.environ.get("DRY_COMPILE") == "1"), doc_mask=False,
-                     peak_tflops=None, tensorboard=False)
+    s = loop_settings(pcfg)
     acc = Accelerator(cpu=dry, mixed_precision="no" if dry else "bf16")
     rows = Rows()
     if not dry:
@@ -154,7 +222,13 @@ def main() -> None:
     ap.add_argument("--dry", action="store_true", help="tiny shapes on the CPU (checks the script)")
     ap.add_argument("--only", default="", help="comma-separated shapes (135M,1.1B,13B)")
     ap.add_argument("--out", default=os.environ.get("OUT", tempfile.gettempdir()))
+    ap.add_argument("--baseline", action="store_true", help="also time the anchor's plain HF loop per shape")
+    ap.add_argument("--smoke", action="store_true", help="--dry --only 135M --baseline (seconds on the CPU, CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.dry, args.only, args.baseline = True, "135M", True
+    if not args.dry and not torch.cuda.is_available():
+        sys.exit("pretrain_gpu.py needs a CUDA device and found none; --dry or --smoke runs tiny shapes on the CPU")
     torch._dynamo.config.cache_size_limit = 64
     res: dict[str, Any] = {"torch": torch.__version__, "gpu": "cpu (dry)" if args.dry else torch.cuda.get_device_name(0)}
     try:
@@ -186,6 +260,30 @@ def main() -> None:
         rows.append(r)
         res["rows"] = rows
         Path(args.out, "pretrain_gpu.json").write_text(json.dumps(res, indent=1))
+    if args.baseline:
+        res["baseline_tokens_per_s"] = baselines(list(dict.fromkeys(r["shape"] for r in rows)), args.dry)
+        Path(args.out, "pretrain_gpu.json").write_text(json.dumps(res, indent=1))
+    report(rows, res.get("baseline_tokens_per_s", {}))
+
+
+def baselines(shapes: list[str], dry: bool) -> dict[str, float]:
+    """The anchor's plain loop on each shape (a failure, e.g. out of memory, leaves the shape without one)."""
+    out: dict[str, float] = {}
+    for shape in shapes:
+        try:
+            out[shape] = plain_hf(shape, dry, 64 if dry else 2048)
+        except Exception:  # noqa: BLE001 - report and go on, like the variants
+            traceback.print_exc()
+        gc.collect()
+        if not dry:
+            torch.cuda.empty_cache()
+        print(json.dumps({"shape": shape, "baseline": "plain HF (anchor_hf)", "tokens_per_s": out.get(shape)}),
+              flush=True)
+    return out
+
+
+def report(rows: list[dict[str, Any]], base: dict[str, float]) -> None:
+    """The table of every variant and one RESULT line per shape (its best variant; vs `base` where measured)."""
     print("\n| shape | variant | tokens/s | model TFLOP/s | MFU | peak GiB |")
     for r in rows:
         if "error" in r:
@@ -197,7 +295,9 @@ def main() -> None:
         ok = [r for r in rows if r["shape"] == shape and "tokens_per_s" in r]
         if ok:
             best = max(ok, key=lambda r: r["tokens_per_s"])
-            print(f"RESULT pretrain_gpu {shape} {best['tokens_per_s']:.0f} tokens/s ({best['variant']})")
+            tps, b, name = best["tokens_per_s"], base.get(shape), best["variant"]
+            vs = f"baseline={b:.0f} ratio={tps / b:.2f} ({name} vs plain HF)" if b else f"({name})"
+            print(f"RESULT pretrain_gpu {shape} {tps:.0f} tokens/s {vs}")
 
 
 if __name__ == "__main__":

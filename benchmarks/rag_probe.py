@@ -5,7 +5,7 @@ over the run's index (or closed-book), the same prompts and scores as the eval s
 
     python benchmarks/rag_probe.py --run runs/demo --n 48 smollm2-135m runs/demo/sft/model [MODEL@closed ...]
     python benchmarks/rag_probe.py --run runs/demo --n 48 --decoding runs/demo/sft/model
-    python benchmarks/rag_probe.py --smoke [--decoding]     # tiny random model, invented passages, seconds (CI)
+    python benchmarks/rag_probe.py --smoke [--decoding]     # tiny random model, invented passages, 1 thread (CI)
 
 Ends with `RESULT rag_probe_rouge_l <last row> points baseline=<first row> ratio=<last/first>` (with --decoding:
 first row = no repetition control, last row = the defaults).
@@ -64,7 +64,7 @@ def main() -> None:
     from qihuang.decoding import DecodeParams
     from qihuang.retrieval import PassageIndex
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1 if args.smoke else args.threads)  # smoke: CI runs share the cores
     if args.smoke:
         items, index_spec = _smoke(Path(tempfile.mkdtemp()))
         specs = args.models or (["tiny-llama"] if args.decoding else ["tiny-llama", "tiny-llama@closed"])

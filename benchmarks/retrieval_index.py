@@ -29,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from _inputs import smoke_corpus  # noqa: E402
+
 DEFAULT_PASSAGES = ROOT / "runs" / "demo" / "corpus" / "library.jsonl"
 
 CHILD = r"""
@@ -105,20 +107,6 @@ def subset(path: Path, every: int, dest: Path, limit: int | None = None) -> Path
     return dest
 
 
-def smoke_passages(tmp: Path) -> Path:
-    """The same 4 books of the shared classics → passages (--smoke)."""
-    from qihuang.config import ConfigError
-    from qihuang.corpus import CorpusConfig, build_corpus
-    from qihuang.runs import StageDir
-
-    cfg = CorpusConfig(max_books=4, heldout_books=[], library=False, workers=1, write_books=False)
-    try:
-        build_corpus(cfg, StageDir(tmp / "corpus"))
-    except ConfigError as exc:
-        raise SystemExit(f"--smoke needs the shared classics (../shared/data/classics): {exc}") from None
-    return tmp / "corpus" / "train.jsonl"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passages", type=Path, default=None,
@@ -144,7 +132,7 @@ def main() -> None:
 def run(args: argparse.Namespace, tmp: Path) -> None:
     """The measurements, with every index and subset under `tmp`."""
     if args.smoke:
-        path = smoke_passages(tmp)
+        path = smoke_corpus(tmp) / "train.jsonl"  # the same 4 shared books every time
         args.quotes, args.jieba_every = min(args.quotes, 60), 1
     else:
         path = args.passages or DEFAULT_PASSAGES

@@ -1,6 +1,7 @@
 """SFT throughput on CPU with packing vs without: real (non-padding) tokens per second, same data, same run.
 
     python benchmarks/sft_packing.py [--model smollm2-135m] [--data FILE] [--steps 3] [--max-length 512] [--threads 1]
+    python benchmarks/sft_packing.py --smoke    # tiny random model, shared medical dialogues, 2 short steps (CI)
 
 Ends with `RESULT sft_packing <packed tok/s> tokens/s baseline=<padded tok/s> ratio=<x>`.
 """
@@ -14,12 +15,15 @@ import time
 from pathlib import Path
 
 
-def _default_data() -> Path:
+SHARED_DATA = "general_sft/medical_sft_1k.jsonl"
+
+
+def _default_data(smoke: bool) -> Path:
+    """A run's instruct/train.jsonl, else (always with --smoke) the shared medical dialogues."""
     from qihuang.config import data_file
 
-    for cand in sorted(Path("runs").glob("*/instruct/train.jsonl")):
-        return cand
-    return data_file("general_sft/medical_sft_1k.jsonl")
+    runs = [] if smoke else sorted(Path("runs").glob("*/instruct/train.jsonl"))
+    return runs[0] if runs else data_file(SHARED_DATA)
 
 
 def measure(model_name: str, data: Path, packing: bool, steps: int, batch: int, max_length: int,
@@ -59,11 +63,15 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--samples", type=int, default=60)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"tiny random model, {SHARED_DATA}, 2 steps of 4 × 128 tokens, 16 dialogues (CI)")
     a = ap.parse_args()
+    if a.smoke:
+        a.model, a.steps, a.max_length, a.samples = "tiny-llama", 2, 128, 16
     import torch
 
     torch.set_num_threads(a.threads)
-    data = a.data or _default_data()
+    data = a.data or _default_data(a.smoke)
     print(f"model={a.model} data={data} steps={a.steps} batch={a.batch_size} max_length={a.max_length} "
           f"threads={a.threads}")
     base = measure(a.model, data, False, a.steps, a.batch_size, a.max_length, a.samples)

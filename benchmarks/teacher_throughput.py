@@ -8,6 +8,8 @@ passages, each a distinct prompt, with a fresh cache so every passage costs one 
 Both the config default (32 in flight) and `--concurrency` (64) are measured; the RESULT line is the latter.
 
 Run:  python benchmarks/teacher_throughput.py [--requests 1000] [--concurrency 64] [--delay 0.2]
+      python benchmarks/teacher_throughput.py --smoke    (200 requests, 5 sequential, 50 ms latency: seconds)
+Ends with: RESULT teacher_throughput <req/s> req/s baseline=<sequential req/s> ratio=<x>
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ def main() -> None:
     ap.add_argument("--default-concurrency", type=int, default=32, help="also measured: the config default")
     ap.add_argument("--baseline-requests", type=int, default=25)
     ap.add_argument("--delay", type=float, default=0.2)
+    ap.add_argument("--smoke", action="store_true", help="200 requests, 5 sequential, 50 ms latency (seconds, CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.requests, args.baseline_requests, args.delay = 200, 5, 0.05
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tests.instruct.fake_teacher", "--port", str(port), "--delay",
                                str(args.delay)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
