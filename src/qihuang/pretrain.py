@@ -115,8 +115,9 @@ class PretrainConfig:
     """CPU threads for torch (0: leave as set)."""
     peak_tflops: float | None = None
     """Peak TFLOP/s for the MFU estimate (default: known GPUs only)."""
-    tensorboard: bool = True
-    """Also write TensorBoard scalars when tensorboard is installed."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars (needs the `tensorboard` extra: pip install -e '.[tensorboard]'; asked for
+    without it → a warning on stderr and in metrics.jsonl, training goes on)."""
     seed: int = 0
     """Seed of data order, sampling and initialisation."""
 

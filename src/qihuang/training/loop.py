@@ -144,7 +144,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     resumed_from = st["step"] if restore() else None
     if resumed_from is not None and main:
         metrics.log(event="resumed", step=st["step"])
-    tb = TensorBoard(ckpt_root.parent / "tensorboard", s.tensorboard and main)
+    tb = TensorBoard(ckpt_root.parent / "tensorboard", s.tensorboard and main, warn)
     G = s.micro_batch * s.grad_accum * world
     fault = int(os.environ.get(FAULT_ENV, "0") or 0)
     session_t0 = time.time()

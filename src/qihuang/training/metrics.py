@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +32,24 @@ def peak_tflops(device: Any, configured: float | None) -> float | None:
     return None
 
 
-class TensorBoard:
-    """TensorBoard scalars when `tensorboard` is installed, else nothing."""
+TENSORBOARD_MISSING = ("tensorboard: true, but the tensorboard package is not installed (pip install -e "
+                       "'.[tensorboard]'); training goes on, scalars stay in metrics.jsonl")
 
-    def __init__(self, logdir: Path, enabled: bool) -> None:
+
+class TensorBoard:
+    """TensorBoard scalars when asked for; when the package is missing, `warn` says so once and nothing is written."""
+
+    def __init__(self, logdir: Path, enabled: bool, warn: Callable[[str], None] | None = None) -> None:
         self.writer: Any = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(logdir))
-            except Exception:
-                self.writer = None
+            except ImportError:
+                print(f"warning: {TENSORBOARD_MISSING}", file=sys.stderr)
+                if warn is not None:
+                    warn(TENSORBOARD_MISSING)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if self.writer is None:
