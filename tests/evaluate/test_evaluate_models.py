@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -63,8 +65,11 @@ def test_evaluate_models_end_to_end(tiny_model_dir: Path, files: dict[str, Path]
     preds = (out.path / "predictions").glob("base__mcq__*bad.csv.jsonl")
     assert len(next(preds).read_text(encoding="utf-8").splitlines()) == 2
 
-    # rerun (e.g. after a kill): finished parts are reused, not recomputed
+    # rerun (e.g. after a kill): finished parts are reused, not recomputed — also when the data folder was
+    # re-provisioned meanwhile (same bytes, new mtimes: the parts are keyed by content)
     (out.path / "results.json").unlink()
+    for f in files.values():
+        os.utime(f, (time.time() + 100, time.time() + 100))
     n_before = len(out.metrics().read())
     again = evaluate_models(cfg, models, files["heldout"], files["qa"], out)
     events = [m["event"] for m in out.metrics().read()[n_before:]]

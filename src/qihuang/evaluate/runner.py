@@ -64,6 +64,16 @@ def _stat(path: Path | None) -> str | None:
     return f"{Path(path).resolve()}:{st.st_size}:{int(st.st_mtime)}"
 
 
+def _content(path: Path | None) -> str | None:
+    """Size and SHA-256 of a data file: the cache key of what was measured on it (the data folder is re-provisioned
+    with new mtimes, and a checkout elsewhere has other paths: neither is a reason to measure again)."""
+    if path is None or not Path(path).is_file():
+        return None
+    from qihuang.runs import sha256_file
+
+    return f"{Path(path).stat().st_size}:{sha256_file(Path(path))}"
+
+
 def _model_fingerprint(model_dir: Path) -> list[str | None]:
     files = [Path(model_dir) / "config.json", *sorted(Path(model_dir).glob("*.safetensors"))]
     return [str(Path(model_dir).resolve()), *(_stat(f) for f in files)]
@@ -126,7 +136,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
             log.log(event="bpc", label=label, bpc=r["bpc"], chars=r["chars"])
             return r
 
-        result["bpc"] = parts.get("bpc", "heldout", {"file": _stat(heldout), "chars": cfg.bpc_max_chars,
+        result["bpc"] = parts.get("bpc", "heldout", {"file": _content(heldout), "chars": cfg.bpc_max_chars,
                                                       "window": cfg.bpc_window, "stride": cfg.bpc_stride}, bpc)
     for spec in cfg.mcq_files if label in plan.mcq_labels else []:
         path, limit = parse_spec(spec, cfg.mcq_limit)
@@ -144,7 +154,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
                     skipped=summary["skipped"], questions_per_s=round(summary["questions_per_s"], 3))
             return {"summary": summary, "correct": [p["pred"][summary["metric"]] == p["answer"] for p in preds]}
 
-        params = {"file": _stat(path), "limit": limit, "shots": cfg.mcq_shots, "fewshot": cfg.mcq_fewshot_file,
+        params = {"file": _content(path), "limit": limit, "shots": cfg.mcq_shots, "fewshot": cfg.mcq_fewshot_file,
                   "scoring": cfg.mcq_scoring, "metric": cfg.metric,
                   "formulation": cfg.mcq_formulation, "gen": cfg.mcq_gen_tokens,
                   "bootstrap": cfg.bootstrap, "seed": cfg.seed}
@@ -181,7 +191,7 @@ def _qa_files(cfg: EvalConfig, label: str, heldout_qa: Path | None, model: Calla
                     faithfulness=summary["faithfulness"])
             return summary
 
-        result["qa"][key] = parts.get("qa", key, {"file": _stat(path), "limit": limit, "defaults": defaults,
+        result["qa"][key] = parts.get("qa", key, {"file": _content(path), "limit": limit, "defaults": defaults,
                                                   "tokens": cfg.qa_max_new_tokens, "v": QA_PART_VERSION}, qa)
 
 
