@@ -104,3 +104,29 @@ def test_shipped_recipes_load() -> None:
             assert data_file(path).is_file()
     except ConfigError as exc:  # no shared data on this machine
         pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("cls, key, hint", [
+    ("qihuang.pretrain:PretrainConfig", "learning_rate", "did you mean 'lr'"),
+    ("qihuang.sft:SFTConfig", "lr", "did you mean 'learning_rate'"),
+    ("qihuang.sft:SFTConfig", "lora_rank", "did you mean 'lora_r'"),
+    ("qihuang.sft:SFTConfig", "per_device_train_batch_size", "did you mean 'batch_size'"),
+    ("qihuang.sft:SFTConfig", "max_minuts", "did you mean 'max_minutes'"),
+])
+def test_an_unknown_key_gets_a_suggestion(cls: str, key: str, hint: str) -> None:
+    import importlib
+
+    from qihuang.config import from_mapping
+
+    mod, name = cls.split(":")
+    with pytest.raises(ConfigError, match=hint):
+        from_mapping(getattr(importlib.import_module(mod), name), {key: 1}, where="r.yaml.stage")
+
+
+def test_a_key_far_from_every_name_gets_no_guess() -> None:
+    from qihuang.config import from_mapping
+    from qihuang.sft import SFTConfig
+
+    with pytest.raises(ConfigError) as exc:
+        from_mapping(SFTConfig, {"zzzz": 1})
+    assert "did you mean" not in str(exc.value)

@@ -152,6 +152,25 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("lr",), "lr": ("learning_rate",), "batch_size": ("micro_batch", "per_device_train_batch_size"),
+    "micro_batch": ("batch_size", "per_device_train_batch_size"), "lora_r": ("lora_rank",), "lora_rank": ("lora_r",),
+    "per_device_train_batch_size": ("batch_size", "micro_batch"), "gradient_accumulation_steps": ("grad_accum",),
+    "num_train_epochs": ("epochs",), "warmup_steps": ("warmup",), "warmup_ratio": ("warmup",),
+    "max_seq_length": ("max_length", "seq_len"), "seq_len": ("max_length",), "max_length": ("seq_len",),
+}
+"""The same setting under the names other stages (or Hugging Face `TrainingArguments`) give it."""
+
+
+def suggest(key: str, names: set[str]) -> str:
+    """"did you mean …" for an unknown key: this config's name for the same setting, else the closest spelling."""
+    import difflib
+
+    same = [n for n in SYNONYMS.get(key, ()) if n in names]
+    close = same or difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.7)
+    return f"{key!r}: did you mean {close[0]!r}?" if close else ""
+
+
 def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types (errors name `where.key`)."""
     data = dict(data or {})
@@ -159,7 +178,9 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "config
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+        hints_ = "; ".join(h for h in (suggest(k, names) for k in unknown) if h)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{'; ' + hints_ if hints_ else ''}; "
+                          f"known keys: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
