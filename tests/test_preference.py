@@ -46,6 +46,16 @@ def test_bad_pairs_rejected_with_reason(tok: Any, record: dict[str, Any], reason
 def test_pair_shapes(tok: Any) -> None:
     p = check_pair({"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}, tok, 128)
     assert p.prompt == [{"role": "user", "content": "Q"}] and p.chosen == "A" and p.rejected == "B"
+    factory = check_pair({"conversations": [{"from": "human", "value": "Q"}], "chosen": {"from": "gpt", "value": "A"},
+                          "rejected": {"from": "gpt", "value": "B"}}, tok, 128)  # LLaMA-Factory's sharegpt shape
+    assert factory.prompt == [{"role": "user", "content": "Q"}] and (factory.chosen, factory.rejected) == ("A", "B")
+    medical = check_pair({"system": "S", "history": [["q1", "a1"]], "question": "Q", "response_chosen": "A",
+                          "response_rejected": "B"}, tok, 128)  # MedicalGPT's reward/DPO shape
+    assert medical.prompt == [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"},
+                              {"role": "assistant", "content": "a1"}, {"role": "user", "content": "Q"}]
+    assert (medical.chosen, medical.rejected) == ("A", "B")
+    with pytest.raises(TemplateError, match="bad_history"):
+        check_pair({"history": ["q1"], "question": "Q", "response_chosen": "A", "response_rejected": "B"}, tok, 128)
     row = check_pair(_pairs(1)[0], tok, 128, system="S").row()
     assert row["prompt"][0] == {"role": "system", "content": "S"} and row["chosen"][0]["role"] == "assistant"
 

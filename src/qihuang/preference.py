@@ -28,8 +28,9 @@ class DPOConfig:
     enabled: bool = True
     """Run the DPO stage (false: pass the input model through unchanged)."""
     data: list[Path] = field(default_factory=list)
-    """Preference files (`conversations` + `chosen` + `rejected`, or `prompt` + `chosen` + `rejected`); default
-    the shared preference/dpo_zh_500.jsonl."""
+    """Preference files: `conversations` + `chosen` + `rejected` (answers as text or as LLaMA-Factory messages
+    `{from, value}`), `prompt` + `chosen` + `rejected` (TRL), or MedicalGPT's `question` (+ `history`, `system`) +
+    `response_chosen` + `response_rejected`; default the shared preference/dpo_zh_500.jsonl."""
     eval_data: Path | None = None
     """Held-out pairs for reward accuracy (default: a split of data)."""
     heldout_fraction: float = 0.1
@@ -105,16 +106,34 @@ class Pair:
 
 
 def _answer(value: Any) -> str:
+    """An answer given as text, as one message (LLaMA-Factory: `{"from": "gpt", "value": …}`) or as messages whose
+    last one is the answer (OpenAI / TRL conversational)."""
     if isinstance(value, list) and value and isinstance(value[-1], dict):
-        value = value[-1].get("content", value[-1].get("value"))
+        value = value[-1]
+    if isinstance(value, dict):
+        value = value.get("content", value.get("value"))
     if not isinstance(value, str):
         raise TemplateError("bad_answer", f"expected a string, got {type(value).__name__}")
     return value
 
 
+def _medicalgpt_pair(record: dict[str, Any]) -> dict[str, Any]:
+    """MedicalGPT's reward/DPO record (`system`, `history` [[q, a], …], `question`, `response_chosen`,
+    `response_rejected`) in the `messages` + `chosen` + `rejected` shape."""
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+    for turn in record.get("history") or []:
+        if not isinstance(turn, (list, tuple)) or len(turn) != 2:
+            raise TemplateError("bad_history", "history turns must be [question, answer] pairs")
+        msgs += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    msgs.append({"role": "user", "content": record.get("question")})
+    return {"messages": msgs, "chosen": record["response_chosen"], "rejected": record["response_rejected"]}
+
+
 def check_pair(record: dict[str, Any], tokenizer: Any, max_length: int, system: str | None = None) -> Pair:
     """A valid Pair, or TemplateError with the reason: chosen_equals_rejected, empty_answer, empty_content,
     roles_out_of_order, prompt_too_long, ..."""
+    if "response_chosen" in record and "response_rejected" in record:
+        record = _medicalgpt_pair(record)
     if "chosen" not in record or "rejected" not in record:
         raise TemplateError("no_chosen_rejected")
     chosen, rejected = _answer(record["chosen"]), _answer(record["rejected"])
