@@ -72,3 +72,36 @@ def test_read_jsonl_names_bad_line(tmp_path: Path) -> None:
         fh.write("{broken\n")
     with pytest.raises(ValueError, match=r"x\.jsonl:2: not valid JSON"):
         list(read_jsonl(p))
+
+
+def test_run_dir_names_one_final_model_for_serve_and_export(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    from qihuang.merge import _resolve_model_dir
+    from qihuang.models import ModelError
+    from qihuang.runs import RunDir
+    from qihuang.serve.engine import resolve_model_dir
+
+    run = tmp_path / "demo"
+
+    def model(stage: str, age: float = 0.0) -> Path:
+        d = run / stage / ("model" if stage != "merged" else "")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text("{}")
+        t = 1_700_000_000 + age
+        os.utime(d / "config.json", (t, t))
+        return d.resolve() if stage == "merged" else d
+
+    with pytest.raises(ModelError, match="merged/"):
+        RunDir(run).final_model()
+    model("pretrain", 0)
+    sft = model("sft", 10)
+    (run / "dpo").mkdir()  # an unfinished stage: no model
+    assert RunDir(run).final_model() == sft and RunDir(run).model_of("dpo") is None
+    merged = model("merged", 20)
+    assert RunDir(run).final_model().resolve() == merged  # merged after the last stage: the same weights, with a card
+    model("sft", 30)  # SFT rebuilt after the merge: merged/ is stale
+    assert RunDir(run).final_model() == sft
+    assert resolve_model_dir(run) == _resolve_model_dir(run) == sft  # serve and export pick the same model

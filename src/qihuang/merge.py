@@ -301,10 +301,18 @@ def verify_gguf(model_dir: Path, path: Path) -> dict[str, Any]:
 
 
 def _resolve_model_dir(path: Path) -> Path:
-    for cand in (path, path / "merged", path / "dpo" / "model", path / "sft" / "model", path / "model"):
+    """A model folder as given, a stage folder's `model/`, or a run's final model (`RunDir.final_model`, the one
+    `qihuang serve` picks too)."""
+    from qihuang.models import ModelError
+    from qihuang.runs import RunDir
+
+    for cand in (path, path / "model"):
         if (cand / "config.json").exists():
             return cand
-    raise MergeError(f"{path}: no model directory found (looked for merged/, dpo/model, sft/model, model/)")
+    try:
+        return RunDir(path).final_model()
+    except ModelError as exc:
+        raise MergeError(str(exc)) from None
 
 
 @click.command("merge")

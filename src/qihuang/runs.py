@@ -185,6 +185,38 @@ class StageDir:
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
+MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
+"""Stages that write a model (`<stage>/model`), the last one first."""
+
+
+@dataclass
+class RunDir:
+    """A run folder (`runs/<name>/`): the one place that answers which model it means, for serve, chat, export and
+    merge alike."""
+
+    path: Path
+
+    def model_of(self, stage: str) -> Path | None:
+        """`<stage>/model` when that stage wrote a model (None otherwise)."""
+        cand = Path(self.path) / stage / "model"
+        return cand if (cand / "config.json").exists() else None
+
+    def final_model(self) -> Path:
+        """The run's final model: the last model stage's `model/` (dpo → sft → pretrain → tokenizer); `merged/`
+        (adapters merged in order, with a card) when it is at least as new as that stage — the same weights."""
+        from qihuang.models import ModelError
+
+        last = next(((s, m) for s in MODEL_STAGES if (m := self.model_of(s)) is not None), None)
+        merged = Path(self.path) / "merged"
+        if (merged / "config.json").exists() and (
+                last is None or (merged / "config.json").stat().st_mtime >= (last[1] / "config.json").stat().st_mtime):
+            return merged
+        if last is None:
+            raise ModelError(f"{self.path}: neither a model directory nor a run directory with "
+                             f"{'/'.join(MODEL_STAGES)}/model or merged/ inside")
+        return last[1]
+
+
 def changed_fields(out: StageDir, config: Any) -> list[str]:
     """Top-level fields of `config` whose value differs from the one a finished stage recorded in its
     config.json (compared as JSON, the way it was written); ["(no recorded config)"] when there is none."""

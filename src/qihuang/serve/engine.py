@@ -14,7 +14,6 @@ from qihuang.decoding import DecodeParams, Repetition
 from qihuang.serve.textstream import (Detokenizer, StopMatcher, accepted_prefix, prompt_lookup_draft,
                                       verify_draft)
 
-RUN_MODEL_STAGES = ("dpo", "sft", "pretrain", "tokenizer")
 MIN_TEMPERATURE = 1e-4
 """Temperatures below this decode greedily (dividing logits by 1e-40 overflows to inf/NaN probabilities)."""
 
@@ -33,17 +32,13 @@ def model_label(path: Path) -> str:
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
-    """A model dir, preset name or run dir (`runs/demo` → its last model stage: dpo → sft → pretrain → tokenizer)."""
-    from qihuang.models import ModelError, prepare_model
+    """A model dir, preset name or run dir (`runs/demo` → its final model, `qihuang.runs.RunDir.final_model`)."""
+    from qihuang.models import prepare_model
+    from qihuang.runs import RunDir
 
     path = Path(spec).expanduser()
     if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        for stage in RUN_MODEL_STAGES:
-            cand = path / stage / "model"
-            if (cand / "config.json").exists():
-                return cand
-        raise ModelError(f"{path}: neither a model directory nor a run directory with "
-                         f"{'/'.join(RUN_MODEL_STAGES)}/model inside")
+        return RunDir(path).final_model()
     if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
         return path
     return prepare_model(str(spec))
