@@ -54,6 +54,14 @@ def test_tiny_recipe_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     assert "- [1]" in report or "- **[1]" in report
     for word in ("## Stages", "## Evaluation", "## Sample answers", "| pretrain |", "base", "cpt", "sft"):
         assert word in report, word
+    # every JSONL qihuang writes is readable by `datasets` (the format other tools load it with)
+    import datasets
+
+    datasets.disable_progress_bars()
+    written = [f for f in run_dir.rglob("*.jsonl") if f.stat().st_size and "checkpoints" not in f.parts]
+    assert len(written) > 10
+    for f in written:
+        datasets.load_dataset("json", data_files=str(f), split="train", cache_dir=str(tmp_path / "ds"))
     # A second run reuses every finished stage; removing one stage's marker redoes only that stage.
     (run_dir / "eval" / "done").unlink()
     again = run(ROOT / "recipes" / "tiny.yaml", runs)
