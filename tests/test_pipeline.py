@@ -107,6 +107,7 @@ def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
     assert [why(n) for n in cfgs] == [None, None, None]
     assert why("pretrain", {"lr": 3e-4}) == "config changed: lr"
     assert why("pretrain", {"lr": 1e-4, "seq_len": 256}) == "config changed: seq_len"
+    assert why("pretrain", {"lr": 1e-4, "tensorboard": True, "log_every": 5}) is None  # reporting, not output
     assert why("tokenizer", force=("tokenizer",)) == "forced"
     assert why("pretrain", rebuilt=("tokenizer",)) == "tokenizer rebuilt"
     assert why("corpus", rebuilt=("tokenizer",)) is None  # the corpus is not built from the tokenizer

@@ -31,6 +31,9 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "chat": ("index", "tokenizer", "pretrain", "sft", "dpo"),
 }
 """What each stage is built from (its inputs' stages): a stage rebuilt makes every stage depending on it stale."""
+NOT_OUTPUT = frozenset({"tensorboard", "log_every", "keep_checkpoints", "checkpoint_every_steps",
+                        "checkpoint_every_minutes", "workers", "rebuild"})
+"""Settings that change how a stage reports or checkpoints, not what it builds: changing them leaves it fresh."""
 USES_MODEL = ("tokenizer", "pretrain", "sft", "dpo", "eval", "chat")
 """Stages whose output depends on the recipe's base model."""
 
@@ -152,7 +155,7 @@ def stale_reason(name: str, stage: StageDir, cfg: Any, rebuilt: list[str], force
         return f"{', '.join(ups)} rebuilt"
     if model_changed and name in USES_MODEL:
         return "base model changed"
-    changed = changed_fields(stage, cfg)
+    changed = changed_fields(stage, cfg, NOT_OUTPUT)
     if changed:
         return "config changed: " + ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
     done_at = stage.done_file.stat().st_mtime

@@ -217,8 +217,8 @@ class RunDir:
         return last[1]
 
 
-def changed_fields(out: StageDir, config: Any) -> list[str]:
-    """Top-level fields of `config` whose value differs from the one a finished stage recorded in its
+def changed_fields(out: StageDir, config: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Top-level fields of `config` (but `ignore`) whose value differs from the one a finished stage recorded in its
     config.json (compared as JSON, the way it was written); ["(no recorded config)"] when there is none."""
     path = out.path / "config.json"
     try:
@@ -228,7 +228,7 @@ def changed_fields(out: StageDir, config: Any) -> list[str]:
     new = json.loads(json.dumps(to_mapping(config), ensure_ascii=False))
     if not isinstance(old, dict) or not isinstance(new, dict):
         return [] if old == new else ["(config)"]
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
 
 def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
