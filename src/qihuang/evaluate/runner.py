@@ -4,6 +4,7 @@ and the report (results.json, report.md, charts)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -66,12 +67,19 @@ def _stat(path: Path | None) -> str | None:
 
 def _content(path: Path | None) -> str | None:
     """Size and SHA-256 of a data file: the cache key of what was measured on it (the data folder is re-provisioned
-    with new mtimes, and a checkout elsewhere has other paths: neither is a reason to measure again)."""
+    with new mtimes, and a checkout elsewhere has other paths: neither is a reason to measure again). Each file is
+    read once per process while it is unchanged (every model's parts ask for the same files)."""
     if path is None or not Path(path).is_file():
         return None
+    st = Path(path).stat()
+    return _hashed(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hashed(path: str, size: int, mtime_ns: int) -> str:
     from qihuang.runs import sha256_file
 
-    return f"{Path(path).stat().st_size}:{sha256_file(Path(path))}"
+    return f"{size}:{sha256_file(Path(path))}"
 
 
 def _model_fingerprint(model_dir: Path) -> list[str | None]:
