@@ -96,4 +96,7 @@ def test_a_base_without_template_is_tuned_with_ziya_and_served_with_it(tmp_path:
     engine = Engine.load(out.path / "model")
     prompt = engine.prompts.render([{"role": "user", "content": "何谓阴阳"}])
     assert prompt.startswith("<human>:何谓阴阳\n") and prompt.endswith("<bot>:")
-    assert engine.complete([{"role": "user", "content": "何谓阴阳"}], max_new_tokens=4) is not None
+    from qihuang.serve.engine import SamplingParams
+
+    last = list(engine.generate([{"role": "user", "content": "何谓阴阳"}], SamplingParams(max_new_tokens=4)))[-1]
+    assert 1 <= last.completion_tokens <= 4 and last.prompt_tokens == len(engine.prompts.encode(prompt))
