@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from qihuang.runs import MetricsLog
+from qihuang.training.schedule import lr_at, steps_in_budget
 
 class LogToMetrics(TrainerCallback):  # type: ignore[misc]
     """Copy the trainer's log lines (loss, lr, eval_loss, ...) into the stage's metrics.jsonl."""
@@ -54,7 +57,7 @@ class TimeBudget(TrainerCallback):  # type: ignore[misc]
         elif self.fit_schedule and self.t1 is not None and kw.get("lr_scheduler") is not None:
             per_step = (now - self.t1) / (state.global_step - 1)
             left = self.minutes * 60 - (now - self.t0)
-            fitted = state.global_step + max(int(left / max(per_step, 1e-9)), 0)
+            fitted = steps_in_budget(state.global_step, per_step, left)
             self._fit(kw["lr_scheduler"], max(min(fitted, int(state.max_steps)), state.global_step + 1))
         if now - self.t0 > self.minutes * 60:
             self.hit = True
@@ -65,11 +68,6 @@ class TimeBudget(TrainerCallback):  # type: ignore[misc]
 
     def _fit(self, scheduler: Any, total: int) -> None:
         """Make `scheduler` (a LambdaLR) follow warm-up + cosine over `total` steps, from its current step on."""
-        import functools
-        import math
-
-        from qihuang.training.schedule import lr_at
-
         warm = int(self.warmup) if self.warmup >= 1 else math.ceil(self.warmup * total)
         rule = functools.partial(lr_at, base_lr=1.0, warmup=warm, total=total, min_lr_ratio=self.min_lr_ratio)
         scheduler.lr_lambdas = [rule for _ in scheduler.lr_lambdas]

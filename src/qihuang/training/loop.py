@@ -16,7 +16,7 @@ from qihuang.training.checkpoint import list_checkpoints, load_latest, save_chec
 from qihuang.training.data import PackedData
 from qihuang.training.loss import CausalLMLoss
 from qihuang.training.metrics import TensorBoard, flops_per_token, peak_tflops
-from qihuang.training.schedule import SpikeGuard, lr_at
+from qihuang.training.schedule import SpikeGuard, lr_at, steps_in_budget
 
 FAULT_ENV = "QIHUANG_FAULT_AT_STEP"
 """Testing aid: kill -9 this process right after the given optimizer step (exact-resume test)."""
@@ -180,7 +180,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         if fit_at is not None and step == fit_at[0] and not st["schedule_fitted"]:
             per_step = (time.time() - fit_at[1]) / max(fit_at[0] - fit_at[2], 1)
             left = (train_seconds or 0.0) - (base_seconds + time.time() - session_t0)
-            fitted = step + int(left / max(per_step, 1e-9))
+            fitted = steps_in_budget(step, per_step, left)
             if world > 1:  # every rank must follow the same schedule: the slowest one's
                 fitted = int(accelerator.gather(torch.tensor([fitted], device=accelerator.device)).min())
             st["schedule_steps"] = max(min(fitted, s.schedule_steps), s.warmup_steps + 1, step + 1)

@@ -17,6 +17,12 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr_ratio: floa
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def steps_in_budget(step: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The optimizer steps a time budget allows in all: `step` done plus what `seconds_left` holds at the measured
+    pace (never fewer than `step`). Pretraining and the trl stages fit their cosine to it."""
+    return step + max(int(seconds_left / max(seconds_per_step, 1e-9)), 0)
+
+
 Decision = Literal["ok", "skip", "rollback"]
 
 
