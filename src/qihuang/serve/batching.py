@@ -206,21 +206,21 @@ class BatchDecoder:
 
     def _emit(self, picked: list[tuple[Request, int]]) -> None:
         """Hand out each row's token; rows that ended (EOS, length, cancelled) leave the batch."""
-        done: list[int] = []
+        done: set[Request] = set()
         for req, tok in picked:
             if tok in self.eos_ids or req.cancelled():
-                done.append(self.rows.index(req))
+                done.add(req)
                 continue
             req.out.put(tok)
             req.produced += 1
             req.rep.push(tok)
             req.nxt = tok
             if req.produced >= req.max_new_tokens:
-                done.append(self.rows.index(req))
+                done.add(req)
         if done:
-            for i in done:
-                self.rows[i].out.put(_END)
-            self._drop(sorted(done))
+            for req in done:
+                req.out.put(_END)
+            self._drop(done)
 
     def _join(self, cache: Any, attn: Any, fresh: list[Request]) -> None:
         """Append `fresh`'s cache rows to the running cache (both left-padded to the wider one)."""
@@ -246,9 +246,9 @@ class BatchDecoder:
         self.attn = torch.cat([left_pad(self.attn, 1), left_pad(attn, 1)], dim=0)
         self.rows.extend(fresh)
 
-    def _drop(self, done: list[int]) -> None:
+    def _drop(self, done: set[Request]) -> None:
         """Remove finished rows from the batch and trim cache columns that are padding in every remaining row."""
-        keep = [i for i in range(len(self.rows)) if i not in set(done)]
+        keep = [i for i, r in enumerate(self.rows) if r not in done]
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
             self.cache, self.attn = None, None
