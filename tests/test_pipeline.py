@@ -101,8 +101,8 @@ def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
     dirs = {n: StageDir(tmp_path / n) for n in cfgs}
 
     def why(name: str, cfg: dict | None = None, rebuilt: tuple[str, ...] = (), force: tuple[str, ...] = (),
-            model_changed: bool = False) -> str | None:
-        return stale_reason(name, dirs[name], cfg or cfgs[name], list(rebuilt), list(force), model_changed, active)
+            model: str = "m1") -> str | None:
+        return stale_reason(name, dirs[name], cfg or cfgs[name], list(rebuilt), list(force), model, active)
 
     assert [why(n) for n in cfgs] == [None, None, None]
     assert why("pretrain", {"lr": 3e-4}) == "config changed: lr"
@@ -111,7 +111,10 @@ def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
     assert why("tokenizer", force=("tokenizer",)) == "forced"
     assert why("pretrain", rebuilt=("tokenizer",)) == "tokenizer rebuilt"
     assert why("corpus", rebuilt=("tokenizer",)) is None  # the corpus is not built from the tokenizer
-    assert why("pretrain", model_changed=True) == "base model changed" and why("corpus", model_changed=True) is None
+    assert why("pretrain", model="m2") is None  # built before stages recorded their base: nothing to compare
+    (dirs["pretrain"].path / "base_model.json").write_text('{"model": "m1"}')
+    assert why("pretrain", model="m2") == "base model changed (m1 → m2)" and why("pretrain") is None
+    assert why("corpus", model="m2") is None  # the corpus does not use the model
     later = dirs["pretrain"].done_file.stat().st_mtime + 5
     os.utime(dirs["corpus"].done_file, (later, later))  # the corpus rebuilt after pretrain, in an earlier run
     assert why("pretrain") == "corpus newer"

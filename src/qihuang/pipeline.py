@@ -35,7 +35,8 @@ NOT_OUTPUT = frozenset({"tensorboard", "log_every", "keep_checkpoints", "checkpo
                         "checkpoint_every_minutes", "workers", "rebuild"})
 """Settings that change how a stage reports or checkpoints, not what it builds: changing them leaves it fresh."""
 USES_MODEL = ("tokenizer", "pretrain", "sft", "dpo", "eval", "chat")
-"""Stages whose output depends on the recipe's base model."""
+"""Stages whose output depends on the recipe's base model (each records it in BASE_MODEL_FILE when it finishes)."""
+BASE_MODEL_FILE = "base_model.json"
 
 
 @dataclass
@@ -143,9 +144,10 @@ def _chat_samples(cfg: ChatSampleConfig, model_dir: Path, index_spec: Path, out:
 
 
 def stale_reason(name: str, stage: StageDir, cfg: Any, rebuilt: list[str], force: list[str],
-                 model_changed: bool, active: list[str]) -> str | None:
+                 model: str, active: list[str]) -> str | None:
     """Why finished stage `name` must be rebuilt (None: reuse it): forced, its config changed since it was built,
-    a stage it depends on was rebuilt (in this run, or later than it in an earlier one), or the base model changed."""
+    a stage it depends on was rebuilt (in this run, or later than it in an earlier one), or it was built from
+    another base model than `model` (as the stage recorded it)."""
     if not stage.is_done():
         return None
     if name in force:
@@ -153,8 +155,9 @@ def stale_reason(name: str, stage: StageDir, cfg: Any, rebuilt: list[str], force
     ups = [u for u in DEPENDS[name] if u in rebuilt]
     if ups:
         return f"{', '.join(ups)} rebuilt"
-    if model_changed and name in USES_MODEL:
-        return "base model changed"
+    built_from = _built_from(stage) if name in USES_MODEL else None
+    if built_from is not None and built_from != model:
+        return f"base model changed ({built_from} → {model})"
     changed = changed_fields(stage, cfg, NOT_OUTPUT)
     if changed:
         return "config changed: " + ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
@@ -164,12 +167,12 @@ def stale_reason(name: str, stage: StageDir, cfg: Any, rebuilt: list[str], force
     return f"{', '.join(newer)} newer" if newer else None
 
 
-def _recorded_model(run_dir: Path) -> str | None:
-    """The base model the run dir's stages were built with (its recipe.json), if any."""
+def _built_from(stage: StageDir) -> str | None:
+    """The base model a finished stage recorded (None: not recorded, e.g. a stage built before it was)."""
     import json
 
     try:
-        return str(json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))["model"])
+        return str(json.loads((stage.path / BASE_MODEL_FILE).read_text(encoding="utf-8"))["model"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -179,8 +182,6 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
     unless it is stale (`stale_reason`): then it and every stage built from it rerun, and the log says why."""
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    previous_model = _recorded_model(run_dir)
-    model_changed = previous_model is not None and previous_model != str(recipe.model)
     write_json(run_dir / "recipe.json", recipe)
     _set_threads(recipe.threads)
     force = force or []
@@ -220,12 +221,14 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
             cfg = dataclasses.replace(cfg, data=[dirs["instruct"].path / "train.jsonl"])
             if (dirs["instruct"].path / "heldout_qa.jsonl").exists() and hasattr(cfg, "eval_data"):
                 cfg = dataclasses.replace(cfg, eval_data=dirs["instruct"].path / "heldout_qa.jsonl")
-        why = stale_reason(name, dirs[name], cfg, rebuilt, force, model_changed, list(recipe.stages))
+        why = stale_reason(name, dirs[name], cfg, rebuilt, force, str(recipe.model), list(recipe.stages))
         reuse = dirs[name].is_done() and why is None
         log(f"── stage {name} " + ("(done, skipped)" if reuse else f"(stale: {why}; rerunning) …" if why else "…"))
         summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=why is not None)
         if not reuse:
             rebuilt.append(name)
+            if name in USES_MODEL:  # recorded per stage: an interrupted run cannot hide what a stage was built from
+                write_json(dirs[name].path / BASE_MODEL_FILE, {"model": str(recipe.model)})
         log(f"   {name}: {summaries[name].get('wall_seconds', 0):.1f}s")
         produced = dirs[name].path / "model"
         if (produced / "config.json").exists():
