@@ -23,8 +23,8 @@ from typing import Any
 
 
 DECODING: dict[str, tuple[float, int]] = {
-    "off": (1.0, 0), "penalty 1.3": (1.3, 0), "ngram 3": (1.0, 3), "penalty 1.1 + ngram 4": (1.1, 4),
-    "ngram 4 (default)": (1.0, 4),
+    "off": (1.0, 0), "ngram 4": (1.0, 4), "ngram 8": (1.0, 8), "penalty 1.05": (1.05, 0), "penalty 1.2": (1.2, 0),
+    "penalty 1.1 + ngram 8": (1.1, 8), "penalty 1.1 (default)": (1.1, 0),
 }
 """Repetition-control settings swept by --decoding: (repetition_penalty, no_repeat_ngram_size)."""
 
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--decoding", action="store_true", help="sweep repetition-control settings on one model")
+    ap.add_argument("--only", nargs="*", default=None, help="with --decoding: only these settings (names as listed)")
     args = ap.parse_args()
     import torch
 
@@ -73,7 +74,8 @@ def main() -> None:
     if not specs:
         sys.exit("name at least one model")
     index = PassageIndex.open(index_spec)
-    rows = [(spec, name, DecodeParams(*pair)) for spec in specs[:1] for name, pair in DECODING.items()] \
+    sweep = {k: v for k, v in DECODING.items() if args.only is None or k in args.only}
+    rows = [(spec, name, DecodeParams(*pair)) for spec in specs[:1] for name, pair in sweep.items()] \
         if args.decoding else [(spec, "default", DecodeParams()) for spec in specs]
     print("| model | condition | decoding | n | ROUGE-L | faithfulness | right book % | right book, attribution % | "
           "degenerate % | declined % | length | seconds |")
@@ -100,11 +102,11 @@ def _row(spec: str, name: str, decode: Any, items: list[dict[str, Any]], index: 
         _LOADED[path] = (model.eval(), tok)
     model, tok = _LOADED[path]
     defaults = chat_defaults(path) if Path(path).is_dir() else {}
-    prompts, hits = build_prompts(tok, defaults, [it["question"] for it in items], cond or "rag", index, PASSAGES_K,
-                                  PASSAGE_CHARS)
+    prompts, grounds = build_prompts(tok, defaults, [it["question"] for it in items], cond or "rag", index,
+                                     PASSAGES_K, PASSAGE_CHARS)
     t0 = time.time()
-    answers = generate(model, tok, prompts, max_new_tokens, 16, decode=decode)
-    r = aggregate([score_item(it, a, h) for it, a, h in zip(items, answers, hits, strict=True)])
+    answers = generate(model, tok, prompts, max_new_tokens, 16, decode=decode, grounds=grounds)
+    r = aggregate([score_item(it, a, g.hits) for it, a, g in zip(items, answers, grounds, strict=True)])
     print(f"| {path} | {cond or 'rag'} | {name} | {r['n']} | {100 * r['rouge_l']:.1f} | "
           f"{100 * (r['faithfulness'] or 0):.1f} | {100 * (r['citation_book'] or 0):.1f} | "
           f"{100 * (r['citation_book_attribution'] or 0):.1f} | {100 * r['degenerate']:.1f} | "

@@ -8,10 +8,11 @@ byte for byte, the prompt the model was trained on whenever the retriever return
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qihuang.answer_guard import HOLD_CHARS
 from qihuang.retrieval import Hit, Passage, PassageIndex, best_span, char_bigrams
 from qihuang.scope import BOOK_TITLE
 
@@ -85,46 +86,138 @@ def rag_messages(messages: Sequence[dict[str, Any]], passages: Sequence[Passage]
 
 
 def retrieve(index: PassageIndex | None, query: str, k: int) -> list[Hit]:
-    """The top-k hits for `query` (none without an index, with k = 0 or an empty query)."""
+    """The top-k hits for `query` (none without an index, with k = 0 or an empty query): BM25's best
+    `relevance.POOL`, passages quoting the question first (`relevance.quotes_first`). Training records (instruct),
+    serve, chat and eval all retrieve through this function."""
+    from qihuang.relevance import POOL, quotes_first
+
     if index is None or k <= 0 or not query.strip():
         return []
-    return index.search(query, k)
+    return quotes_first(query, index.search(query, max(k, POOL)), k)
+
+
+def cite_prefix(passage: Passage) -> str:
+    """How an answer with passages opens: `据《书名·篇名》：`."""
+    return f"据{passage.title}："
 
 
 def cite_answer(answer: str, passage: Passage) -> str:
     """A trained answer with passages: `据《书名·篇名》：answer` — the source first, so even a truncated answer
     names it."""
-    return f"据{passage.title}：{answer.strip()}"
+    return f"{cite_prefix(passage)}{answer.strip()}"
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What the system does with a question before the model sees it: the passages it shows, how the answer opens,
+    or the answer itself when the classics do not speak to the question."""
+
+    hits: list[Hit]
+    """Passages put into the prompt (none closed-book or declined)."""
+    prefix: str = ""
+    """The answer's opening, fed to the model after the prompt and sent as the answer's first text: the citation
+    `据《书名·篇名》：` of the passage the question matches best (`relevance.cited_passage`); "" for none."""
+    answer: str | None = None
+    """The whole answer, given without generating (NOT_COVERED for a question the gate declines), else None."""
+    reason: str = ""
+    """The relevance gate's evidence (`relevance.judge`), "" without retrieval."""
+    cited: Passage | None = None
+    """The passage the opening cites (what `answer_guard` quotes when the model says nothing of its own)."""
+
+
+def ground(index: PassageIndex | None, query: str, k: int, gate: bool = True, cite_first: bool = True) -> Grounding:
+    """Retrieve for `query`; with `gate`, decline a question the classics do not speak to (`relevance.judge`:
+    answer NOT_COVERED, no passages); with `cite_first`, open the answer with the citation of the best-matching
+    passage. Serve, chat and eval all ground questions through this function."""
+    from qihuang.relevance import cited_passage, judge
+
+    hits = retrieve(index, query, k)
+    if index is None or k <= 0 or not query.strip():
+        return Grounding(hits)
+    if gate:
+        rel = judge(query, hits, index)
+        if not rel.covered:
+            return Grounding([], answer=NOT_COVERED, reason=rel.reason)
+        reason = rel.reason
+    else:
+        reason = "gate off"
+    cited = cited_passage(query, hits)
+    return Grounding(hits, cite_prefix(cited) if cited is not None and cite_first else "", None, reason, cited)
 
 
 @dataclass
 class Prepared:
-    """A rendered prompt with the passages it carries."""
+    """A rendered prompt with the passages it carries, and the grounding's answer opening (or whole answer)."""
 
     prompt: str
     prompt_tokens: int
     hits: list[Hit]
     query: str
+    prefix: str = ""
+    """Text the answer opens with (already at the end of `prompt`; sent to the client first)."""
+    answer: str | None = None
+    """The whole answer when nothing is to be generated (a declined question)."""
+    reason: str = ""
+    """The relevance gate's evidence."""
+    cited: Passage | None = None
+    """The passage the answer cites (`Grounding.cited`)."""
 
 
 def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIndex | None, k: int,
-                   passage_chars: int, max_new_tokens: int) -> Prepared:
-    """Retrieve for the last user turn, put the passages before it (`rag_messages`) and render the template; drops
-    the lowest-ranked passages until prompt + max_new_tokens fits the context (PromptTooLong if nothing fits)."""
+                   passage_chars: int, max_new_tokens: int, gate: bool = True, cite_first: bool = True) -> Prepared:
+    """Ground the last user turn (`ground`), put the passages before it (`rag_messages`), render the template and
+    append the answer's opening; drops the lowest-ranked passages until prompt + max_new_tokens fits the context
+    (PromptTooLong if nothing fits)."""
     from qihuang.serve.engine import PromptTooLong
 
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    hits = retrieve(index, str(last_user.get("content") or "") if last_user else "", k)
+    g = ground(index, str(last_user.get("content") or "") if last_user else "", k, gate, cite_first)
+    hits = list(g.hits)
     while True:
         turn, query = rag_messages(messages, [h.passage for h in hits], passage_chars)
-        prompt = engine.prompts.render(turn)
+        prompt = engine.prompts.render(turn) + g.prefix
         n = engine.prompts.count_tokens(prompt)
-        if n + max_new_tokens <= engine.max_context:
-            return Prepared(prompt, n, hits, query)
+        if n + max_new_tokens <= engine.max_context or g.answer is not None:
+            return Prepared(prompt, n, hits, query, g.prefix, g.answer, g.reason, g.cited)
         if not hits:
             raise PromptTooLong(f"the conversation has {n} prompt tokens; with max_tokens={max_new_tokens} it exceeds "
                                 f"the model's context of {engine.max_context} tokens")
         hits = hits[:-1]
+
+
+def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, hold: int | None = HOLD_CHARS,
+                  **kwargs: Any) -> Iterator[Any]:
+    """The answer's chunks: the grounding's whole answer, or its opening followed by what the engine generates —
+    with `guard`, through `answer_guard.guard_stream` (a degenerate continuation is cut and the generation stopped;
+    an answer with nothing of its own quotes the cited passage; `hold`: generated characters held back, None = all
+    until the end, for a client that is not streaming). Serve and chat stream this."""
+    import threading
+
+    from qihuang.answer_guard import guard_stream
+    from qihuang.serve.engine import Chunk
+
+    if prep.answer is not None:
+        yield Chunk(prep.answer, 0, prep.prompt_tokens, "stop")
+        return
+    stop = threading.Event()
+    asked: Any = kwargs.pop("cancelled", None)
+
+    def cancelled() -> bool:
+        return stop.is_set() or bool(asked is not None and asked())
+
+    def chunks() -> Iterator[Any]:
+        if prep.prefix:
+            yield Chunk(prep.prefix, 0, prep.prompt_tokens)
+        yield from engine.generate(prompt=prep.prompt, params=params, cancelled=cancelled, **kwargs)
+
+    if not guard:
+        yield from chunks()
+        return
+
+    def make(text: str, last: Any, finish: str | None) -> Any:
+        return Chunk(text, last.completion_tokens if last is not None else 0, prep.prompt_tokens, finish)
+
+    yield from guard_stream(chunks(), prep.query, prep.cited, prep.prefix, stop, make, hold)
 
 
 def cited_titles(answer: str, passages: Sequence[Passage] = ()) -> list[tuple[str, str]]:

@@ -21,12 +21,13 @@ from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder,
                           full_mode_candidates, full_mode_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
 from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
-from qihuang.scope import BookScope, strip_titles
+from qihuang.scope import BookScope, SectionScope, strip_sections, strip_titles
 
 INDEX_VERSION = 3
-SEARCH_VERSION = 2
-"""Bumped when `PassageIndex.search` ranks differently for the same index (2: a named book scopes the search), so
-results cached on search (eval rows) are recomputed."""
+SEARCH_VERSION = 3
+"""Bumped when `PassageIndex.search` ranks differently for the same index (2: a named book scopes the search; 3: so
+does a named section, and `rag.retrieve` puts passages quoting the question first), so results cached on search
+(eval rows) are recomputed."""
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
 CHUNK_DOCS = 8192
 RUN_FILES = ("library.jsonl", "train.jsonl")
@@ -250,12 +251,14 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
     builder = Bm25Builder(segmentation, lexicon)
     offsets = [0]
     books: list[str] = []
+    sections: list[str] = []
     with open(folder / "passages.jsonl", "wb") as out:
         batch: list[Passage] = []
         for p in iter_passages(path):
             out.write(json.dumps(asdict(p), ensure_ascii=False).encode() + b"\n")
             offsets.append(out.tell())
             books.append(p.book)
+            sections.append(p.section)
             batch.append(p)
             if len(batch) == CHUNK_DOCS:
                 builder.add([index_text(q) for q in batch])
@@ -265,6 +268,7 @@ def build_index_folder(path: Path, folder: Path, segmentation: str, lexicon: Pat
         raise ConfigError(f"{path}: no passages")
     np.save(folder / "passages.offsets.npy", np.asarray(offsets, dtype=np.int64))
     BookScope.of_books(books).save(folder)
+    SectionScope.of_sections(sections).save(folder)
     matrix = builder.finish()
     matrix.save(folder)
     meta = {"version": INDEX_VERSION, "segmentation": segmentation, "fingerprint": fingerprint,
@@ -298,6 +302,7 @@ class PassageIndex:
         self.built = False
         self._by_id: dict[str, Passage] | None = None
         self._scope: BookScope | None = None
+        self._sections: SectionScope | None = None
 
     @property
     def by_id(self) -> dict[str, Passage]:
@@ -378,6 +383,22 @@ class PassageIndex:
                 self._scope = BookScope.of_books(p.book for p in store)
         return self._scope
 
+    @property
+    def sections(self) -> SectionScope:
+        """Each passage's section (saved with the index; an older index folder is scanned once and given one)."""
+        if self._sections is None:
+            store = self.passages
+            if isinstance(store, PassageStore):
+                folder = store.path.parent
+                self._sections = SectionScope.load(folder)
+                if self._sections is None:
+                    self._sections = SectionScope.of_jsonl(store.path)
+                    with contextlib.suppress(OSError):
+                        self._sections.save(folder)
+            else:
+                self._sections = SectionScope.of_sections(p.section for p in store)
+        return self._sections
+
     def _term_ids(self, query: str) -> np.ndarray:
         if self.segmentation == "char":
             return self.vocab.ids(np.unique(token_keys(char_tokens(query))))
@@ -385,14 +406,25 @@ class PassageIndex:
 
     def search(self, query: str, k: int = 5, scoped: bool = True) -> list[Hit]:
         """Top-k passages for `query` (empty if no query term is in the index). A query naming a known book
-        (《书名》, 《书名·篇名》) is searched among that book's passages on its other words; when none of them
-        matches there, or with `scoped=False`, over the whole index as written."""
+        (《书名》, 《书名·篇名》) is searched among that book's passages on its other words, one naming a section
+        (《卷上·项强》, 「阿胶」) among the passages of the sections of that name; when none of them matches there,
+        or with `scoped=False`, over the whole index as written."""
         if k <= 0:
             return []
         top: list[tuple[int, float]] = []
         mask = self.scope.mask(query) if scoped and "《" in query else None
         if mask is not None:
             top = self.matrix.top_ids(self._term_ids(strip_titles(query)), k, mask)
+        if not top and scoped and ("《" in query or "「" in query):
+            mask = self.sections.mask(query)
+            if mask is not None:
+                ids = self._term_ids(strip_sections(query))
+                top = self.matrix.top_ids(ids, k, mask) or self._first_of(mask, k)
         if not top:
             top = self.matrix.top_ids(self._term_ids(query), k)
         return [Hit(self.passages[doc], score, rank) for rank, (doc, score) in enumerate(top, 1)]
+
+    @staticmethod
+    def _first_of(mask: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The first k passages a mask marks (a named section's opening passages), scored 1.0."""
+        return [(int(d), 1.0) for d in np.flatnonzero(mask)[:k]]

@@ -1,5 +1,7 @@
-"""Book scoping for retrieval: a question that names a book (《书名》 or 《书名·篇名》) is searched among that book's
-passages, on its other words — the title's characters no longer pull every short passage of the book to the top."""
+"""Book and section scoping for retrieval: a question that names a book (《书名》 or 《书名·篇名》) is searched among
+that book's passages, on its other words — the title's characters no longer pull every short passage of the book to
+the top; a question that names a section (《卷上·项强》, 「卷四·阿胶」) is searched among the passages of the sections
+of that name."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import numpy as np
 
 BOOK_TITLE = re.compile(r"《([^《》\n]{1,40})》")
 """A book title in a query; the book is the part before `·`."""
+SECTION_NAME = re.compile(r"[《「]([^《》「」\n]{2,60})[》」]")
+"""A section name in a query: 《…》 or 「…」 with levels joined by `·` or `/`."""
 _BOOK_FIELD = re.compile(rb'"book": "((?:[^"\\]|\\.)*)"')
+_SECTION_FIELD = re.compile(rb'"section": "((?:[^"\\]|\\.)*)"')
 FILES = ("books.npy", "books.json")
 """What a scope is saved as in an index folder: the book number of each passage, and the book names."""
 
@@ -20,6 +25,11 @@ FILES = ("books.npy", "books.json")
 def strip_titles(query: str) -> str:
     """`query` without its 《…》 titles (what is searched inside the named books)."""
     return BOOK_TITLE.sub(" ", query)
+
+
+def strip_sections(query: str) -> str:
+    """`query` without its 《…》 / 「…」 names (what is searched inside the named sections)."""
+    return SECTION_NAME.sub(" ", query)
 
 
 class BookScope:
@@ -80,3 +90,69 @@ class BookScope:
         if not books:
             return None
         return np.isin(self.doc_book, np.asarray(books, dtype=np.int32))
+
+
+def _norm_section(name: str) -> str:
+    return "/".join(p.strip() for p in re.split(r"[·/]", name) if p.strip())
+
+
+class SectionScope:
+    """The section of every indexed passage, and the passages of the sections a query names (a name matches a
+    section path that ends with it: 「卷四·阿胶」 → `卷四/阿胶` in every book that has one)."""
+
+    FILES = ("sections.npy", "sections.json")
+
+    def __init__(self, doc_section: np.ndarray, names: list[str]) -> None:
+        self.doc_section = doc_section
+        self.names = names
+        self._norm = [_norm_section(n) for n in names]
+        self._resolved: dict[str, list[int]] = {}
+
+    @classmethod
+    def of_sections(cls, sections: Iterable[str]) -> SectionScope:
+        """From each passage's section, in index order."""
+        ids: dict[str, int] = {}
+        doc = np.fromiter((ids.setdefault(s, len(ids)) for s in sections), dtype=np.int32)
+        return cls(doc, list(ids))
+
+    @classmethod
+    def of_jsonl(cls, path: Path) -> SectionScope:
+        """From an index's passages.jsonl without parsing whole lines (a line without a section: "")."""
+        out = []
+        with open(path, "rb") as f:
+            for line in f:
+                m = _SECTION_FIELD.search(line)
+                out.append(json.loads(b'"' + m.group(1) + b'"') if m else "")
+        return cls.of_sections(out)
+
+    def save(self, folder: Path) -> None:
+        """Write sections.npy and sections.json into `folder`."""
+        np.save(folder / self.FILES[0], self.doc_section)
+        (folder / self.FILES[1]).write_text(json.dumps(self.names, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> SectionScope | None:
+        """A saved scope, or None when `folder` has none."""
+        if not all((folder / f).exists() for f in cls.FILES):
+            return None
+        return cls(np.load(folder / cls.FILES[0]), json.loads((folder / cls.FILES[1]).read_text(encoding="utf-8")))
+
+    def sections_of(self, name: str) -> list[int]:
+        """Section numbers whose path is `name` or ends with it (levels compared whole)."""
+        want = _norm_section(name)
+        if want not in self._resolved:
+            tail = "/" + want
+            self._resolved[want] = [i for i, n in enumerate(self._norm) if n == want or n.endswith(tail)] \
+                if want else []
+        return self._resolved[want]
+
+    def mask(self, query: str) -> np.ndarray | None:
+        """Boolean mask of the passages of every section `query` names; None when it names no known section."""
+        found = sorted({i for m in SECTION_NAME.finditer(query) for i in self.sections_of(m.group(1))})
+        if not found:
+            return None
+        return np.isin(self.doc_section, np.asarray(found, dtype=np.int32))
+
+    def headwords(self) -> set[str]:
+        """Every level of every section name (篇名 such as 阿胶, 拟用诸法, 小柴胡汤方): the library's own vocabulary."""
+        return {p for n in self._norm for p in n.split("/") if p}

@@ -22,14 +22,24 @@ from .conftest import write_jsonl
 
 
 @pytest.mark.parametrize("text", ["", "  \n", "一两一两一两一两…", "是一个文本，其是一个文本，其是一个文本",
-                                  "桂枝汤主之。主之主之主之", "阴阳者，天地之道也。阴阳者，天地之道也。阴阳者，天地之道也。"])
+                                  "桂枝汤主之。主之主之主之", "阴阳者，天地之道也。阴阳者，天地之道也。阴阳者，天地之道也。",
+                                  # garbled (seen in the session-6 demo's answers): punctuation noise, single
+                                  # characters strung on marks, a walk through neighbouring characters
+                                  "据《本草》：\n据《文》：《本》：“《文”：“》”：“文”：“.》”；”：“.“》：“.““》”",
+                                  "据《洄溪医案》：“洄”，“溪”，“医”，“案”，“凉”，“痛”",
+                                  "“上”：“工”：“治”：“未”：“病”",
+                                  "据《重订通俗伤寒论》：气·氣·水·氳·氢·氨·氮·氯·氬",
+                                  "什么叫冬温？－－；；＋；！！；＊；＆！＆＆００＆１１０１２２"])
 def test_degenerate(text: str) -> None:
     assert is_degenerate(text)
 
 
 @pytest.mark.parametrize("text", ["桂枝三两，芍药三两，甘草二两", "桂枝三两，芍药三两，甘草三两，生姜三两，大枣十二枚",
                                   "太阳之为病，脉浮，头项强痛而恶寒。出处：《伤寒论·辨太阳病脉证并治》",
-                                  "所给资料中没有关于这个问题的记载，无法据此作答。"])
+                                  "所给资料中没有关于这个问题的记载，无法据此作答。",
+                                  # honest enumerations of single characters, and tables drawn with box lines
+                                  "甲、乙、丙、丁、戊、己、庚、辛", "五脏 心。肝。肺。肾。脾。识五脏之脉",
+                                  "七情所感寒。暑。温。燥。热。怒。悲。思。", "心──肝──脾──肺──肾，此五行相生之序也。"])
 def test_not_degenerate(text: str) -> None:
     assert not is_degenerate(text)
 

@@ -74,6 +74,14 @@ class EvalConfig:
     """Passages retrieved per question and put into the prompt (as serve's RetrievalConfig.passages_k)."""
     passage_chars: int = rag.PASSAGE_CHARS
     """Characters of each passage shown in the prompt (as serve's RetrievalConfig.passage_chars)."""
+    relevance_gate: bool = True
+    """Retrieval rows decline questions the classics do not speak to (as serve's RetrievalConfig.relevance_gate)."""
+    cite_first: bool = True
+    """Retrieval rows' answers open with the best-matching passage's citation (as serve's
+    RetrievalConfig.cite_first)."""
+    answer_guard: bool = True
+    """Rows score the answers users see: degenerate continuations cut, empty answers quoting their cited passage
+    (as serve's RetrievalConfig.answer_guard); how often the guard acted is reported per row."""
     qa_batch_size: int = 16
     """Questions answered per batched forward (`qihuang.decoding.generate_batch`)."""
     offtopic: bool = True

@@ -24,6 +24,16 @@ answer's characters makes it degenerate."""
 ECHO_SHARE = 0.8
 """An answer whose own content (its 《…》 titles left out) is at least this share a subsequence of the question only
 repeats it: a non-answer, however much ROUGE-L it earns against references that quote the question."""
+MIN_WORD_SHARE = 0.5
+"""An answer (its 《…》 titles left out, at least GARBLE_MIN_CHARS long) whose characters are less than this share
+CJK characters, letters or digits is punctuation noise (`“.““.““.“`)."""
+GARBLE_MIN_CHARS = 8
+"""Shortest answer body the punctuation-noise and code-point rules look at."""
+CHAR_LIST_RUN = 6
+"""This many single characters strung on a mark (`气·氣·水·氳·氢·氨`) are noise; honest lists of single
+characters (`寒、热、温、凉`) are shorter."""
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_WORD_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
 _TITLES = re.compile(r"据?" + BOOK_TITLE.pattern + r"[：:]?")
 ATTRIBUTION_TYPES = ("出处", "篇名归属")
 """Question types that ask where a text comes from."""
@@ -54,14 +64,42 @@ def _dominant_ngram(s: str) -> bool:
     return False
 
 
+def _shape_loop(s: str) -> bool:
+    """Single characters strung on punctuation (`“上”：“工”：“治”：`, `气·氣·水·氳·氢·氨`): with every CJK character as
+    one placeholder, a unit of one character and two or more different marks repeated LOOP_REPEATS times back to back, or of
+    one character and one mark other than 、，。； (the marks of honest enumerations: 甲、乙、丙、丁…, 心。肝。肺。) CHAR_LIST_RUN times."""
+    shape = _CJK_CHAR.sub("X", s)
+    for n in range(2, 7):
+        times = LOOP_REPEATS if n > 2 else CHAR_LIST_RUN
+        for i in range(len(shape) - n * times + 1):
+            unit = shape[i:i + n]
+            marks = unit.replace("X", "")
+            if unit.count("X") == 1 and not _WORD_CHAR.search(marks) and (len(set(marks)) > 1 if n > 2 else marks not in "、，,。；;") \
+                    and shape[i + n:i + n * times] == unit * (times - 1):
+                return True
+    return False
+
+
+
+
+def is_garbled(text: str) -> bool:
+    """Whether an answer's own text (its 《…》 titles left out) is noise: mostly punctuation (MIN_WORD_SHARE), or
+    single characters strung on punctuation (`_shape_loop`)."""
+    body = _squeeze(_TITLES.sub("", text))
+    if len(body) < GARBLE_MIN_CHARS:
+        return False
+    return len(_WORD_CHAR.findall(body)) < MIN_WORD_SHARE * len(body) or _shape_loop(body)
+
+
 def is_degenerate(text: str) -> bool:
-    """Whether an answer is empty or stuck in a loop (whitespace ignored).
+    """Whether an answer is empty, stuck in a loop or noise (whitespace ignored).
 
     Rule: empty; or some character n-gram (n = 2..8) repeated >= 3 times back to back (`一两一两一两`); or a single
     n-gram of n = 4..8 characters occurring >= 3 times (non-overlapping) and covering >= 40% of the answer
-    (`是一个文本，其是一个文本，其是一个文本`). Shorter recurring pieces (`三两，` in a formula list) do not count."""
+    (`是一个文本，其是一个文本，其是一个文本`); or garbled (`is_garbled`: `“.““.““.“`, `气·氣·水·氳·氢·氨`,
+    `“上”：“工”：“治”：`). Shorter recurring pieces (`三两，` in a formula list) do not count."""
     s = _squeeze(text)
-    return not s or _has_loop(s) or _dominant_ngram(s)
+    return not s or _has_loop(s) or _dominant_ngram(s) or is_garbled(text)
 
 
 def _norm_section(section: str) -> list[str]:

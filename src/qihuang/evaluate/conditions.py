@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qihuang.decoding import DecodeParams
-from qihuang.evaluate.answers import ATTRIBUTION_TYPES, answer_flags
+from qihuang.evaluate.answers import ATTRIBUTION_TYPES, answer_flags, is_degenerate
 from qihuang.retrieval import Hit, PassageIndex
+
+if TYPE_CHECKING:
+    from qihuang.rag import Grounding
 
 CONDITIONS = ("closed", "rag")
 """closed: the question alone; rag: the top passages_k passages before it (`rag.rag_messages`)."""
@@ -54,42 +57,74 @@ def render(tokenizer: Any, defaults: dict[str, Any], messages: list[dict[str, An
         return str(messages[-1]["content"])
 
 
-def retrieve_hits(index: PassageIndex | None, questions: Sequence[str], k: int) -> list[list[Hit]]:
-    """`rag.retrieve` for each question (they depend on the question only, so one list serves every model)."""
-    from qihuang.rag import retrieve
+def ground_questions(index: PassageIndex | None, questions: Sequence[str], k: int, gate: bool = True,
+                     cite_first: bool = True) -> list[Grounding]:
+    """`rag.ground` for each question (it depends on the question only, so one list serves every model)."""
+    from qihuang.rag import ground
 
-    return [retrieve(index, q, k) for q in questions]
+    return [ground(index, q, k, gate, cite_first) for q in questions]
 
 
-def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], hits: Sequence[list[Hit]],
-                   passage_chars: int) -> list[str]:
-    """Rendered prompts of `questions` with their `hits`' passages before them (`rag.rag_messages`; no hits:
-    closed-book)."""
+def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str],
+                   grounds: Sequence[Grounding], passage_chars: int) -> list[str]:
+    """Rendered prompts of `questions` with their groundings' passages before them (`rag.rag_messages`; no hits:
+    closed-book) and the answers' openings after them."""
     from qihuang.rag import rag_messages
 
     prompts = []
-    for q, found in zip(questions, hits, strict=True):
-        msgs, _ = rag_messages([{"role": "user", "content": q}], [h.passage for h in found], passage_chars)
-        prompts.append(render(tokenizer, defaults, msgs))
+    for q, g in zip(questions, grounds, strict=True):
+        msgs, _ = rag_messages([{"role": "user", "content": q}], [h.passage for h in g.hits], passage_chars)
+        prompts.append(render(tokenizer, defaults, msgs) + g.prefix)
     return prompts
 
 
 def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], condition: str,
-                  index: PassageIndex | None, k: int, passage_chars: int) -> tuple[list[str], list[list[Hit]]]:
-    """Rendered prompts and the hits each carries (none closed-book): `retrieve_hits` + `render_prompts`."""
-    hits = retrieve_hits(index, questions, k) if condition == "rag" else [[] for _ in questions]
-    return render_prompts(tokenizer, defaults, questions, hits, passage_chars), hits
+                  index: PassageIndex | None, k: int, passage_chars: int,
+                  gate: bool = True, cite_first: bool = True) -> tuple[list[str], list[Grounding]]:
+    """Rendered prompts and the grounding of each (none closed-book): `ground_questions` + `render_prompts`."""
+    from qihuang.rag import Grounding
+
+    grounds = ground_questions(index, questions, k, gate, cite_first) if condition == "rag" else \
+        [Grounding([]) for _ in questions]
+    return render_prompts(tokenizer, defaults, questions, grounds, passage_chars), grounds
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-             progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None) -> list[str]:
+             progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None,
+             grounds: Sequence[Grounding] | None = None) -> list[str]:
     """Stripped answers in input order through `qihuang.decoding.generate_batch` (which groups prompts by length
-    and reports progress after each batch)."""
+    and reports progress after each batch); with `grounds`, a grounding's whole answer is taken as it is (nothing
+    generated) and its opening is put before what the model writes — the answer serving would send."""
     from qihuang.decoding import generate_batch
 
-    outs = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, params=decode,
-                          progress=progress)
-    return [a.strip() for a in outs]
+    grounds = list(grounds) if grounds is not None else [None] * len(prompts)
+    todo = [i for i, g in enumerate(grounds) if g is None or g.answer is None]
+    outs = generate_batch(model, tokenizer, [prompts[i] for i in todo], max_new_tokens, batch_size=batch_size,
+                          params=decode, progress=progress) if todo else []
+    answers = [g.answer if g is not None and g.answer is not None else "" for g in grounds]
+    for i, text in zip(todo, outs, strict=True):
+        g = grounds[i]
+        answers[i] = (g.prefix if g is not None else "") + text
+    return [a.strip() for a in answers]
+
+
+def guard_answers(answers: Sequence[str], questions: Sequence[str],
+                  grounds: Sequence[Grounding]) -> tuple[list[str], list[dict[str, bool]]]:
+    """The answers users see (`answer_guard.guard_answer`: degenerate continuations cut, answers with nothing of their
+    own quoting the cited passage) and what the guard did to each (`guard_cut`, `guard_fallback`); a grounding's
+    whole answer (a decline) is left as it is."""
+    from qihuang.answer_guard import guard_answer
+
+    shown, acts = [], []
+    for a, q, g in zip(answers, questions, grounds, strict=True):
+        if g.answer is not None:
+            shown.append(a)
+            acts.append({"guard_cut": False, "guard_fallback": False})
+            continue
+        out = guard_answer(a, q, g.cited, g.prefix)
+        shown.append(out.text)
+        acts.append({"guard_cut": out.cut, "guard_fallback": out.fallback})
+    return shown, acts
 
 
 def _hit_record(h: Hit) -> dict[str, Any]:
@@ -150,6 +185,9 @@ def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
         "declined": _mean([float(p["declined"]) for p in per]) or 0.0,
         "length": float(base["length"]),
         "gold_retrieved": _mean([float(p["gold_retrieved"]) for p in per if p["hits"]]),
+        "model_degenerate": _mean([float(p["model_degenerate"]) for p in per if "model_degenerate" in p]),
+        "guard_cut": _mean([float(p["guard_cut"]) for p in per if "guard_cut" in p]),
+        "guard_fallback": _mean([float(p["guard_fallback"]) for p in per if "guard_fallback" in p]),
     }
 
 
@@ -161,15 +199,21 @@ def vectors(per: list[dict[str, Any]]) -> dict[str, list[float | None]]:
 
 
 def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[dict[str, Any]], condition: str,
-            hits: Sequence[list[Hit]] | None, cfg: Any,
+            grounds: Sequence[Grounding] | None, cfg: Any,
             progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Answer every item under `condition` (with retrieval: the passages of `hits`, one list per item) and score
-    it: (summary with `by_type`, predictions)."""
+    """Answer every item under `condition` (with retrieval: its grounding, one per item) and score it: (summary
+    with `by_type`, predictions)."""
+    from qihuang.rag import Grounding
+
     t0 = time.time()
-    found = list(hits) if condition == "rag" and hits is not None else [[] for _ in items]
+    found = list(grounds) if condition == "rag" and grounds is not None else [Grounding([]) for _ in items]
     prompts = render_prompts(tokenizer, defaults, [it["question"] for it in items], found, cfg.passage_chars)
-    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress)
-    per = score_items(items, answers, found)
+    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found)
+    questions = [it["question"] for it in items]
+    shown, acts = guard_answers(answers, questions, found) if cfg.answer_guard else (answers, [{}] * len(items))
+    per = score_items(items, shown, [g.hits for g in found])
+    for p, g, raw, act in zip(per, found, answers, acts, strict=True):
+        p.update(opening=g.prefix, gate=g.reason, model_answer=raw, model_degenerate=is_degenerate(raw), **act)
     summary = aggregate(per)
     types = sorted({p["task_type"] for p in per})
     summary["by_type"] = {t: aggregate([p for p in per if p["task_type"] == t]) for t in types}
@@ -179,16 +223,18 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
 
 
 def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str],
-                 hits: Sequence[list[Hit]], cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Off-topic questions with retrieval (`hits`, one list per question): share of answers citing any book
+                 grounds: Sequence[Grounding], cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Off-topic questions with retrieval (their groundings, one per question): share of answers citing any book
     (invented citations), declining, degenerate."""
-    prompts = render_prompts(tokenizer, defaults, questions, hits, cfg.passage_chars)
-    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size)
+    prompts = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars)
+    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds)
+    if cfg.answer_guard:
+        answers = guard_answers(answers, questions, grounds)[0]
     per = []
-    for q, a, h in zip(questions, answers, hits, strict=True):
-        flags = answer_flags(a, {}, [x.passage for x in h])
-        per.append({"question": q, "answer": a, "hits": [_hit_record(x) for x in h], "cited": flags["cited"],
-                    "declined": flags["declined"], "degenerate": flags["degenerate"]})
+    for q, a, g in zip(questions, answers, grounds, strict=True):
+        flags = answer_flags(a, {}, [x.passage for x in g.hits])
+        per.append({"question": q, "answer": a, "hits": [_hit_record(x) for x in g.hits], "cited": flags["cited"],
+                    "declined": flags["declined"], "degenerate": flags["degenerate"], "gate": g.reason})
     n = len(per)
     return {"n": n, "invented_citation": sum(bool(p["cited"]) for p in per) / n,
             "declined": sum(p["declined"] for p in per) / n, "degenerate": sum(p["degenerate"] for p in per) / n,

@@ -26,12 +26,14 @@ def _cells(r: dict[str, Any], with_ci: bool) -> list[str]:
             _pct(r["faithfulness"]) + ci("faithfulness"),
             f"{_pct(r['citation_book_attribution'])} / {_pct(r['citation_book'])}" + ci("citation_book"),
             f"{_pct(r['citation_section_attribution'])} / {_pct(r['citation_section'])}" + ci("citation_section"),
-            _pct(r["degenerate"]) + ci("degenerate"), _pct(r.get("echo")) + ci("echo"), _pct(r["declined"]),
-            f"{r['length']:.0f}"]
+            _pct(r["degenerate"]) + ci("degenerate"), _pct(r.get("model_degenerate")),
+            f"{_pct(r.get('guard_cut'))} / {_pct(r.get('guard_fallback'))}",
+            _pct(r.get("echo")) + ci("echo"), _pct(r["declined"]), f"{r['length']:.0f}"]
 
 
 HEAD = ["n", "ROUGE-L %", "BLEU-4", "faithfulness %", "right book % (attribution / all)",
-        "right section % (attribution / all)", "degenerate %", "echo %", "declined %", "answer chars"]
+        "right section % (attribution / all)", "degenerate %", "model's own degenerate %", "guard cut / quoted %",
+        "echo %", "declined %", "answer chars"]
 
 
 def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[str, Any]) -> list[str]:
@@ -57,8 +59,13 @@ def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[st
             f"`{files.get('index')}`. In brackets: difference to {base} in the same condition, in points, with "
             "its paired-bootstrap 95% CI (same questions). Right book / section: the answer cites the gold book "
             "(/ and chapter) as 《书名》, 《书名·篇名》 or a [n] mark resolving to a prompt passage; an answer that "
-            "cites nothing counts wrong. Degenerate: empty or looping (an n-gram repeated ≥ 3 times in a row, or "
-            "one covering ≥ 40% of the answer). Echo: the answer's own words (its 《…》 titles left out) are ≥ 80% a "
+            "cites nothing counts wrong. Retrieval rows are the system: a question that names no book or section "
+            "of the library, uses none of its terms and quotes none of it is declined without the model "
+            "(`qihuang.relevance`), and an answer opens with the citation of the passage the question matches best. "
+            "Degenerate: empty, looping (an n-gram repeated ≥ 3 times in a row, or one covering ≥ 40% of the "
+            "answer) or noise (mostly punctuation, single characters strung on marks), in the answer users see; "
+            "model's own: in what the model generated, before the answer guard cut it (guard cut %) or, where "
+            "nothing of its own was left, quoted the cited passage instead (quoted %). Echo: the answer's own words (its 《…》 titles left out) are ≥ 80% a "
             "repetition of the question, or there are none — a non-answer even where it scores ROUGE-L against "
             "references that quote the question. Declined: says the sources do not cover the question."
             + _index_note(files), ""]

@@ -13,19 +13,20 @@ from qihuang.evaluate.conditions import (
     add_row_pairs,
     resolve_models,
     resolve_rows,
-    retrieve_hits,
+    ground_questions,
     run_offtopic,
     run_row,
     vectors,
 )
 from qihuang.evaluate.runner import HELDOUT_QA_FILE, Parts, progress_logger, safe_name
-from qihuang.retrieval import SEARCH_VERSION, Hit, PassageIndex
+from qihuang.retrieval import SEARCH_VERSION, PassageIndex
 from qihuang.runs import MetricsLog, sha256_file, write_jsonl
 
 if TYPE_CHECKING:
     from qihuang.evaluate import EvalConfig
+    from qihuang.rag import Grounding
 
-ROWS_VERSION = 2
+ROWS_VERSION = 3
 """Bumped when the scoring of rows changes, so cached rows are recomputed."""
 
 
@@ -44,10 +45,10 @@ class Plan:
     """What the index records about itself (`index_key`): the retrieval rows' cache key."""
     index_training_only: bool = False
     """The index was built from the run's training books only (corpus/train.jsonl, no library)."""
-    hits: list[list[Hit]] = field(default_factory=list)
-    """Retrieved passages of each QA item (empty without an index)."""
-    offtopic_hits: list[list[Hit]] = field(default_factory=list)
-    """Retrieved passages of each off-topic question."""
+    grounds: list[Grounding] = field(default_factory=list)
+    """Grounding (retrieved passages, answer opening or decline) of each QA item (empty without an index)."""
+    offtopic_grounds: list[Grounding] = field(default_factory=list)
+    """Grounding of each off-topic question."""
     rows: list[tuple[str, str]] = field(default_factory=list)
     """(label, condition) rows in table order."""
     mcq_labels: set[str] = field(default_factory=set)
@@ -98,11 +99,13 @@ def make_plan(cfg: EvalConfig, labels: list[str], heldout: Path | None, index: P
             plan.index_training_only = plan.index.source is not None and Path(plan.index.source).name == RUN_FILES[-1]
     plan.rows = rows if plan.qa_items else []
     if plan.index is not None and plan.rows:
-        plan.hits = retrieve_hits(plan.index, [it["question"] for it in plan.qa_items], cfg.passages_k)
+        plan.grounds = ground_questions(plan.index, [it["question"] for it in plan.qa_items], cfg.passages_k,
+                                        cfg.relevance_gate, cfg.cite_first)
         if cfg.offtopic:
             from qihuang.evaluate.offtopic import OFFTOPIC_QUESTIONS
 
-            plan.offtopic_hits = retrieve_hits(plan.index, OFFTOPIC_QUESTIONS, cfg.passages_k)
+            plan.offtopic_grounds = ground_questions(plan.index, OFFTOPIC_QUESTIONS, cfg.passages_k,
+                                                     cfg.relevance_gate, cfg.cite_first)
     return plan
 
 
@@ -112,10 +115,11 @@ def model_rows(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tupl
     """Run (or reuse) this model's rows into result["rows"][condition] and the off-topic probe into
     result["offtopic"]; returns the per-answer vectors by (label, condition) for the paired differences."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    retrieval = {"index": plan.index_key, "k": cfg.passages_k, "chars": cfg.passage_chars, "search": SEARCH_VERSION}
+    retrieval = {"index": plan.index_key, "k": cfg.passages_k, "chars": cfg.passage_chars, "search": SEARCH_VERSION,
+                 "gate": cfg.relevance_gate, "cite_first": cfg.cite_first}
     for _, cond in [r for r in plan.rows if r[0] == label]:
         def compute(cond: str = cond) -> dict[str, Any]:
-            summary, per = run_row(*model(), defaults, plan.qa_items, cond, plan.hits if cond == "rag" else None,
+            summary, per = run_row(*model(), defaults, plan.qa_items, cond, plan.grounds if cond == "rag" else None,
                                    cfg, progress_logger(log, label, f"heldout_books:{cond}"))
             write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__rows__{cond}.jsonl", per)
             log.log(event="qa_row", label=label, condition=cond, rouge_l=summary["rouge_l"],
@@ -139,7 +143,7 @@ def _offtopic(cfg: EvalConfig, label: str, plan: Plan, model: Callable[[], tuple
               defaults: dict[str, Any], out_dir: Path, log: MetricsLog) -> dict[str, Any]:
     from qihuang.evaluate.offtopic import OFFTOPIC_QUESTIONS
 
-    summary, per = run_offtopic(*model(), defaults, OFFTOPIC_QUESTIONS, plan.offtopic_hits, cfg)
+    summary, per = run_offtopic(*model(), defaults, OFFTOPIC_QUESTIONS, plan.offtopic_grounds, cfg)
     write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__offtopic.jsonl", per)
     log.log(event="offtopic", label=label, invented_citation=summary["invented_citation"],
             declined=summary["declined"])

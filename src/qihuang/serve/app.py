@@ -27,7 +27,8 @@ from qihuang.serve.protocol import (
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, Citation,
     Delta, ErrorResponse, Health, ModelCard, ModelList, Usage, error_body, new_id,
 )
-from qihuang.rag import Prepared, citations_for, prepare_prompt
+from qihuang.answer_guard import HOLD_CHARS
+from qihuang.rag import Prepared, answer_chunks, citations_for, prepare_prompt
 from qihuang.retrieval import PassageIndex
 from qihuang.serve.settings import ServeConfig
 
@@ -91,7 +92,7 @@ class Job:
     """One generation running in a worker thread; chunks arrive on an asyncio queue."""
 
     def __init__(self, engine: Any, prep: Prepared, params: SamplingParams, on_done: Callable[[], None],
-                 lora: str | None = None) -> None:
+                 lora: str | None = None, guard: bool = True, stream: bool = True) -> None:
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -103,7 +104,8 @@ class Job:
         def work() -> None:
             try:
                 extra = {"lora": lora} if lora else {}
-                for chunk in engine.generate(prompt=prep.prompt, params=params, cancelled=self.cancel.is_set, **extra):
+                for chunk in answer_chunks(engine, prep, params, guard, HOLD_CHARS if stream else None,
+                                          cancelled=self.cancel.is_set, **extra):
                     put(chunk)
             except Exception as exc:  # reported to the client as a 500-class error event, never a hang
                 put(exc)
@@ -215,7 +217,7 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
         k = cfg.passages_k if req.passages_k is None else req.passages_k
         try:
             prep = await asyncio.to_thread(prepare_prompt, engine, messages, index if req.retrieval else None, k,
-                                           cfg.passage_chars, max_new)
+                                           cfg.passage_chars, max_new, cfg.relevance_gate, cfg.cite_first)
         except EngineError as exc:
             admission.release()
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
@@ -229,7 +231,8 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
                           param="max_tokens", code="request_too_large")
         params = SamplingParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
                                 top_k=req.top_k, stop=req.stop_list(), seed=req.seed, **req.decode_overrides())
-        job = Job(engine, prep, params, admission.release, lora=req.model if req.model in adapters else None)
+        job = Job(engine, prep, params, admission.release, lora=req.model if req.model in adapters else None,
+                  guard=cfg.answer_guard, stream=bool(req.stream))
         jobs.add(job)
         if req.stream:
             return _stream(job, prep, req, jobs)

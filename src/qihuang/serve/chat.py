@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from qihuang.serve.engine import EngineError, SamplingParams
-from qihuang.rag import citations_for, prepare_prompt
+from qihuang.rag import answer_chunks, citations_for, prepare_prompt
 from qihuang.retrieval import PassageIndex
 from qihuang.serve.settings import ChatConfig
 
@@ -48,10 +48,11 @@ class ChatSession:
         """Stream the answer to `question` through `write`; returns (answer, citations) and extends history."""
         messages = [*self.history, {"role": "user", "content": question}]
         prep = prepare_prompt(self.engine, messages, self.index if self.cite else None, self.cfg.passages_k,
-                              self.cfg.passage_chars, self.cfg.max_tokens)
+                              self.cfg.passage_chars, self.cfg.max_tokens, self.cfg.relevance_gate,
+                              self.cfg.cite_first)
         params = SamplingParams(max_new_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature)
         parts = []
-        for chunk in self.engine.generate(prompt=prep.prompt, params=params):
+        for chunk in answer_chunks(self.engine, prep, params, self.cfg.answer_guard):
             if chunk.text:
                 parts.append(chunk.text)
                 write(chunk.text)

@@ -21,6 +21,15 @@ class RetrievalConfig:
     """Passages retrieved per question and put into the prompt."""
     passage_chars: int = rag.PASSAGE_CHARS
     """Characters of each passage shown in the prompt (centred on the best-matching sentence)."""
+    relevance_gate: bool = True
+    """Decline (answer that the classics given do not cover it, cite nothing) a question that names no book or
+    section of the library, uses none of its terms and quotes none of its passages (`qihuang.relevance.judge`)."""
+    cite_first: bool = True
+    """Open each answer with the citation 《书名·篇名》 of the retrieved passage the question matches best (the
+    opening the model was trained to write), so the source an answer names is always one it was shown."""
+    answer_guard: bool = True
+    """Cut an answer where it turns degenerate (a loop, punctuation noise: nothing of it is streamed) and let an
+    answer with nothing of its own quote its cited passage instead, marked 原文 (`qihuang.answer_guard`)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.passages_k <= 10:

@@ -1,0 +1,161 @@
+"""Whether the classics speak to a question at all, and which retrieved passage an answer should cite: the gate in
+front of retrieval-augmented answers (serve, chat, eval all call it through `rag.ground`)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qihuang.retrieval import Hit, Passage
+
+GENERIC_FREQ = 2000
+"""A word whose frequency in jieba's dictionary of everyday modern Chinese is at least this is no evidence of a
+question about the classics (作用 22,078, 太阳 5,044; 感冒 604, 黄芪 114, 桂枝 23 stay evidence)."""
+QUOTE_CHARS = 5
+"""A question whose CJK text shares a run of this many characters with a retrieved passage (its section name or
+text) quotes the classics."""
+MAX_TERM = 12
+"""Longest domain term looked for."""
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_NUMBERED = re.compile(r"^(?:[（(][^）)]{1,6}[）)]|第[^章节篇卷]{1,6}[章节篇卷]|[一二三四五六七八九十百]+[、．.])")
+_GENERIC_SECTIONS = frozenset("序 自序 自叙 原序 凡例 目录 跋 后序 题辞 题词 总论 附录 附方 提要 引言 前言 后记 卷首".split())
+
+
+def cjk(text: str) -> str:
+    """The CJK characters of `text`, joined."""
+    return "".join(_CJK_RUN.findall(text))
+
+
+def longest_shared(a: str, b: str) -> int:
+    """Length of the longest run of characters `a` and `b` share (a quote of one in the other)."""
+    best = 0
+    for i in range(len(a)):
+        j = i + best + 1
+        while j <= len(a) and a[i:j] in b:
+            best = j - i
+            j += 1
+    return best
+
+
+class DomainTerms:
+    """Terms of the classics' own vocabulary (the TCM lexicon, and the library's section names: herbs, formulas,
+    chapter names), without the words everyday modern Chinese uses as often; `find` lists those a text contains."""
+
+    def __init__(self, terms: Iterable[str], generic: dict[str, int] | None = None) -> None:
+        freq = generic or {}
+        self.by_head: dict[str, set[str]] = {}
+        for t in terms:
+            t = t.strip()
+            if 2 <= len(t) <= MAX_TERM and cjk(t) == t and freq.get(t, 0) < GENERIC_FREQ \
+                    and t not in _GENERIC_SECTIONS and not t.startswith("卷"):
+                self.by_head.setdefault(t[:2], set()).add(t)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_head.values())
+
+    def find(self, text: str) -> list[str]:
+        """Every term `text` contains, longest first."""
+        found = {t for i in range(len(text) - 1) for t in self.by_head.get(text[i:i + 2], ()) if text.startswith(t, i)}
+        return sorted(found, key=lambda t: (-len(t), t))
+
+
+def section_terms(names: Iterable[str]) -> set[str]:
+    """Headwords of section names: each level, its numbering (（十一）, 第三章, 一、) taken off."""
+    out: set[str] = set()
+    for name in names:
+        for part in re.split(r"[·/]", name):
+            part = _NUMBERED.sub("", part.strip())
+            part = part.removesuffix("方").removesuffix("论") if len(part) > 3 else part
+            if part:
+                out.add(part)
+    return out
+
+
+def _lexicon_terms() -> list[str]:
+    from qihuang.retrieval import _lexicon_path
+
+    path = _lexicon_path()
+    if path is None or not Path(path).exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [line.split()[0] for line in fh if line.strip()]
+
+
+def _generic_freq() -> dict[str, int]:
+    from qihuang.bm25 import jieba_segmenter
+
+    return dict(jieba_segmenter(None).FREQ)
+
+
+_TERMS_LOCK = threading.Lock()
+
+
+def domain_terms(index: Any) -> DomainTerms:
+    """The domain terms of an index (lexicon + its section headwords), built once per index object."""
+    with _TERMS_LOCK:
+        terms = getattr(index, "_domain_terms", None)
+        if terms is None:
+            terms = DomainTerms([*_lexicon_terms(), *section_terms(index.sections.names)], _generic_freq())
+            index._domain_terms = terms
+        return terms
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """Whether retrieval found the classics speaking to a question, and the evidence."""
+
+    covered: bool
+    """False: the answer is the NOT_COVERED sentence, not a generation citing unrelated passages."""
+    reason: str
+    """`book 《…》`, `section 「…」`, `term 黄芪`, `quote 治缠喉风…`, or why not."""
+
+
+def judge(query: str, hits: Sequence[Hit], index: Any) -> Relevance:
+    """A question is about the classics when it names a book or section of the library, uses a term of its
+    vocabulary (`DomainTerms`), or quotes a retrieved passage (`QUOTE_CHARS`); else (and without hits) it is not."""
+    if not hits:
+        return Relevance(False, "no passage matched")
+    if "《" in query and index.scope.mask(query) is not None:
+        return Relevance(True, "names a book")
+    if ("《" in query or "「" in query) and index.sections.mask(query) is not None:
+        return Relevance(True, "names a section")
+    text = cjk(query)
+    terms = domain_terms(index).find(text)
+    if terms:
+        return Relevance(True, f"term {terms[0]}")
+    shared = max(shared_run(text, h) for h in hits)
+    if shared >= QUOTE_CHARS:
+        return Relevance(True, f"quotes {shared} characters of a passage")
+    return Relevance(False, "names no book or section of the library, uses none of its terms, quotes none of it")
+
+
+POOL = 10
+"""BM25 candidates `quotes_first` reorders before the top k are kept."""
+
+
+def shared_run(query_cjk: str, hit: Hit) -> int:
+    """Longest run of characters the question shares with a hit's section name or text."""
+    return longest_shared(query_cjk, cjk(hit.passage.section) + "|" + cjk(hit.passage.text))
+
+
+def quotes_first(query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The top k of `hits` (BM25's order) with the passages that quote the question (a shared run of at least
+    QUOTE_CHARS characters) moved first, longest quote first: a quoted sentence finds the passage that holds it even
+    when its characters are common ones. Ranks are renumbered."""
+    text = cjk(query)
+    runs = [shared_run(text, h) for h in hits]
+    order = sorted(range(len(hits)), key=lambda i: (-(runs[i] if runs[i] >= QUOTE_CHARS else 0), i))
+    return [Hit(hits[i].passage, hits[i].score, rank) for rank, i in enumerate(order[:k], 1)]
+
+
+def cited_passage(query: str, hits: Sequence[Hit]) -> Passage | None:
+    """The passage an answer cites: the hit sharing the longest run of characters with the question (a quoted
+    sentence, a section name), the retriever's rank breaking ties; None without hits."""
+    if not hits:
+        return None
+    text = cjk(query)
+    return max(hits, key=lambda h: (shared_run(text, h), -h.rank)).passage

@@ -1,0 +1,83 @@
+"""The answer guard: what a user may see of a generated answer (cut where it turns degenerate, quote the cited passage
+when nothing of its own is left), after the fact and while streaming."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from qihuang.answer_guard import FALLBACK_LEAD, HOLD_CHARS, clean_length, guard_answer, guard_stream, own_chars
+from qihuang.evaluate.answers import is_degenerate
+from qihuang.retrieval import Passage
+
+HUANGLIAN = Passage(id="p", book="假托本草", section="黄连", text="黄连味苦寒，主热气目痛。苦能燥湿，寒能清热。")
+OPEN = "据《假托本草·黄连》："
+
+
+def test_a_clean_answer_passes_unchanged() -> None:
+    answer = OPEN + "黄连味苦性寒，能清热燥湿，主热气目痛。"
+    out = guard_answer(answer, "黄连的性味如何？", HUANGLIAN, OPEN)
+    assert out.text == answer and not out.cut and not out.fallback
+
+
+def test_a_loop_is_cut_at_the_last_sentence_before_it() -> None:
+    answer = OPEN + "黄连味苦性寒，能清热燥湿。主之主之主之主之主之"
+    out = guard_answer(answer, "黄连的性味如何？", HUANGLIAN, OPEN)
+    assert out.cut and out.text == OPEN + "黄连味苦性寒，能清热燥湿。" and not is_degenerate(out.text)
+    assert clean_length("桂枝三两，芍药三两。") == len("桂枝三两，芍药三两。")
+
+
+def test_noise_or_an_echo_falls_back_to_the_cited_passage() -> None:
+    noise = OPEN + "“黄”：“连”：“苦”：“寒”：“主”：“热”"
+    out = guard_answer(noise, "黄连的性味如何？", HUANGLIAN, OPEN)
+    assert out.cut and out.fallback and out.text.startswith(OPEN + FALLBACK_LEAD + "「")
+    assert "苦寒" in out.text and not is_degenerate(out.text)
+    echo = guard_answer(OPEN + "黄连的性味如何？", "黄连的性味如何？", HUANGLIAN, OPEN)
+    assert echo.fallback and not echo.cut and own_chars("黄连的性味如何？", "黄连的性味如何？") == 0
+    assert guard_answer("", "问", None).text == ""  # nothing cited: nothing to quote
+
+
+@dataclass
+class FakeChunk:
+    text: str
+    completion_tokens: int
+    prompt_tokens: int = 3
+    finish_reason: str | None = None
+
+
+def _stream(pieces: list[str], pulled: list[str], stop: threading.Event) -> Iterator[FakeChunk]:
+    for i, p in enumerate(pieces):
+        if stop.is_set():
+            yield FakeChunk("", i, finish_reason="cancelled")
+            return
+        pulled.append(p)
+        yield FakeChunk(p, i + 1, finish_reason="length" if i == len(pieces) - 1 else None)
+
+
+def _make(text: str, last: FakeChunk | None, finish: str | None) -> FakeChunk:
+    return FakeChunk(text, last.completion_tokens if last else 0, 3, finish)
+
+
+def test_stream_holds_back_a_loop_and_stops_the_generation() -> None:
+    pieces = [OPEN, "黄连", "味苦", "性寒。"] + ["主之"] * 40
+    stop, pulled = threading.Event(), []
+    out = list(guard_stream(_stream(pieces, pulled, stop), "黄连的性味如何？", HUANGLIAN, OPEN, stop, _make))
+    assert out[0].text == OPEN  # the opening goes out at once
+    text = "".join(c.text for c in out)
+    assert text == OPEN + "黄连味苦性寒。" and out[-1].finish_reason == "stop"
+    assert stop.is_set() and len(pulled) < len(pieces)  # the engine was stopped, not run to max_tokens
+    assert all(not is_degenerate(c.text) for c in out if c.text)
+
+
+def test_stream_of_a_clean_answer_is_the_answer() -> None:
+    body = "黄连味苦性寒，能清热燥湿，主热气目痛，久服令人不忘。" * 2
+    pieces = [OPEN] + [body[i:i + 3] for i in range(0, len(body), 3)]
+    stop, pulled = threading.Event(), []
+    out = list(guard_stream(_stream(pieces, pulled, stop), "黄连", HUANGLIAN, OPEN, stop, _make))
+    assert "".join(c.text for c in out) == OPEN + body and out[-1].finish_reason == "length"
+    assert len(out) > 3 and not stop.is_set()  # streamed as it came, HOLD_CHARS behind
+    assert len(out[-1].text) <= HOLD_CHARS + 3
+    held = list(guard_stream(_stream(pieces, [], threading.Event()), "黄连", HUANGLIAN, OPEN, threading.Event(),
+                             _make, hold=None))
+    assert [c.text for c in held] == [OPEN, body]  # not streaming: the rest in one piece at the end

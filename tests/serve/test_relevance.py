@@ -1,0 +1,109 @@
+"""The relevance gate and citation choice in front of retrieval-augmented answers (`qihuang.relevance`, `rag.ground`),
+section scoping in search, and how serve streams a grounded answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from qihuang import rag
+from qihuang.relevance import DomainTerms, cited_passage, judge, longest_shared, quotes_first, section_terms
+from qihuang.retrieval import Hit, Passage, PassageIndex
+
+
+def test_longest_shared_and_section_terms() -> None:
+    assert longest_shared("桂枝汤主营卫不和", "《拟方》云：桂枝汤主营卫不和者") == 8
+    assert longest_shared("汽车", "桂枝汤") == 0
+    assert section_terms(["卷上/项强", "第三章·小柴胡汤方", "（十一）五禽戏法"]) >= {"项强", "小柴胡汤", "五禽戏法"}
+
+
+def test_domain_terms_leave_out_everyday_words() -> None:
+    terms = DomainTerms(["黄芪", "作用", "卷之一", "序", "桂枝汤", "桂枝"], generic={"作用": 22078, "黄芪": 114})
+    assert terms.find("黄芪的作用是什么") == ["黄芪"]
+    assert terms.find("桂枝汤的组成") == ["桂枝汤", "桂枝"]  # longest first
+    assert terms.find("卷之一说了什么") == [] and terms.find("汽车保养") == []
+
+
+@pytest.mark.parametrize("question, covered", [
+    ("桂枝汤主治何证？", True),                      # a term of the library (a section name)
+    ("《虚构医经》讲了什么？", True),                  # names a book
+    ("「脉象篇」收在哪本书里？", True),                # names a section
+    ("“春日宜早起，缓步于庭”出自哪里？", True),        # quotes a passage
+    ("汽车发动机的机油多久换一次？", False),
+    ("Python 中列表和元组有什么区别？", False),
+])
+def test_gate_declines_what_the_classics_do_not_speak_to(index: PassageIndex, question: str, covered: bool) -> None:
+    g = rag.ground(index, question, 3)
+    assert (g.answer is None) == covered, g.reason
+    if covered:
+        assert g.hits and g.prefix.startswith("据《") and g.prefix.endswith("》：")
+    else:
+        assert g.answer == rag.NOT_COVERED and g.hits == [] and g.prefix == ""
+        assert not judge(question, index.search(question, 3), index).covered
+    assert rag.ground(index, question, 3, gate=False).answer is None  # gate off: always answered
+
+
+def test_cited_passage_is_the_one_the_question_quotes(index: PassageIndex) -> None:
+    q = "“苦能燥湿，寒能清热”出自哪部书？"
+    hits = index.search(q, 3)
+    assert cited_passage(q, hits).id == "test-006"
+    assert rag.ground(index, q, 3).prefix == "据《假托本草·黄连》："
+    assert cited_passage(q, []) is None
+
+
+def test_quotes_first_moves_the_quoting_passage_up() -> None:
+    a = Passage(id="a", book="甲", section="一", text="发热恶寒者，发于阳也。")
+    b = Passage(id="b", book="乙", section="二", text="病有发热恶寒者，发于阳也；无热恶寒者，发于阴也。")
+    hits = [Hit(a, 9.0, 1), Hit(b, 5.0, 2)]
+    out = quotes_first("“无热恶寒者，发于阴也”出自哪里", hits, 2)
+    assert [h.passage.id for h in out] == ["b", "a"] and [h.rank for h in out] == [1, 2]
+    assert [h.passage.id for h in quotes_first("发热", hits, 1)] == ["a"]  # nothing quoted: BM25's order
+
+
+def test_a_named_section_scopes_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path / "home"))
+    rows = [{"id": f"p{i}", "book": b, "section": s, "text": t} for i, (b, s, t) in enumerate([
+        ("甲书", "卷上/项强", "项背强几几，汗出恶风。"),
+        ("乙书", "卷下/杂论", "这一篇收在哪本古籍里？此句乃今人所设之问，项强二字亦在焉，项强项强。"),
+        ("丙书", "卷上/自汗", "自汗者，不因发散而自汗出也。")])]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    index = PassageIndex.open(path)
+    q = "《卷上·项强》这一篇收在哪本古籍里？"
+    assert index.search(q, 1)[0].passage.book == "甲书"
+    assert index.search(q, 1, scoped=False)[0].passage.book == "乙书"  # the question's words alone mislead
+    assert index.search("「卷上·自汗」是哪部医书中的篇章？", 1)[0].passage.book == "丙书"
+    reopened = PassageIndex.open(path)  # the section scope was saved with the index
+    assert reopened.sections.names == ["卷上/项强", "卷下/杂论", "卷上/自汗"]
+
+
+def test_server_sends_the_decline_and_the_citation_opening(engine: Any, index: PassageIndex) -> None:
+    from qihuang.serve.app import create_app
+    from qihuang.serve.settings import ServeConfig
+    from tests.serve.conftest import start_server
+
+    srv = start_server(create_app(engine, index, ServeConfig(max_tokens=8)))
+    try:
+        url = f"{srv.url}/v1/chat/completions"
+        off = httpx.post(url, json={"messages": [{"role": "user", "content": "汽车发动机的机油多久换一次？"}]},
+                         timeout=60).json()
+        assert off["choices"][0]["message"]["content"] == rag.NOT_COVERED and off["citations"] == []
+        assert off["usage"]["completion_tokens"] == 0
+        on = httpx.post(url, json={"messages": [{"role": "user", "content": "“苦能燥湿，寒能清热”出自哪部书？"}],
+                                   "max_tokens": 4}, timeout=60).json()
+        assert on["choices"][0]["message"]["content"].startswith("据《假托本草·黄连》：")
+        assert any(c["cited"] and c["id"] == "test-006" for c in on["citations"])
+        with httpx.stream("POST", url, json={"messages": [{"role": "user", "content": "“苦能燥湿”出自哪部书？"}],
+                                             "max_tokens": 3, "stream": True}, timeout=60) as r:
+            deltas = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in r.iter_lines()
+                      if line.startswith("data: {")]
+        assert [d for d in deltas if d][0] == "据《假托本草·黄连》："  # the opening is the first text sent
+        plain = httpx.post(url, json={"messages": [{"role": "user", "content": "汽车"}], "retrieval": False,
+                                      "max_tokens": 2}, timeout=60).json()
+        assert plain["choices"][0]["message"]["content"] != rag.NOT_COVERED  # no retrieval: no gate
+    finally:
+        srv.stop()
