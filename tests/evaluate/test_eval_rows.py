@@ -77,6 +77,9 @@ def test_rows_end_to_end(tiny_model_dir: Path, tmp_path: Path, scripted: None) -
     assert base["rag"]["degenerate"] == 0.0 and sft["rag"]["degenerate"] == 0.0
     assert sft["rag"]["vs_base"]["against"] == "base:rag"
     assert sft["rag"]["vs_base"]["degenerate"]["diff"] == 0.0
+    # the model's own answers are scored too (the base's are empty: only the system's opening scores)
+    assert base["rag"]["model_rouge_l"] < base["rag"]["rouge_l"]  # its citation opening alone, against a quote
+    assert "model_rouge_l" in sft["rag"]["vs_base"]
     assert sft["closed"]["vs_base"]["against"] == "base:closed" and sft["closed"]["declined"] == 0.0
     # sft cites [1]: right book exactly when the first hit is from the gold book
     preds = [json.loads(x) for x in (out.path / "predictions" / "sft__rows__rag.jsonl").read_text(
@@ -99,7 +102,7 @@ def test_rows_end_to_end(tiny_model_dir: Path, tmp_path: Path, scripted: None) -
     md = (out.path / "report.md").read_text(encoding="utf-8")
     for s in ("### Held-out-book QA: the system users get", "| **base** | closed-book |", "| **sft** | + retrieval |",
               "### Held-out-book QA by question type: sft, + retrieval", "Off-topic (30 questions",
-              "+0.0 [+0.0, +0.0]", "-100.0 [-100.0, -100.0]"):
+              "+0.0 [+0.0, +0.0]", "model's own ROUGE-L / faithfulness %"):
         assert s in md, s
     assert "difference to **base** in the same condition" in md
     # resumed stage (the passages file only touched): every part and the QA set reused, nothing generated again

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 CONDITIONS = ("closed", "rag")
 """closed: the question alone; rag: the top passages_k passages before it (`rag.rag_messages`)."""
-PAIRED_METRICS = ("rouge_l", "faithfulness", "citation_book", "citation_section", "degenerate", "echo", "declined")
+PAIRED_METRICS = ("rouge_l", "faithfulness", "citation_book", "citation_section", "degenerate", "echo", "declined",
+                  "model_rouge_l", "model_faithfulness")
 """Per-answer figures compared with the base row of the same condition (paired bootstrap)."""
 ROW_FIGURES = ("rouge_l", "bleu4", "faithfulness", "length")
 """The figures of a row taken from `qa.summarize_scores` (the rest are the citation / degeneration checks)."""
@@ -186,6 +187,9 @@ def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
         "length": float(base["length"]),
         "gold_retrieved": _mean([float(p["gold_retrieved"]) for p in per if p["hits"]]),
         "model_degenerate": _mean([float(p["model_degenerate"]) for p in per if "model_degenerate" in p]),
+        "model_rouge_l": _mean([float(p["model_rouge_l"]) for p in per if "model_rouge_l" in p]),
+        "model_faithfulness": _mean([float(p["model_faithfulness"]) for p in per
+                                     if p.get("model_faithfulness") is not None]),
         "guard_cut": _mean([float(p["guard_cut"]) for p in per if "guard_cut" in p]),
         "guard_fallback": _mean([float(p["guard_fallback"]) for p in per if "guard_fallback" in p]),
     }
@@ -212,8 +216,10 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
     questions = [it["question"] for it in items]
     shown, acts = guard_answers(answers, questions, found) if cfg.answer_guard else (answers, [{}] * len(items))
     per = score_items(items, shown, [g.hits for g in found])
-    for p, g, raw, act in zip(per, found, answers, acts, strict=True):
-        p.update(opening=g.prefix, gate=g.reason, model_answer=raw, model_degenerate=is_degenerate(raw), **act)
+    own = score_items(items, answers, [g.hits for g in found]) if cfg.answer_guard else per
+    for p, g, raw, mine, act in zip(per, found, answers, own, acts, strict=True):
+        p.update(opening=g.prefix, gate=g.reason, model_answer=raw, model_degenerate=is_degenerate(raw),
+                 model_rouge_l=mine["rouge_l"], model_faithfulness=mine.get("faithfulness"), **act)
     summary = aggregate(per)
     types = sorted({p["task_type"] for p in per})
     summary["by_type"] = {t: aggregate([p for p in per if p["task_type"] == t]) for t in types}

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from qihuang.evaluate import EvalConfig
     from qihuang.rag import Grounding
 
-ROWS_VERSION = 3
+ROWS_VERSION = 4
 """Bumped when the scoring of rows changes, so cached rows are recomputed."""
 
 
