@@ -1,7 +1,8 @@
 """Which tensors carry the gradient spikes of continual pretraining: runs `pretrain` for a few steps and prints,
 per optimizer step, the total gradient norm (before clipping) and the largest per-tensor norms.
 
-    python benchmarks/grad_norm_tensors.py --model runs/demo/tokenizer/model [--steps 40] [--lr 5e-4] [--seed 0]
+    python benchmarks/grad_norm_tensors.py --model runs/demo/tokenizer/model [--steps 40] [--learning-rate 5e-4]
+        [--seed 0]
     python benchmarks/grad_norm_tensors.py --smoke     # tiny random model, 4 shared books, 6 steps, 1 thread (CI)
 
 Same settings as the demo's pretraining (seq 128 × micro-batch 4, warm-up 5, cosine over 152 steps, 2 threads), no
@@ -34,7 +35,8 @@ def main() -> None:
     ap.add_argument("--train", default="runs/demo/corpus/train.jsonl")
     ap.add_argument("--heldout", default="runs/demo/corpus/heldout.jsonl")
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--learning-rate", "--lr", type=float, default=5e-4,
+                    help="peak LR (pretrain.learning_rate; --lr: its earlier name)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 4 shared books, 6 steps (seconds, CI)")
@@ -81,8 +83,9 @@ def record(a: argparse.Namespace) -> list[dict[str, Any]]:
 
     loop.train_loop = named_loop  # the stage imports the loop from its module when it runs
     accelerate.Accelerator.clip_grad_norm_ = recording_clip
-    cfg = PretrainConfig(max_steps=a.steps, schedule_steps=152, seq_len=128, micro_batch=4, lr=a.lr, warmup_steps=5,
-                         eval_chars=0, eval_base=False, checkpoint_every_steps=0, checkpoint_every_minutes=0,
+    cfg = PretrainConfig(max_steps=a.steps, schedule_steps=152, seq_len=128, batch_size=4,
+                         learning_rate=a.learning_rate, warmup_steps=5, eval_chars=0, eval_base=False,
+                         checkpoint_every_steps=0, checkpoint_every_minutes=0,
                          tensorboard=False, threads=a.threads, seed=a.seed)
     model = prepare_model(a.model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,7 +45,7 @@ def ours(model_dir: str, texts: list[str], seq: int, mb: int, warm: int, steps: 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     data = pack_documents(tok, texts, seq, seed=0)
-    s = loop_settings(PretrainConfig(seq_len=seq, micro_batch=mb, grad_accum=1, lr=lr, warmup_steps=0,
+    s = loop_settings(PretrainConfig(seq_len=seq, batch_size=mb, grad_accum=1, learning_rate=lr, warmup_steps=0,
                                      min_lr_ratio=0.1, weight_decay=0.0, clip=1.0, max_steps=warm + steps,
                                      schedule_steps=warm + steps, max_minutes=None, fit_schedule=False,
                                      checkpoint_every_steps=0, checkpoint_every_minutes=0.0, keep_checkpoints=1,
@@ -112,15 +112,16 @@ def main() -> None:
     ap.add_argument("--train", type=Path, default=Path("runs/demo/corpus/train.jsonl"),
                     help="passages JSONL (missing: a small corpus is built first)")
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--batch-size", "--micro-batch", type=int, default=4,
+                    help="sequences per forward/backward pass (pretrain.batch_size; --micro-batch: its earlier name)")
     ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps (after 1 warm-up step)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0))
     ap.add_argument("--passages", type=int, default=400)
     ap.add_argument("--smoke", action="store_true",
-                    help="tiny random model, 4 shared books, seq 64 × micro-batch 2, 3 steps, 1 thread (CI)")
+                    help="tiny random model, 4 shared books, seq 64 × batch 2, 3 steps, 1 thread (CI)")
     args = ap.parse_args()
     if args.smoke:
-        args.model, args.seq_len, args.micro_batch, args.steps, args.threads, args.passages = \
+        args.model, args.seq_len, args.batch_size, args.steps, args.threads, args.passages = \
             "tiny-llama", 64, 2, 3, 1, 40
     import torch
 
@@ -134,12 +135,12 @@ def main() -> None:
             args.train = smoke_corpus(Path(tmp)) / "train.jsonl"
         texts = passages(corpus_file(args.train, Path(tmp), "train.jsonl"), args.passages, 0)
     warm, lr = 1, 5e-4
-    a = ours(model_dir, texts, args.seq_len, args.micro_batch, warm, args.steps, lr)
+    a = ours(model_dir, texts, args.seq_len, args.batch_size, warm, args.steps, lr)
     print(f"qihuang: {a['tokens_per_s']:.1f} tokens/s ({a['tokens']} tokens in {a['seconds']:.1f} s)", flush=True)
-    b = hf_trainer(model_dir, texts, args.seq_len, args.micro_batch, warm, args.steps, lr)
+    b = hf_trainer(model_dir, texts, args.seq_len, args.batch_size, warm, args.steps, lr)
     print(f"HF Trainer: {b['tokens_per_s']:.1f} real tokens/s ({b['tokens']} of "
-          f"{b['batches'] * args.micro_batch * args.seq_len} padded-max slots in {b['seconds']:.1f} s)", flush=True)
-    print(f"model={model_dir} seq_len={args.seq_len} micro_batch={args.micro_batch} threads={torch.get_num_threads()}")
+          f"{b['batches'] * args.batch_size * args.seq_len} padded-max slots in {b['seconds']:.1f} s)", flush=True)
+    print(f"model={model_dir} seq_len={args.seq_len} batch_size={args.batch_size} threads={torch.get_num_threads()}")
     print(f"RESULT pretrain_cpu {a['tokens_per_s']:.1f} tokens/s baseline={b['tokens_per_s']:.1f} "
           f"ratio={a['tokens_per_s'] / b['tokens_per_s']:.2f}")
 

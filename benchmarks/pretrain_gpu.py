@@ -158,9 +158,9 @@ def variant_config(kw: dict[str, Any], seq: int, total_steps: int, dry: bool) ->
     packed block (doc_mask off: SDPA's flash kernel takes no block-diagonal mask); no compile on a dry run unless
     DRY_COMPILE=1."""
     return PretrainConfig(
-        mode="lora" if kw["lora"] else "full", lora_rank=16, lora_alpha=32, lora_dropout=0.05, lora_embeddings="none",
-        grad_checkpoint=kw["gc"], general_ratio=0.0, seq_len=seq, micro_batch=kw["mb"], grad_accum=kw["ga"], lr=1e-4,
-        warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, clip=1.0, max_steps=total_steps,
+        mode="lora" if kw["lora"] else "full", lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_embeddings="none",
+        grad_checkpoint=kw["gc"], general_ratio=0.0, seq_len=seq, batch_size=kw["mb"], grad_accum=kw["ga"],
+        learning_rate=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, clip=1.0, max_steps=total_steps,
         schedule_steps=total_steps, fit_schedule=False, spike_factor=0.0, spike_max_in_row=3, rollback_lr_factor=0.5,
         checkpoint_every_steps=0, checkpoint_every_minutes=0.0, keep_checkpoints=1, eval_every=0, log_every=1,
         ce_chunk_tokens=kw["chunk"], compile=kw["compile"] and (not dry or os.environ.get("DRY_COMPILE") == "1"),

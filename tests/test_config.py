@@ -107,7 +107,10 @@ def test_shipped_recipes_load() -> None:
 
 
 @pytest.mark.parametrize("cls, key, hint", [
-    ("qihuang.pretrain:PretrainConfig", "learning_rate", "did you mean 'lr'"),
+    ("qihuang.pretrain:PretrainConfig", "lr", "did you mean 'learning_rate'"),
+    ("qihuang.pretrain:PretrainConfig", "micro_batch", "did you mean 'batch_size'"),
+    ("qihuang.pretrain:PretrainConfig", "lora_rank", "did you mean 'lora_r'"),
+    ("qihuang.preference:DPOConfig", "lr", "did you mean 'learning_rate'"),
     ("qihuang.sft:SFTConfig", "lr", "did you mean 'learning_rate'"),
     ("qihuang.sft:SFTConfig", "lora_rank", "did you mean 'lora_r'"),
     ("qihuang.sft:SFTConfig", "per_device_train_batch_size", "did you mean 'batch_size'"),
@@ -121,6 +124,25 @@ def test_an_unknown_key_gets_a_suggestion(cls: str, key: str, hint: str) -> None
     mod, name = cls.split(":")
     with pytest.raises(ConfigError, match=hint):
         from_mapping(getattr(importlib.import_module(mod), name), {key: 1}, where="r.yaml.stage")
+
+
+@pytest.mark.parametrize("old, new", [("lr", "learning_rate"), ("micro_batch", "batch_size"), ("lora_rank", "lora_r")])
+def test_a_recipe_with_an_earlier_pretrain_name_is_told_the_name_now(tmp_path: Path, old: str, new: str) -> None:
+    """pretrain's lr / micro_batch / lora_rank are named as in the SFT and DPO stages now: an old recipe stops with
+    the file, the key and the name to use."""
+    from qihuang.pipeline import load_recipe
+    from qihuang.preference import DPOConfig
+    from qihuang.pretrain import PretrainConfig
+    from qihuang.sft import SFTConfig
+
+    for cls in (PretrainConfig, SFTConfig, DPOConfig):
+        assert new in cls.__dataclass_fields__ and old not in cls.__dataclass_fields__, cls
+    p = tmp_path / "old.yaml"
+    p.write_text(f"name: old\nmodel: tiny-llama\npretrain: {{{old}: 2}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(p)
+    msg = str(exc.value)
+    assert f"{p}.pretrain: unknown key(s) ['{old}']" in msg and f"'{old}': did you mean '{new}'?" in msg, msg
 
 
 def test_a_key_far_from_every_name_gets_no_guess() -> None:

@@ -88,13 +88,36 @@ def _finished(run_dir: Path, name: str, config: dict) -> None:
     time.sleep(0.01)  # distinct done-file times
 
 
+def test_a_stage_recorded_under_earlier_setting_names_is_not_stale(tmp_path: Path) -> None:
+    """A pretrain stage finished when its settings were lr / micro_batch / lora_rank is the same build under
+    learning_rate / batch_size / lora_r: reused, unless a value changed."""
+    from qihuang.config import to_mapping
+    from qihuang.pipeline import stale_reason
+    from qihuang.pretrain import PretrainConfig
+    from qihuang.runs import StageDir
+
+    cfg = PretrainConfig(learning_rate=1e-4, batch_size=2, lora_r=8)
+    old = to_mapping(cfg)
+    for before, now in (("lr", "learning_rate"), ("micro_batch", "batch_size"), ("lora_rank", "lora_r")):
+        old[before] = old.pop(now)
+    _finished(tmp_path, "pretrain", old)
+    stage = StageDir(tmp_path / "pretrain")
+
+    def why(c: PretrainConfig) -> str | None:
+        return stale_reason("pretrain", stage, c, [], [], "m1", ["pretrain"])
+
+    assert why(cfg) is None
+    assert why(PretrainConfig(learning_rate=3e-4, batch_size=2, lora_r=8)) == "config changed: learning_rate"
+    assert why(PretrainConfig(learning_rate=1e-4, batch_size=4, lora_r=8)) == "config changed: batch_size"
+
+
 def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
     import os
 
     from qihuang.pipeline import stale_reason
     from qihuang.runs import StageDir
 
-    cfgs = {"corpus": {"max_books": 3}, "tokenizer": {"enabled": True}, "pretrain": {"lr": 1e-4}}
+    cfgs = {"corpus": {"max_books": 3}, "tokenizer": {"enabled": True}, "pretrain": {"learning_rate": 1e-4}}
     for name, cfg in cfgs.items():
         _finished(tmp_path, name, cfg)
     active = list(cfgs)
@@ -105,9 +128,9 @@ def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
         return stale_reason(name, dirs[name], cfg or cfgs[name], list(rebuilt), list(force), model, active)
 
     assert [why(n) for n in cfgs] == [None, None, None]
-    assert why("pretrain", {"lr": 3e-4}) == "config changed: lr"
-    assert why("pretrain", {"lr": 1e-4, "seq_len": 256}) == "config changed: seq_len"
-    assert why("pretrain", {"lr": 1e-4, "tensorboard": True, "log_every": 5}) is None  # reporting, not output
+    assert why("pretrain", {"learning_rate": 3e-4}) == "config changed: learning_rate"
+    assert why("pretrain", {"learning_rate": 1e-4, "seq_len": 256}) == "config changed: seq_len"
+    assert why("pretrain", {"learning_rate": 1e-4, "tensorboard": True, "log_every": 5}) is None  # reporting only
     assert why("tokenizer", force=("tokenizer",)) == "forced"
     assert why("pretrain", rebuilt=("tokenizer",)) == "tokenizer rebuilt"
     assert why("corpus", rebuilt=("tokenizer",)) is None  # the corpus is not built from the tokenizer
@@ -119,4 +142,4 @@ def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
     os.utime(dirs["corpus"].done_file, (later, later))  # the corpus rebuilt after pretrain, in an earlier run
     assert why("pretrain") == "corpus newer"
     dirs["pretrain"].done_file.unlink()
-    assert why("pretrain", {"lr": 3e-4}) is None  # not finished: it runs anyway, nothing to explain
+    assert why("pretrain", {"learning_rate": 3e-4}) is None  # not finished: it runs anyway, nothing to explain

@@ -19,7 +19,7 @@ from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
 from tests.training.helpers import write_passages
 
 QIHUANG = str(Path(sys.executable).parent / "qihuang")
-FAST = dict(seq_len=32, micro_batch=2, warmup_steps=1, general_ratio=0.0, eval_chars=300, eval_seq_len=64,
+FAST = dict(seq_len=32, batch_size=2, warmup_steps=1, general_ratio=0.0, eval_chars=300, eval_seq_len=64,
             tensorboard=False, checkpoint_every_minutes=0.0)
 
 
@@ -49,7 +49,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_full_pretrain_end_to_end(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     out = StageDir(tmp_path / "pretrain")
-    cfg = PretrainConfig(max_steps=16, lr=3e-3, checkpoint_every_steps=5, eval_every=8, **FAST)
+    cfg = PretrainConfig(max_steps=16, learning_rate=3e-3, checkpoint_every_steps=5, eval_every=8, **FAST)
     summary = run_stage(out, cfg, lambda: pretrain(cfg, extended, *data, out))
     assert out.is_done() and (out.path / "loss.png").stat().st_size > 1000
     assert summary["steps"] == 16 and summary["tokens"] == 16 * 2 * 32 and summary["tokens_per_s"] > 0
@@ -82,7 +82,7 @@ def test_progress_bar_shows_steps_and_loss(extended: Path, data: tuple[Path, Pat
 
 def test_lora_trains_new_rows_and_merges(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     out = StageDir(tmp_path / "lora")
-    cfg = PretrainConfig(max_steps=6, lr=1e-2, mode="lora", lora_rank=4, checkpoint_every_steps=0,
+    cfg = PretrainConfig(max_steps=6, learning_rate=1e-2, mode="lora", lora_r=4, checkpoint_every_steps=0,
                          eval_base=False, **FAST)
     summary = pretrain(cfg, extended, *data, out)
     assert summary["trainable_params"] < summary["params"] / 2
@@ -99,7 +99,8 @@ def test_lora_trains_new_rows_and_merges(extended: Path, data: tuple[Path, Path]
 
 def test_freeze_layers_keeps_bottom(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     out = StageDir(tmp_path / "frozen")
-    cfg = PretrainConfig(max_steps=3, lr=1e-2, freeze_layers=1, checkpoint_every_steps=0, eval_base=False, **FAST)
+    cfg = PretrainConfig(max_steps=3, learning_rate=1e-2, freeze_layers=1, checkpoint_every_steps=0, eval_base=False,
+                         **FAST)
     pretrain(cfg, extended, *data, out)
     before, after = _weights(extended), _weights(out.path / "model")
     assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
@@ -108,7 +109,8 @@ def test_freeze_layers_keeps_bottom(extended: Path, data: tuple[Path, Path], tmp
 
 def test_embeddings_mode_trains_only_embeddings(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     out = StageDir(tmp_path / "emb")
-    cfg = PretrainConfig(max_steps=3, lr=1e-2, mode="embeddings", checkpoint_every_steps=0, eval_base=False, **FAST)
+    cfg = PretrainConfig(max_steps=3, learning_rate=1e-2, mode="embeddings", checkpoint_every_steps=0,
+                         eval_base=False, **FAST)
     summary = pretrain(cfg, extended, *data, out)
     before, after = _weights(extended), _weights(out.path / "model")
     assert summary["trainable_params"] == before["model.embed_tokens.weight"].numel()  # tied LM head: same rows
@@ -125,7 +127,7 @@ def test_embedding_lr_multiplier_groups(tiny_model_dir: Path) -> None:
     from qihuang.training.loop import LoopSettings, _optimizer
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    s = LoopSettings(seq_len=8, micro_batch=1, grad_accum=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
+    s = LoopSettings(seq_len=8, batch_size=1, grad_accum=1, learning_rate=1e-3, warmup_steps=0, min_lr_ratio=0.1,
                      weight_decay=0.1, clip=1.0, max_steps=1, schedule_steps=1, spike_factor=0.0, spike_grad_factor=0.0,
                      spike_max_in_row=3,
                      rollback_lr_factor=0.5, checkpoint_every_steps=0, checkpoint_every_minutes=0, keep_checkpoints=1,
@@ -159,7 +161,7 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
         return torch.full_like(grad, float("nan")) if calls["n"] == 4 else grad
 
     model.model.layers[0].mlp.down_proj.weight.register_hook(poison)
-    s = LoopSettings(seq_len=16, micro_batch=2, grad_accum=1, lr=1e-3, warmup_steps=0, min_lr_ratio=0.1,
+    s = LoopSettings(seq_len=16, batch_size=2, grad_accum=1, learning_rate=1e-3, warmup_steps=0, min_lr_ratio=0.1,
                      weight_decay=0.0, clip=1.0, max_steps=6, schedule_steps=6, spike_factor=0.0,
                      spike_grad_factor=0.0, spike_max_in_row=3, rollback_lr_factor=0.5, checkpoint_every_steps=0,
                      checkpoint_every_minutes=0, keep_checkpoints=1, eval_every=0, log_every=1, ce_chunk_tokens=0,
@@ -178,8 +180,8 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
 def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     """max_minutes with a huge max_steps: the cosine is shortened to what the budget allows, so it ends annealed."""
     out = StageDir(tmp_path / "fit")
-    cfg = PretrainConfig(max_steps=100_000, max_minutes=0.3, lr=1e-3, min_lr_ratio=0.1, checkpoint_every_steps=0,
-                         eval_base=False, **FAST)
+    cfg = PretrainConfig(max_steps=100_000, max_minutes=0.3, learning_rate=1e-3, min_lr_ratio=0.1,
+                         checkpoint_every_steps=0, eval_base=False, **FAST)
     summary = pretrain(cfg, extended, *data, out)
     event = next(r for r in out.metrics().read() if r.get("event") == "schedule_fitted")
     assert event["step"] == 8 and summary["schedule_steps"] == event["schedule_steps"] < 100_000
@@ -191,9 +193,9 @@ def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path],
 def _cli(out: Path, model: Path, data: tuple[Path, Path], extra: list[str], env: dict[str, str] | None = None,
          launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     args = [*(launcher or [QIHUANG]), "pretrain", "--model", str(model), "--train", str(data[0]), "--heldout",
-            str(data[1]), "--out", str(out), "--seq-len", "32", "--micro-batch", "2", "--warmup-steps", "1",
+            str(data[1]), "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--warmup-steps", "1",
             "--general-ratio", "0", "--eval-chars", "200", "--eval-seq-len", "64", "--no-tensorboard",
-            "--no-eval-base", "--checkpoint-every-minutes", "0", "--lr", "3e-3", *extra]
+            "--no-eval-base", "--checkpoint-every-minutes", "0", "--learning-rate", "3e-3", *extra]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=300)
 
@@ -207,7 +209,7 @@ def test_exact_resume_after_kill(extended: Path, data: tuple[Path, Path], tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["resumed_from_step"] == 4
     straight = StageDir(tmp_path / "b")
-    cfg = PretrainConfig(max_steps=10, checkpoint_every_steps=4, lr=3e-3, eval_chars=200, eval_base=False,
+    cfg = PretrainConfig(max_steps=10, checkpoint_every_steps=4, learning_rate=3e-3, eval_chars=200, eval_base=False,
                          **{k: v for k, v in FAST.items() if k != "eval_chars"})
     run_stage(straight, cfg, lambda: pretrain(cfg, extended, *data, straight))
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
@@ -219,7 +221,7 @@ def test_exact_resume_after_kill(extended: Path, data: tuple[Path, Path], tmp_pa
 
 def test_corrupt_checkpoint_falls_back(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     out = StageDir(tmp_path / "c")
-    cfg = PretrainConfig(max_steps=6, lr=3e-3, checkpoint_every_steps=2, keep_checkpoints=3, eval_base=False,
+    cfg = PretrainConfig(max_steps=6, learning_rate=3e-3, checkpoint_every_steps=2, keep_checkpoints=3, eval_base=False,
                          **FAST)
     pretrain(cfg, extended, *data, out)
     ckpts = out.path / "checkpoints"
@@ -243,11 +245,11 @@ def test_config_checks() -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
-    extra = ["--max-steps", "4", "--checkpoint-every-steps", "0", "--micro-batch", "1", "--lr", "1e-3"]
+    extra = ["--max-steps", "4", "--checkpoint-every-steps", "0", "--batch-size", "1", "--learning-rate", "1e-3"]
     single = StageDir(tmp_path / "single")
-    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=0, micro_batch=1, grad_accum=2, lr=1e-3,
+    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=0, batch_size=1, grad_accum=2, learning_rate=1e-3,
                          eval_chars=200, eval_base=False, **{k: v for k, v in FAST.items()
-                                                            if k not in ("eval_chars", "micro_batch")})
+                                                            if k not in ("eval_chars", "batch_size")})
     run_stage(single, cfg, lambda: pretrain(cfg, extended, *data, single))
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
                 "--no-python", QIHUANG]

@@ -12,7 +12,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import click
 
-from qihuang.config import ConfigError, field_docs, from_mapping, load_yaml
+from qihuang.config import RENAMED, ConfigError, field_docs, from_mapping, load_yaml
 
 
 def _click_type(tp: Any) -> tuple[Any, bool]:
@@ -40,10 +40,18 @@ def config_options(cls: type, prefix: str = "") -> Callable[[Callable[..., Any]]
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init and not dataclasses.is_dataclass(hints[f.name])]
+    names = {f.name for f in fields}
+    renamed = {old: new for old, new in RENAMED.items() if new in names and old not in names}
+
+    def flag(name: str) -> str:
+        return f"--{prefix}{name}".replace("_", "-")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renamed.items():  # an earlier version's flag: name the one to use
+                if kwargs.pop(f"renamed_{prefix}{old}", None) is not None:
+                    raise click.UsageError(f"{flag(old)} is now {flag(new)} (the same name in every stage)")
             config_file = kwargs.pop("config_file", None)
             data: dict[str, Any] = load_yaml(config_file) if config_file else {}
             for f in fields:
@@ -73,6 +81,8 @@ def config_options(cls: type, prefix: str = "") -> Callable[[Callable[..., Any]]
                 opt = click.option(name, f"{prefix}{f.name}", type=ctype, multiple=multiple, default=None,
                                    help=help_text)
             wrapper = opt(wrapper)
+        for old in renamed:
+            wrapper = click.option(flag(old), f"renamed_{prefix}{old}", default=None, hidden=True)(wrapper)
         wrapper = click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True),
                                default=None, help=f"YAML file with {cls.__name__} keys; flags override it")(wrapper)
         return wrapper

@@ -152,14 +152,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+RENAMED: dict[str, str] = {"lr": "learning_rate", "micro_batch": "batch_size", "lora_rank": "lora_r"}
+"""Settings of earlier versions (pretrain) under their name now: every stage uses the same one."""
+
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "learning_rate": ("lr",), "lr": ("learning_rate",), "batch_size": ("micro_batch", "per_device_train_batch_size"),
-    "micro_batch": ("batch_size", "per_device_train_batch_size"), "lora_r": ("lora_rank",), "lora_rank": ("lora_r",),
-    "per_device_train_batch_size": ("batch_size", "micro_batch"), "gradient_accumulation_steps": ("grad_accum",),
-    "num_train_epochs": ("epochs",), "warmup_steps": ("warmup",), "warmup_ratio": ("warmup",),
-    "max_seq_length": ("max_length", "seq_len"), "seq_len": ("max_length",), "max_length": ("seq_len",),
+    **{old: (new,) for old, new in RENAMED.items()}, "per_device_train_batch_size": ("batch_size",),
+    "gradient_accumulation_steps": ("grad_accum",), "num_train_epochs": ("epochs",), "warmup_steps": ("warmup",),
+    "warmup_ratio": ("warmup",), "max_seq_length": ("max_length", "seq_len"), "seq_len": ("max_length",),
+    "max_length": ("seq_len",),
 }
-"""The same setting under the names other stages (or Hugging Face `TrainingArguments`) give it."""
+"""The same setting under the names other stages, earlier versions (`RENAMED`) or Hugging Face
+`TrainingArguments` give it."""
 
 
 def suggest(key: str, names: set[str]) -> str:
@@ -225,11 +228,33 @@ def load_config(cls: type[T], path: Path, overrides: dict[str, Any] | None = Non
     return from_mapping(cls, data, where=str(path))
 
 
+DATA_ROOT_ENV = "QIHUANG_DATA_ROOT"
+"""The one environment variable for the data: the folder that holds classics/, eval/, general_sft/, lexicon/ and
+preference/ (`../shared/data` beside a checkout, found without it)."""
+LEGACY_ENV = {"QIHUANG_SHARED": "the folder above data/", "QIHUANG_DATA": "the classics/ folder"}
+"""Variables of earlier versions, still honoured when QIHUANG_DATA_ROOT is unset (each with a warning once)."""
+_warned: set[str] = set()
+
+
+def legacy_env(name: str) -> str | None:
+    """The value of an earlier version's variable (`LEGACY_ENV`) when QIHUANG_DATA_ROOT is unset, warning once."""
+    value = os.environ.get(name)
+    if not value or os.environ.get(DATA_ROOT_ENV):
+        return None
+    if name not in _warned:
+        _warned.add(name)
+        import warnings
+
+        warnings.warn(f"${name} ({LEGACY_ENV[name]}) is deprecated: set {DATA_ROOT_ENV} to the data folder "
+                      "(the one holding classics/, eval/, lexicon/ …) instead", FutureWarning, stacklevel=3)
+    return value
+
+
 def shared_dir() -> Path | None:
     """The `shared/` folder beside the checkout (development data), if present."""
-    env = os.environ.get("QIHUANG_SHARED")
-    if env:
-        return Path(env)
+    legacy = legacy_env("QIHUANG_SHARED")
+    if legacy:
+        return Path(legacy)
     for base in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[3]):
         cand = base.parent / "shared"
         if (cand / "data").is_dir():
@@ -240,25 +265,23 @@ def shared_dir() -> Path | None:
     return None
 
 
-def data_file(relative: str) -> Path:
-    """Resolve a file of the development data (`../shared/data/<relative>`), with a clear error if absent."""
-    env = os.environ.get("QIHUANG_DATA_ROOT")
-    looked = []
+def data_root() -> Path | None:
+    """The data folder: $QIHUANG_DATA_ROOT, else `../shared/data` beside the checkout (None: neither)."""
+    env = os.environ.get(DATA_ROOT_ENV)
     if env:
-        cand = Path(env) / relative
-        looked.append(str(cand))
-        if cand.exists():
-            return cand
+        return Path(env).expanduser()
     shared = shared_dir()
-    if shared is not None:
-        cand = shared / "data" / relative
-        looked.append(str(cand))
-        if cand.exists():
-            return cand
-    raise ConfigError(
-        f"data file {relative!r} not found (looked in: {', '.join(looked) or 'no data root'}); "
-        "set QIHUANG_DATA_ROOT to the folder that holds it or pass an explicit path"
-    )
+    return shared / "data" if shared is not None else None
+
+
+def data_file(relative: str) -> Path:
+    """Resolve a file of the data folder (`data_root()/<relative>`), with a clear error if absent."""
+    root = data_root()
+    if root is not None and (root / relative).exists():
+        return root / relative
+    looked = str(root / relative) if root is not None else f"no data folder (${DATA_ROOT_ENV} unset, no ../shared/data)"
+    raise ConfigError(f"data file {relative!r} not found (looked in: {looked}); set {DATA_ROOT_ENV} to the folder "
+                      "that holds it or pass an explicit path")
 
 
 def qihuang_home() -> Path:

@@ -37,11 +37,11 @@ class PretrainConfig:
     so the LR is annealed by the end (the fitted length is kept in checkpoints for exact resume)."""
     seq_len: int = 256
     """Tokens per packed training sequence."""
-    micro_batch: int = 4
-    """Sequences per forward/backward pass (per process)."""
+    batch_size: int = 4
+    """Sequences per forward/backward pass (per process: the micro-batch)."""
     grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step."""
-    lr: float = 3e-4
+    """Batches (of batch_size) accumulated per optimizer step."""
+    learning_rate: float = 3e-4
     """Peak learning rate."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
@@ -61,7 +61,7 @@ class PretrainConfig:
     freeze_layers: int = 0
     """full mode: freeze the bottom N decoder layers (no backward through them; embeddings then learn from the
     output side only, through tied weights)."""
-    lora_rank: int = 16
+    lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA alpha."""
@@ -123,9 +123,10 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges("pretrain", self, max_steps=(1, None, False), max_minutes=(0, None, True),
-                     seq_len=(8, None, False), micro_batch=(1, None, False), grad_accum=(1, None, False), lr=(0, None, True),
-                     min_lr_ratio=(0, 1, False), general_ratio=(0, 1, False, True), embed_lr_mult=(0, None, True),
-                     lora_rank=(1, None, False), freeze_layers=(0, None, False), grad_checkpoint=(0, 1, False),
+                     seq_len=(8, None, False), batch_size=(1, None, False), grad_accum=(1, None, False),
+                     learning_rate=(0, None, True), min_lr_ratio=(0, 1, False), general_ratio=(0, 1, False, True),
+                     embed_lr_mult=(0, None, True), lora_r=(1, None, False), freeze_layers=(0, None, False),
+                     grad_checkpoint=(0, 1, False),
                      eval_chars=(0, None, False), eval_seq_len=(8, None, False), log_every=(1, None, False),
                      keep_checkpoints=(1, None, False), threads=(0, None, False), weight_decay=(0, None, False),
                      rollback_lr_factor=(0, 1, True), clip=(0, None, False), spike_factor=(0, None, False),
@@ -184,7 +185,7 @@ def prepare_for_training(cfg: PretrainConfig, model: Any, extension: dict[str, A
             kw["trainable_token_indices"] = {"embed_tokens": new_ids}
         elif cfg.lora_embeddings == "all":
             kw["modules_to_save"] = ["embed_tokens", "lm_head"]
-        lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM", **kw)
         model = get_peft_model(model, lcfg)
         if cfg.grad_checkpoint > 0:
@@ -220,7 +221,7 @@ def loop_settings(cfg: PretrainConfig) -> LoopSettings:
     from qihuang.training.loop import LoopSettings
 
     return LoopSettings(
-        seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum, lr=cfg.lr,
+        seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, clip=cfg.clip,
         max_steps=cfg.max_steps, schedule_steps=cfg.schedule_steps or cfg.max_steps, spike_factor=cfg.spike_factor,
         spike_grad_factor=cfg.spike_grad_factor, spike_max_in_row=cfg.spike_max_in_row,
@@ -312,7 +313,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
 
     summary: dict[str, Any] = {**{k: v for k, v in result.items() if k != "evals"}, **chars,
                                "train_blocks": data.n_blocks, "mode": cfg.mode, "seq_len": cfg.seq_len,
-                               "global_batch": cfg.micro_batch * cfg.grad_accum * accelerator.num_processes,
+                               "global_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
                                "processes": accelerator.num_processes, "device": str(accelerator.device)}
     if main:
         final = model.merge_and_unload() if cfg.mode == "lora" else model

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from qihuang.config import to_mapping
+from qihuang.config import RENAMED, to_mapping
 
 
 def sweep_stale_temps(directory: Path, name: str | None = None) -> list[Path]:
@@ -219,7 +219,8 @@ class RunDir:
 
 def changed_fields(out: StageDir, config: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
     """Top-level fields of `config` (but `ignore`) whose value differs from the one a finished stage recorded in its
-    config.json (compared as JSON, the way it was written); ["(no recorded config)"] when there is none."""
+    config.json (compared as JSON, the way it was written; a setting recorded under its earlier name, `RENAMED`, is
+    compared with the same setting now); ["(no recorded config)"] when there is none."""
     path = out.path / "config.json"
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -228,6 +229,8 @@ def changed_fields(out: StageDir, config: Any, ignore: frozenset[str] = frozense
     new = json.loads(json.dumps(to_mapping(config), ensure_ascii=False))
     if not isinstance(old, dict) or not isinstance(new, dict):
         return [] if old == new else ["(config)"]
+    old = {RENAMED[k] if k in RENAMED and k not in new and RENAMED[k] in new and RENAMED[k] not in old else k: v
+           for k, v in old.items()}
     return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
 

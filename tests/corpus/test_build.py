@@ -145,11 +145,32 @@ def test_empty_directory_and_missing_source(tmp_path: Path, monkeypatch: pytest.
         build_corpus(CorpusConfig(source=tmp_path / "empty"), StageDir(tmp_path / "o"))
     with pytest.raises(ConfigError, match="corpus fetch"):
         build_corpus(CorpusConfig(source=tmp_path / "nope"), StageDir(tmp_path / "o"))
-    monkeypatch.setenv("QIHUANG_DATA", str(tmp_path / "nothing"))
-    monkeypatch.setenv("QIHUANG_SHARED", str(tmp_path / "noshared"))
+    monkeypatch.setenv("QIHUANG_DATA_ROOT", str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="qihuang corpus fetch") as info:
         build_corpus(CorpusConfig(), StageDir(tmp_path / "o"))
-    assert str(tmp_path / "nothing") in str(info.value)
+    assert str(tmp_path / "nothing" / "classics") in str(info.value) and "QIHUANG_DATA_ROOT" in str(info.value)
+
+
+def test_one_variable_for_the_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qihuang import config
+    from qihuang.config import data_file
+    from qihuang.corpus.settings import default_source
+
+    (tmp_path / "root" / "classics").mkdir(parents=True)
+    (tmp_path / "root" / "lexicon").mkdir()
+    (tmp_path / "root" / "lexicon" / "terms.txt").write_text("黄芪\n", encoding="utf-8")
+    monkeypatch.setenv("QIHUANG_DATA_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("QIHUANG_DATA", str(tmp_path / "ignored"))  # an earlier version's variable: the root wins
+    assert default_source() == tmp_path / "root" / "classics"
+    assert data_file("lexicon/terms.txt") == tmp_path / "root" / "lexicon" / "terms.txt"
+    with pytest.raises(ConfigError, match="QIHUANG_DATA_ROOT"):
+        data_file("lexicon/missing.txt")
+    monkeypatch.delenv("QIHUANG_DATA_ROOT")
+    (tmp_path / "books").mkdir()
+    monkeypatch.setenv("QIHUANG_DATA", str(tmp_path / "books"))
+    monkeypatch.setattr(config, "_warned", set())
+    with pytest.warns(FutureWarning, match="QIHUANG_DATA_ROOT"):  # still honoured without it, with a warning
+        assert default_source() == tmp_path / "books"
 
 
 def test_only_bad_files_fail_after_writing_the_card(tmp_path: Path) -> None:

@@ -125,10 +125,10 @@ def test_spike_guard_non_finite_gradient_always_skipped() -> None:
     assert g.check(5.0, None) == "ok"  # no norm (DeepSpeed clips inside): judged on the loss alone
 
 
-def test_out_of_memory_probe_suggests_micro_batch() -> None:
+def test_out_of_memory_probe_suggests_batch_size() -> None:
     import torch
 
-    from qihuang.training.loop import largest_fitting_micro_batch
+    from qihuang.training.loop import largest_fitting_batch_size
 
     class Fake(torch.nn.Module):
         """Runs out of memory above 3 sequences per batch."""
@@ -143,5 +143,5 @@ def test_out_of_memory_probe_suggests_micro_batch() -> None:
             return self.w * input_ids.float().sum()
 
     data = pack_documents(CharTok(), ["x" * 400], 8, seed=0)
-    assert largest_fitting_micro_batch(Fake(), data, torch.device("cpu"), 16) == 2
-    assert largest_fitting_micro_batch(Fake(), data, torch.device("cpu"), 1) == 0
+    assert largest_fitting_batch_size(Fake(), data, torch.device("cpu"), 16) == 2
+    assert largest_fitting_batch_size(Fake(), data, torch.device("cpu"), 1) == 0

@@ -42,7 +42,7 @@ def build_cmd(cfg: CorpusConfig, out: Path, force: bool) -> None:
 
 @corpus_cli.command("fetch")
 @click.option("--dest", type=click.Path(path_type=Path), default=None,
-              help="Where to put the books [default: $QIHUANG_DATA, else ~/.cache/qihuang/classics].")
+              help="Where to put the books [default: $QIHUANG_DATA_ROOT/classics, else ~/.cache/qihuang/classics].")
 @click.option("--upstream", default=DEFAULT_UPSTREAM, show_default=True, help="Base URL of the raw books.")
 @click.option("--manifest", default=None,
               help="Manifest (file or URL, sha256sum format) [default: <upstream>/MANIFEST.sha256].")
@@ -50,11 +50,11 @@ def build_cmd(cfg: CorpusConfig, out: Path, force: bool) -> None:
 @click.option("--retries", default=2, show_default=True, help="Retries per file (each resumes the partial file).")
 def fetch_cmd(dest: Path | None, upstream: str, manifest: str | None, only: tuple[str, ...], retries: int) -> None:
     """Download the public corpus, verifying checksums; rerun to resume an interrupted download."""
-    from qihuang.config import qihuang_home
+    from qihuang.config import DATA_ROOT_ENV, qihuang_home
     from qihuang.corpus.fetch import FetchError, fetch
 
-    env = os.environ.get("QIHUANG_DATA")
-    target = dest or (Path(env) if env else qihuang_home() / "classics")
+    env = os.environ.get(DATA_ROOT_ENV)
+    target = dest or ((Path(env) if env else qihuang_home()) / "classics")
     try:
         report = fetch(target, upstream, manifest, list(only) or None, retries=retries, log=click.echo)
     except FetchError as exc:
@@ -65,7 +65,7 @@ def fetch_cmd(dest: Path | None, upstream: str, manifest: str | None, only: tupl
         raise click.ClickException(f"{len(report.failed)} file(s) failed; rerun to resume: "
                                    + "; ".join(report.failed.values())[:2000])
     if not env and dest is None:
-        click.echo(f"set QIHUANG_DATA={target} (or pass --source) to build from it")
+        click.echo(f"set {DATA_ROOT_ENV}={target.parent} (or pass --source {target}) to build from it")
 
 
 @corpus_cli.command("manifest")

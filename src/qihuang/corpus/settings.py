@@ -30,7 +30,7 @@ class CorpusConfig:
 
     source: Path | None = None
     """Directory (or single file) of raw books: .txt (GB18030/GBK/UTF-8/UTF-16 classics or plain text), .md,
-    .jsonl; default $QIHUANG_DATA, else ../shared/data/classics."""
+    .jsonl; default $QIHUANG_DATA_ROOT/classics, else ../shared/data/classics."""
     max_books: int | None = None
     """Quick runs: keep the held-out books plus this many others, spread evenly across categories."""
     heldout_books: list[str] = field(default_factory=lambda: list(DEFAULT_HELDOUT))
@@ -105,24 +105,28 @@ class CorpusConfig:
 
 
 def default_source() -> Path:
-    """$QIHUANG_DATA, else ../shared/data/classics; a ConfigError says where it looked and how to get the corpus."""
+    """`classics/` of the data folder ($QIHUANG_DATA_ROOT, else ../shared/data; an earlier version's $QIHUANG_DATA
+    naming the books folder itself is still honoured); a ConfigError says where it looked and how to get the corpus."""
+    from qihuang.config import DATA_ROOT_ENV, data_root, legacy_env
+
     looked: list[str] = []
-    env = os.environ.get("QIHUANG_DATA")
-    if env:
-        looked.append(f"$QIHUANG_DATA={env}")
-        if Path(env).exists():
-            return Path(env)
-    shared = shared_dir()
-    if shared is not None:
-        cand = shared / "data" / "classics"
+    legacy = legacy_env("QIHUANG_DATA")
+    if legacy:
+        looked.append(f"$QIHUANG_DATA={legacy}")
+        if Path(legacy).exists():
+            return Path(legacy)
+    root = data_root()
+    if root is not None:
+        cand = root / "classics"
         looked.append(str(cand))
         if cand.exists():
             return cand
     else:
-        looked.append("../shared/data/classics (no shared/ folder found)")
+        looked.append(f"${DATA_ROOT_ENV}/classics ({DATA_ROOT_ENV} unset, no ../shared/data)")
     raise ConfigError(
         "no corpus source: looked in " + "; ".join(looked)
-        + ". Pass --source DIR, set QIHUANG_DATA, or download the books with `qihuang corpus fetch`."
+        + f". Pass --source DIR, set {DATA_ROOT_ENV} to the data folder (holding classics/), or download the books "
+        "with `qihuang corpus fetch`."
     )
 
 

@@ -26,7 +26,7 @@ class MicroBatchTooLarge(RuntimeError):
     """The micro-batch ran out of accelerator memory; the message names the largest one that fits."""
 
 
-def largest_fitting_micro_batch(loss_mod: Any, data: PackedData, device: Any, start: int) -> int:
+def largest_fitting_batch_size(loss_mod: Any, data: PackedData, device: Any, start: int) -> int:
     """Probe forward+backward with halved micro-batches after an out-of-memory error; 0 if none fits."""
     import torch
 
@@ -51,9 +51,11 @@ class LoopSettings:
     """What the loop needs (filled from PretrainConfig)."""
 
     seq_len: int
-    micro_batch: int
+    batch_size: int
+    """Sequences per forward/backward pass (per process): the micro-batch."""
     grad_accum: int
-    lr: float
+    learning_rate: float
+    """Peak learning rate."""
     warmup_steps: int
     min_lr_ratio: float
     weight_decay: float
@@ -105,7 +107,7 @@ def _optimizer(model: Any, params: list[Any], s: LoopSettings, device: Any) -> A
               {"params": embed, "weight_decay": 0.0, "lr_mult": s.embed_lr_mult}]
     groups = [g for g in groups if g["params"]]
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, **fast)
+    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 
 def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, ckpt_root: Path, metrics: Any,
@@ -145,7 +147,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     if resumed_from is not None and main:
         metrics.log(event="resumed", step=st["step"])
     tb = TensorBoard(ckpt_root.parent / "tensorboard", s.tensorboard and main, warn)
-    G = s.micro_batch * s.grad_accum * world
+    G = s.batch_size * s.grad_accum * world
     fault = int(os.environ.get(FAULT_ENV, "0") or 0)
     session_t0 = time.time()
     base_seconds = st["train_seconds"]
@@ -188,14 +190,14 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             if main:
                 metrics.log(event="schedule_fitted", step=step, schedule_steps=st["schedule_steps"],
                             seconds_per_step=round(per_step, 3))
-        lr = lr_at(step, s.lr, s.warmup_steps, st["schedule_steps"], s.min_lr_ratio) * st["lr_scale"]
+        lr = lr_at(step, s.learning_rate, s.warmup_steps, st["schedule_steps"], s.min_lr_ratio) * st["lr_scale"]
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         nll_sum = torch.zeros((), device=accelerator.device)
         try:
             for a in range(s.grad_accum):
-                lo = (a * world + rank) * s.micro_batch
-                batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.micro_batch]).items()}
+                lo = (a * world + rank) * s.batch_size
+                batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.batch_size]).items()}
                 sync = contextlib.nullcontext() if a == s.grad_accum - 1 else accelerator.no_sync(loss_mod)
                 with sync, accelerator.autocast():
                     nll = loss_mod(**batch)
@@ -205,11 +207,11 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             opt.zero_grad(set_to_none=True)
             del exc
             with accelerator.autocast():
-                fits = largest_fitting_micro_batch(loss_mod, data, accelerator.device, s.micro_batch)
-            hint = (f"the largest that fits is {fits}: rerun with --micro-batch {fits} --grad-accum "
-                    f"{max(s.grad_accum * s.micro_batch // fits, 1)} for the same global batch"
-                    if fits else "even micro_batch=1 does not fit: lower seq_len, use LoRA or grad_checkpoint")
-            raise MicroBatchTooLarge(f"micro_batch={s.micro_batch} at seq_len={s.seq_len} ran out of memory; "
+                fits = largest_fitting_batch_size(loss_mod, data, accelerator.device, s.batch_size)
+            hint = (f"the largest that fits is {fits}: rerun with --batch-size {fits} --grad-accum "
+                    f"{max(s.grad_accum * s.batch_size // fits, 1)} for the same global batch"
+                    if fits else "even batch_size=1 does not fit: lower seq_len, use LoRA or grad_checkpoint")
+            raise MicroBatchTooLarge(f"batch_size={s.batch_size} at seq_len={s.seq_len} ran out of memory; "
                                      + hint) from None
         loss = float(accelerator.reduce(nll_sum, reduction="sum")) / n_valid
         # the norm before clipping (clip=0: max_norm=inf only measures it; DeepSpeed clips inside and gives None);
