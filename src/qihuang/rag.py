@@ -101,10 +101,17 @@ def cite_prefix(passage: Passage) -> str:
     return f"据{passage.title}："
 
 
+_OWN_CITATION = re.compile(r"^(?:出自|据|见于|语出)?《[^《》\n]{1,40}》(?:[·・][^。，；：“”「」\n]{1,40})*"
+                           r"(?:「[^」\n]{0,60}」)?(?:原文)?[。，；：:、]?\s*")
+
+
 def cite_answer(answer: str, passage: Passage) -> str:
     """A trained answer with passages: `据《书名·篇名》：answer` — the source first, so even a truncated answer
-    names it."""
-    return f"{cite_prefix(passage)}{answer.strip()}"
+    names it. A citation the answer opens with itself (`出自《书》·篇。`, `《书》原文：`, `据《书》，`) is dropped:
+    the opening already says it, and answers citing twice taught the model to write `据《…》：据《…》：`."""
+    text = answer.strip()
+    rest = _OWN_CITATION.sub("", text, count=1).strip()
+    return f"{cite_prefix(passage)}{rest or text}"
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,16 @@ def test_an_answer_that_only_repeats_the_question_cites_nothing() -> None:
     assert not echo[0]["cited"] and quoting[0]["cited"]
     assert rag.citations_for(hits, question, "见[1]。")[0]["cited"]
     assert rag.citations_for(hits, question, "据《素问集注·阴阳应象大论》：……")[0]["cited"]
+
+
+def test_trained_answers_cite_once() -> None:
+    """The opening names the source; a citation the generator's answer opens with itself is dropped (answers that
+    cited twice taught the model to write `据《…》：据《…》：` and nothing else)."""
+    p = Passage(id="x", book="拟方汇编", section="桂枝汤条", text="…")
+    opening = "据《拟方汇编·桂枝汤条》："
+    assert rag.cite_answer("出自《拟方汇编》·桂枝汤条。古人写道：“桂枝汤主营卫不和。”", p) == \
+        opening + "古人写道：“桂枝汤主营卫不和。”"
+    assert rag.cite_answer("《拟方汇编》原文：桂枝汤主营卫不和。", p) == opening + "桂枝汤主营卫不和。"
+    assert rag.cite_answer("据《拟方汇编》，桂枝汤主营卫不和。", p) == opening + "桂枝汤主营卫不和。"
+    assert rag.cite_answer("应填「桂枝」。", p) == opening + "应填「桂枝」。"  # no citation of its own: kept
+    assert rag.cite_answer("《拟方汇编》", p) == opening + "《拟方汇编》"  # nothing else: kept as it was
