@@ -26,8 +26,6 @@ QUOTE_CHARS = 80
 FALLBACK_LEAD = "原文："
 """What a fallback quote opens with, so a reader knows it is the source's text, not an explanation."""
 _SENTENCE_END = re.compile(r"[。！？；!?;\n]")
-_WORD = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
-_TITLE = re.compile(r"据?《[^《》\n]{0,40}》[：:]?")
 
 
 WINDOW_CHARS = 32
@@ -59,12 +57,11 @@ def clean_length(text: str) -> int:
 def own_chars(answer: str, question: str) -> int:
     """Word characters of `answer` that are its own: citations left out, and the characters it shares with the
     question when it merely repeats it."""
-    from qihuang.evaluate.answers import echoes_question
+    from qihuang.evaluate.answers import WORD_CHAR, body_of, echoes_question
 
-    body = _TITLE.sub("", answer)
-    if question and echoes_question(body, question):
+    if question and echoes_question(answer, question):
         return 0
-    return len(_WORD.findall(body))
+    return len(WORD_CHAR.findall(body_of(answer)))
 
 
 def fallback_quote(passage: Passage, question: str) -> str:

@@ -154,20 +154,16 @@ def ground(index: PassageIndex | None, query: str, k: int, gate: bool = True, ci
 
 @dataclass
 class Prepared:
-    """A rendered prompt with the passages it carries, and the grounding's answer opening (or whole answer)."""
+    """A rendered prompt with the passages it carries (the grounding's, less any dropped to fit the context) and the
+    grounding it was built from (its opening is already at the end of `prompt`)."""
 
     prompt: str
     prompt_tokens: int
     hits: list[Hit]
     query: str
-    prefix: str = ""
-    """Text the answer opens with (already at the end of `prompt`; sent to the client first)."""
-    answer: str | None = None
-    """The whole answer when nothing is to be generated (a declined question)."""
-    reason: str = ""
-    """The relevance gate's evidence."""
-    cited: Passage | None = None
-    """The passage the answer cites (`Grounding.cited`)."""
+    ground: Grounding = Grounding([])
+    """What `ground` decided: the answer's opening, or the whole answer of a declined question, and the cited
+    passage."""
 
 
 def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIndex | None, k: int,
@@ -185,7 +181,7 @@ def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIn
         prompt = engine.prompts.render(turn) + g.prefix
         n = engine.prompts.count_tokens(prompt)
         if n + max_new_tokens <= engine.max_context or g.answer is not None:
-            return Prepared(prompt, n, hits, query, g.prefix, g.answer, g.reason, g.cited)
+            return Prepared(prompt, n, hits, query, g)
         if not hits:
             raise PromptTooLong(f"the conversation has {n} prompt tokens; with max_tokens={max_new_tokens} it exceeds "
                                 f"the model's context of {engine.max_context} tokens")
@@ -203,8 +199,9 @@ def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, 
     from qihuang.answer_guard import guard_stream
     from qihuang.serve.engine import Chunk
 
-    if prep.answer is not None:
-        yield Chunk(prep.answer, 0, prep.prompt_tokens, "stop")
+    g = prep.ground
+    if g.answer is not None:
+        yield Chunk(g.answer, 0, prep.prompt_tokens, "stop")
         return
     stop = threading.Event()
     asked: Any = kwargs.pop("cancelled", None)
@@ -213,8 +210,8 @@ def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, 
         return stop.is_set() or bool(asked is not None and asked())
 
     def chunks() -> Iterator[Any]:
-        if prep.prefix:
-            yield Chunk(prep.prefix, 0, prep.prompt_tokens)
+        if g.prefix:
+            yield Chunk(g.prefix, 0, prep.prompt_tokens)
         yield from engine.generate(prompt=prep.prompt, params=params, cancelled=cancelled, **kwargs)
 
     if not guard:
@@ -224,7 +221,7 @@ def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, 
     def make(text: str, last: Any, finish: str | None) -> Any:
         return Chunk(text, last.completion_tokens if last is not None else 0, prep.prompt_tokens, finish)
 
-    yield from guard_stream(chunks(), prep.query, prep.cited, prep.prefix, stop, make, hold)
+    yield from guard_stream(chunks(), prep.query, g.cited, g.prefix, stop, make, hold)
 
 
 def cited_titles(answer: str, passages: Sequence[Passage] = ()) -> list[tuple[str, str]]:

@@ -3,8 +3,10 @@ front of retrieval-augmented answers (serve, chat, eval all call it through `rag
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +94,15 @@ def _generic_freq() -> dict[str, int]:
 
 
 _TERMS_LOCK = threading.Lock()
+_TERMS: weakref.WeakKeyDictionary[Any, DomainTerms] = weakref.WeakKeyDictionary()
 
 
 def domain_terms(index: Any) -> DomainTerms:
     """The domain terms of an index (lexicon + its section headwords), built once per index object."""
     with _TERMS_LOCK:
-        terms = getattr(index, "_domain_terms", None)
-        if terms is None:
-            terms = DomainTerms([*_lexicon_terms(), *section_terms(index.sections.names)], _generic_freq())
-            index._domain_terms = terms
-        return terms
+        if index not in _TERMS:
+            _TERMS[index] = DomainTerms([*_lexicon_terms(), *section_terms(index.sections.names)], _generic_freq())
+        return _TERMS[index]
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,14 @@ POOL = 10
 
 
 def shared_run(query_cjk: str, hit: Hit) -> int:
-    """Longest run of characters the question shares with a hit's section name or text."""
-    return longest_shared(query_cjk, cjk(hit.passage.section) + "|" + cjk(hit.passage.text))
+    """Longest run of characters the question shares with a hit's section name or text (memoised: retrieval, the
+    gate and the citation choice each ask it of the same hits)."""
+    return _shared_run(query_cjk, hit.passage)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_run(query_cjk: str, passage: Passage) -> int:
+    return longest_shared(query_cjk, cjk(passage.section) + "|" + cjk(passage.text))
 
 
 def quotes_first(query: str, hits: Sequence[Hit], k: int) -> list[Hit]:

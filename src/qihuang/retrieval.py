@@ -4,6 +4,7 @@ jieba + the TCM lexicon), built once per passages file and cached under a key ma
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder,
                           full_mode_candidates, full_mode_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
 from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
-from qihuang.scope import BookScope, SectionScope, strip_sections, strip_titles
+from qihuang.scope import BookScope, Labels, SectionScope, strip_sections, strip_titles
 
 INDEX_VERSION = 3
 SEARCH_VERSION = 3
@@ -301,8 +302,6 @@ class PassageIndex:
         self.meta = meta or {}
         self.built = False
         self._by_id: dict[str, Passage] | None = None
-        self._scope: BookScope | None = None
-        self._sections: SectionScope | None = None
 
     @property
     def by_id(self) -> dict[str, Passage]:
@@ -367,37 +366,28 @@ class PassageIndex:
             return index
         return cls.load(cache, path, t0)
 
-    @property
-    def scope(self) -> BookScope:
-        """Each passage's book (saved with the index; an older index folder is scanned once and given one)."""
-        if self._scope is None:
-            store = self.passages
-            if isinstance(store, PassageStore):
-                folder = store.path.parent
-                self._scope = BookScope.load(folder)
-                if self._scope is None:
-                    self._scope = BookScope.of_jsonl(store.path)
-                    with contextlib.suppress(OSError):
-                        self._scope.save(folder)
-            else:
-                self._scope = BookScope.of_books(p.book for p in store)
-        return self._scope
+    def _labels(self, files: tuple[str, str], field: str, required: bool) -> Labels:
+        """Each passage's `field` (saved with the index; an older index folder is scanned once and given it)."""
+        store = self.passages
+        if not isinstance(store, PassageStore):
+            return Labels.of_values(str(getattr(p, field)) for p in store)
+        folder = store.path.parent
+        labels = Labels.load(folder, files)
+        if labels is None:
+            labels = Labels.of_jsonl(store.path, field, required)
+            with contextlib.suppress(OSError):
+                labels.save(folder, files)
+        return labels
 
-    @property
+    @functools.cached_property
+    def scope(self) -> BookScope:
+        """Each passage's book, and the passages of the books a query names."""
+        return BookScope(self._labels(BookScope.FILES, "book", required=True))
+
+    @functools.cached_property
     def sections(self) -> SectionScope:
-        """Each passage's section (saved with the index; an older index folder is scanned once and given one)."""
-        if self._sections is None:
-            store = self.passages
-            if isinstance(store, PassageStore):
-                folder = store.path.parent
-                self._sections = SectionScope.load(folder)
-                if self._sections is None:
-                    self._sections = SectionScope.of_jsonl(store.path)
-                    with contextlib.suppress(OSError):
-                        self._sections.save(folder)
-            else:
-                self._sections = SectionScope.of_sections(p.section for p in store)
-        return self._sections
+        """Each passage's section, and the passages of the sections a query names."""
+        return SectionScope(self._labels(SectionScope.FILES, "section", required=False))
 
     def _term_ids(self, query: str) -> np.ndarray:
         if self.segmentation == "char":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,6 @@ BOOK_TITLE = re.compile(r"《([^《》\n]{1,40})》")
 """A book title in a query; the book is the part before `·`."""
 SECTION_NAME = re.compile(r"[《「]([^《》「」\n]{2,60})[》」]")
 """A section name in a query: 《…》 or 「…」 with levels joined by `·` or `/`."""
-_BOOK_FIELD = re.compile(rb'"book": "((?:[^"\\]|\\.)*)"')
-_SECTION_FIELD = re.compile(rb'"section": "((?:[^"\\]|\\.)*)"')
 FILES = ("books.npy", "books.json")
 """What a scope is saved as in an index folder: the book number of each passage, and the book names."""
 
@@ -32,46 +31,81 @@ def strip_sections(query: str) -> str:
     return SECTION_NAME.sub(" ", query)
 
 
+@dataclass
+class Labels:
+    """One label per indexed passage (its book, its section), numbered: what a scope is built, saved and loaded
+    from."""
+
+    doc: np.ndarray
+    """int32 label number of each passage, in index order."""
+    names: list[str]
+    """Label of each number."""
+
+    @classmethod
+    def of_values(cls, values: Iterable[str]) -> Labels:
+        """From each passage's label, in index order."""
+        ids: dict[str, int] = {}
+        doc = np.fromiter((ids.setdefault(v, len(ids)) for v in values), dtype=np.int32)
+        return cls(doc, list(ids))
+
+    @classmethod
+    def of_jsonl(cls, path: Path, field: str, required: bool) -> Labels:
+        """From an index's passages.jsonl (one line per passage), reading only `field` of each line; a line
+        without it is an error when `required`, else labelled ""."""
+        pattern = re.compile(b'"' + field.encode() + rb'": "((?:[^"\\]|\\.)*)"')
+        values = []
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                m = pattern.search(line)
+                if m is None and required:
+                    raise ValueError(f"{path}:{n}: no {field} field")
+                values.append(json.loads(b'"' + m.group(1) + b'"') if m else "")
+        return cls.of_values(values)
+
+    def save(self, folder: Path, files: tuple[str, str]) -> None:
+        """Write the numbers (.npy) and the names (.json) into `folder`."""
+        np.save(folder / files[0], self.doc)
+        (folder / files[1]).write_text(json.dumps(self.names, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, files: tuple[str, str]) -> Labels | None:
+        """Saved labels, or None when `folder` has none (an index built before they were saved)."""
+        if not all((folder / f).exists() for f in files):
+            return None
+        return cls(np.load(folder / files[0]), json.loads((folder / files[1]).read_text(encoding="utf-8")))
+
+
 class BookScope:
     """The book of every indexed passage, and the passages of the books a query names."""
 
-    def __init__(self, doc_book: np.ndarray, names: list[str]) -> None:
-        self.doc_book = doc_book
-        self.names = names
-        self._ids = {n: i for i, n in enumerate(names)}
+    FILES = FILES
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+        self.doc_book = labels.doc
+        self.names = labels.names
+        self._ids = {n: i for i, n in enumerate(self.names)}
         self._resolved: dict[str, list[int]] = {}
 
     @classmethod
     def of_books(cls, books: Iterable[str]) -> BookScope:
         """From each passage's book, in index order."""
-        ids: dict[str, int] = {}
-        doc_book = np.fromiter((ids.setdefault(b, len(ids)) for b in books), dtype=np.int32)
-        return cls(doc_book, list(ids))
+        return cls(Labels.of_values(books))
 
     @classmethod
     def of_jsonl(cls, path: Path) -> BookScope:
-        """From an index's passages.jsonl (one line per passage, in index order), without parsing whole lines."""
-        books = []
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                m = _BOOK_FIELD.search(line)
-                if m is None:
-                    raise ValueError(f"{path}:{n}: no book field")
-                books.append(json.loads(b'"' + m.group(1) + b'"'))
-        return cls.of_books(books)
+        """From an index's passages.jsonl, without parsing whole lines (a line without a book is an error)."""
+        return cls(Labels.of_jsonl(path, "book", required=True))
 
     def save(self, folder: Path) -> None:
         """Write books.npy and books.json into `folder`."""
-        np.save(folder / FILES[0], self.doc_book)
-        (folder / FILES[1]).write_text(json.dumps(self.names, ensure_ascii=False), encoding="utf-8")
+        self.labels.save(folder, self.FILES)
 
     @classmethod
     def load(cls, folder: Path) -> BookScope | None:
         """A saved scope, or None when `folder` has none (an index built before scopes were saved)."""
-        if not all((folder / f).exists() for f in FILES):
-            return None
-        names = json.loads((folder / FILES[1]).read_text(encoding="utf-8"))
-        return cls(np.load(folder / FILES[0]), names)
+        labels = Labels.load(folder, cls.FILES)
+        return cls(labels) if labels is not None else None
 
     def books_of(self, name: str) -> list[int]:
         """Book numbers a title names: the book of exactly that name, else every book whose name contains it
@@ -102,40 +136,32 @@ class SectionScope:
 
     FILES = ("sections.npy", "sections.json")
 
-    def __init__(self, doc_section: np.ndarray, names: list[str]) -> None:
-        self.doc_section = doc_section
-        self.names = names
-        self._norm = [_norm_section(n) for n in names]
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+        self.doc_section = labels.doc
+        self.names = labels.names
+        self._norm = [_norm_section(n) for n in self.names]
         self._resolved: dict[str, list[int]] = {}
 
     @classmethod
     def of_sections(cls, sections: Iterable[str]) -> SectionScope:
         """From each passage's section, in index order."""
-        ids: dict[str, int] = {}
-        doc = np.fromiter((ids.setdefault(s, len(ids)) for s in sections), dtype=np.int32)
-        return cls(doc, list(ids))
+        return cls(Labels.of_values(sections))
 
     @classmethod
     def of_jsonl(cls, path: Path) -> SectionScope:
         """From an index's passages.jsonl without parsing whole lines (a line without a section: "")."""
-        out = []
-        with open(path, "rb") as f:
-            for line in f:
-                m = _SECTION_FIELD.search(line)
-                out.append(json.loads(b'"' + m.group(1) + b'"') if m else "")
-        return cls.of_sections(out)
+        return cls(Labels.of_jsonl(path, "section", required=False))
 
     def save(self, folder: Path) -> None:
         """Write sections.npy and sections.json into `folder`."""
-        np.save(folder / self.FILES[0], self.doc_section)
-        (folder / self.FILES[1]).write_text(json.dumps(self.names, ensure_ascii=False), encoding="utf-8")
+        self.labels.save(folder, self.FILES)
 
     @classmethod
     def load(cls, folder: Path) -> SectionScope | None:
         """A saved scope, or None when `folder` has none."""
-        if not all((folder / f).exists() for f in cls.FILES):
-            return None
-        return cls(np.load(folder / cls.FILES[0]), json.loads((folder / cls.FILES[1]).read_text(encoding="utf-8")))
+        labels = Labels.load(folder, cls.FILES)
+        return cls(labels) if labels is not None else None
 
     def sections_of(self, name: str) -> list[int]:
         """Section numbers whose path is `name` or ends with it (levels compared whole)."""

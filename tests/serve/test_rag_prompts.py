@@ -44,11 +44,12 @@ def test_serving_builds_the_prompt_training_used(engine: Any, index: PassageInde
                                 cfg.passage_chars, 32)
     assert [h.passage.id for h in served.hits] == record["meta"]["passages"]
     # the served prompt ends with the answer's opening, the citation the trained answer starts with
-    assert served.prefix == "据《拟方汇编·桂枝汤条》：" and record["conversations"][1]["value"].startswith(served.prefix)
-    assert text[: spans[0][0]] + served.prefix == served.prompt
+    opening = served.ground.prefix
+    assert opening == "据《拟方汇编·桂枝汤条》：" and record["conversations"][1]["value"].startswith(opening)
+    assert text[: spans[0][0]] + served.ground.prefix == served.prompt
     plain = rag.prepare_prompt(engine, [{"role": "user", "content": pair.question}], index, cfg.passages_k,
                                cfg.passage_chars, 32, cite_first=False)
-    assert text[: spans[0][0]] == plain.prompt and plain.prefix == ""
+    assert text[: spans[0][0]] == plain.prompt and plain.ground.prefix == ""
 
 
 def test_missing_gold_records_decline_and_show_other_books(index: PassageIndex) -> None:
@@ -89,7 +90,7 @@ def test_offtopic_general_records_decline_with_their_retrieved_passages(engine: 
     # served with the relevance gate, the same question is declined before the model sees it
     gated = rag.prepare_prompt(engine, [{"role": "user", "content": question}], index, rag.PASSAGES_K,
                                rag.PASSAGE_CHARS, 32)
-    assert gated.answer == rag.NOT_COVERED and gated.hits == [] and rag.CONTEXT_HEADER not in gated.prompt
+    assert gated.ground.answer == rag.NOT_COVERED and gated.hits == [] and rag.CONTEXT_HEADER not in gated.prompt
     assert rec["conversations"][0]["value"] == rag.rag_user_turn(question, [h.passage for h in served.hits])
     _, n = decline_offtopic(general, index, InstructConfig(rag_offtopic_ratio=1.0))
     assert n == 40 and general[0]["conversations"][1]["value"] == "定期换油。"  # inputs not mutated

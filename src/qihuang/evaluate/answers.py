@@ -33,7 +33,8 @@ CHAR_LIST_RUN = 6
 """This many single characters strung on a mark (`气·氣·水·氳·氢·氨`) are noise; honest lists of single
 characters (`寒、热、温、凉`) are shorter."""
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_WORD_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
+WORD_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
+"""A character that carries words: CJK, letters, digits (not punctuation)."""
 _TITLES = re.compile(r"据?" + BOOK_TITLE.pattern + r"[：:]?")
 ATTRIBUTION_TYPES = ("出处", "篇名归属")
 """Question types that ask where a text comes from."""
@@ -65,16 +66,18 @@ def _dominant_ngram(s: str) -> bool:
 
 
 def _shape_loop(s: str) -> bool:
-    """Single characters strung on punctuation (`“上”：“工”：“治”：`, `气·氣·水·氳·氢·氨`): with every CJK character as
-    one placeholder, a unit of one character and two or more different marks repeated LOOP_REPEATS times back to back, or of
-    one character and one mark other than 、，。； (the marks of honest enumerations: 甲、乙、丙、丁…, 心。肝。肺。) CHAR_LIST_RUN times."""
+    """Single characters strung on punctuation (`“上”：“工”：“治”：`, `气·氣·水·氳·氢·氨`): with every CJK character
+    as one placeholder, a unit of one character and two or more different marks repeated LOOP_REPEATS times back to
+    back, or of one character and one mark other than 、，。； (the marks of honest enumerations: 甲、乙、丙、丁…,
+    心。肝。肺。) CHAR_LIST_RUN times."""
     shape = _CJK_CHAR.sub("X", s)
     for n in range(2, 7):
         times = LOOP_REPEATS if n > 2 else CHAR_LIST_RUN
         for i in range(len(shape) - n * times + 1):
             unit = shape[i:i + n]
             marks = unit.replace("X", "")
-            if unit.count("X") == 1 and not _WORD_CHAR.search(marks) and (len(set(marks)) > 1 if n > 2 else marks not in "、，,。；;") \
+            noise_marks = len(set(marks)) > 1 if n > 2 else marks not in "、，,。；;"
+            if unit.count("X") == 1 and not WORD_CHAR.search(marks) and noise_marks \
                     and shape[i + n:i + n * times] == unit * (times - 1):
                 return True
     return False
@@ -85,10 +88,10 @@ def _shape_loop(s: str) -> bool:
 def is_garbled(text: str) -> bool:
     """Whether an answer's own text (its 《…》 titles left out) is noise: mostly punctuation (MIN_WORD_SHARE), or
     single characters strung on punctuation (`_shape_loop`)."""
-    body = _squeeze(_TITLES.sub("", text))
+    body = _squeeze(body_of(text))
     if len(body) < GARBLE_MIN_CHARS:
         return False
-    return len(_WORD_CHAR.findall(body)) < MIN_WORD_SHARE * len(body) or _shape_loop(body)
+    return len(WORD_CHAR.findall(body)) < MIN_WORD_SHARE * len(body) or _shape_loop(body)
 
 
 def is_degenerate(text: str) -> bool:
@@ -141,11 +144,16 @@ def citation_accuracy(answer: str, book: str, section: str, passages: Sequence[P
     return Citation(cited, right_book, right_section)
 
 
+def body_of(answer: str) -> str:
+    """An answer without its citations (`据《书名·篇名》：`, 《书名》): what it says of its own."""
+    return _TITLES.sub("", answer)
+
+
 def echoes_question(answer: str, question: str) -> bool:
     """Whether `answer` says nothing but (a part of) `question`, or nothing besides its citations (ECHO_SHARE)."""
     from qihuang.instruct.grounding import content_chars, lcs_coverage
 
-    body = _TITLES.sub("", answer)
+    body = body_of(answer)
     if not content_chars(body):
         return True
     return bool(question) and lcs_coverage(body, question) >= ECHO_SHARE

@@ -69,7 +69,8 @@ def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[st
             "answer) or noise (mostly punctuation, single characters strung on marks), in the answer users see; "
             "model's own: the same scores of what the model generated (after the citation opening), before the "
             "answer guard cut it (guard cut %) or, where nothing of its own was left, quoted the cited passage "
-            "instead (quoted %) — the difference is what the guard, not the model, contributes. Echo: the answer's own words (its 《…》 titles left out) are ≥ 80% a "
+            "instead (quoted %) — the difference is what the guard, not the model, contributes. Echo: the answer's "
+            "own words (its 《…》 titles left out) are ≥ 80% a "
             "repetition of the question, or there are none — a non-answer even where it scores ROUGE-L against "
             "references that quote the question. Declined: says the sources do not cover the question."
             + _index_note(files), ""]
