@@ -40,9 +40,26 @@ def _degenerate(text: str) -> bool:
     return is_degenerate(text) or (len(text) >= WINDOW_CHARS and is_garbled(text[-WINDOW_CHARS:]))
 
 
+_RESTART = re.compile(r"(?<=[。！？；：:\n])\s*据《")
+
+
+def restart_at(text: str) -> int | None:
+    """Where an answer that opened with a citation starts over with another one (`据《甲》：…。\n据《甲》：…`, the
+    trained opening written again after a sentence end, a line break or the opening's own colon): a model that lost
+    its place, never a second source (those read 又据《乙》, 《乙》亦云). None when it does not."""
+    if not text.startswith("据《"):
+        return None
+    m = _RESTART.search(text, 2)
+    return m.start() if m else None
+
+
 def clean_length(text: str) -> int:
-    """Length of the part of `text` to keep: all of it when it is not degenerate, else the text up to the last
-    sentence end before the point where it turns degenerate (searched in STEP_CHARS steps)."""
+    """Length of the part of `text` to keep: all of it when it neither starts over (`restart_at`) nor turns
+    degenerate, else the text up to where it starts over, or up to the last sentence end before the point where it
+    turns degenerate (searched in STEP_CHARS steps)."""
+    restart = restart_at(text)
+    if restart is not None:
+        return clean_length(text[:restart].rstrip())
     if not _degenerate(text):
         return len(text)
     good = 0
@@ -105,7 +122,7 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
     for chunk in chunks:
         last = chunk
         full += chunk.text
-        if _degenerate(full):
+        if _degenerate(full) or restart_at(full) is not None:
             stop.set()
             break
         held = len(full) if hold is None else min(len(full), hold)

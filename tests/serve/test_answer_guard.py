@@ -81,3 +81,19 @@ def test_stream_of_a_clean_answer_is_the_answer() -> None:
     held = list(guard_stream(_stream(pieces, [], threading.Event()), "黄连", HUANGLIAN, OPEN, threading.Event(),
                              _make, hold=None))
     assert [c.text for c in held] == [OPEN, body]  # not streaming: the rest in one piece at the end
+
+
+def test_an_answer_that_starts_over_is_cut_where_it_does() -> None:
+    """The demo's chat samples (session 7): the opening written again after a line break or a sentence end is a
+    model that lost its place; a second source (又据《…》) is not."""
+    restarted = OPEN + "\n据《假托本草·黄连：“下”。"  # unclosed title: still a citation, not words of its own
+    out = guard_answer(restarted, "黄连的性味如何？", HUANGLIAN, OPEN)
+    assert out.cut and out.fallback and out.text == OPEN + FALLBACK_LEAD + "「黄连味苦寒，主热气目痛。」"
+    again = OPEN + "黄连味苦性寒，能清热燥湿。据《假托本草·黄连》：“苦能"
+    assert guard_answer(again, "黄连", HUANGLIAN, OPEN).text == OPEN + "黄连味苦性寒，能清热燥湿。"
+    second = OPEN + "黄连味苦性寒，能清热燥湿。又据《别录》，主热气。"
+    assert guard_answer(second, "黄连", HUANGLIAN, OPEN).text == second
+    stop, pulled = threading.Event(), []
+    pieces = [OPEN, "黄连", "味苦性寒，", "能清热燥湿。", "\n据《", "假托本草", "》：", "苦能"] + ["燥湿"] * 30
+    out_chunks = list(guard_stream(_stream(pieces, pulled, stop), "黄连", HUANGLIAN, OPEN, stop, _make))
+    assert "".join(c.text for c in out_chunks) == OPEN + "黄连味苦性寒，能清热燥湿。" and stop.is_set()

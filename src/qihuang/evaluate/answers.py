@@ -35,7 +35,8 @@ characters (`寒、热、温、凉`) are shorter."""
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 WORD_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
 """A character that carries words: CJK, letters, digits (not punctuation)."""
-_TITLES = re.compile(r"据?" + BOOK_TITLE.pattern + r"[：:]?")
+_TITLES = re.compile(r"据?《[^《》\n]{1,40}(?:》[：:]?|[：:])")
+"""A citation in an answer: 《…》 (with 据 and a colon), or an opening 据《… left unclosed before its colon."""
 ATTRIBUTION_TYPES = ("出处", "篇名归属")
 """Question types that ask where a text comes from."""
 _SECTION_SPLIT = re.compile(r"[/／·・]")
