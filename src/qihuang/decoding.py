@@ -155,22 +155,75 @@ def logits_processor(prompt_width: int, params: DecodeParams) -> Any:
     return GeneratedRepetition()
 
 
-def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-                   params: DecodeParams | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy answers to rendered `prompts` (chat template applied), many per forward: prompts sorted by length,
-    left-padded, decoded with the KV cache; repetition control on the generated tokens; an extended vocabulary's
-    untrained byte fragments never generated; each row stops at its own end-of-turn token. Order is kept.
-    `progress(done, total)` is called after each batch."""
+def suppress_mask(ids: Sequence[int]) -> Callable[[Any], Any]:
+    """logits → logits with the token `ids` at -inf (last dimension = vocabulary); the identity without ids. For an
+    extended vocabulary's untrained byte fragments (`tokenizer.suppressed_ids`), which would decode to U+FFFD."""
+    if not ids:
+        return lambda logits: logits
     import torch
-    from transformers import LogitsProcessorList
 
+    cached: dict[Any, Any] = {}
+
+    def mask(logits: Any) -> Any:
+        idx = cached.get(logits.device)
+        if idx is None:
+            idx = cached[logits.device] = torch.tensor(list(ids), dtype=torch.long, device=logits.device)
+        return logits.index_fill(-1, idx, float("-inf"))
+
+    return mask
+
+
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
+                   params: DecodeParams | None = None, progress: Callable[[int, int], None] | None = None,
+                   lookup_draft: int = 8) -> list[str]:
+    """Greedy answers to rendered `prompts` (chat template applied), decoded by the server's continuous batcher
+    (`serve.batching.BatchDecoder`): up to `batch_size` rows per forward over a left-padded KV cache, a finished
+    row's place taken by the next prompt at once (no row waits for the longest of a fixed batch); repetition
+    control on the generated tokens; an extended vocabulary's untrained byte fragments never generated; each row
+    stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact). Order is kept;
+    `progress(done, total)` is called as answers finish. A model whose KV cache cannot be batched this way
+    (sliding-window layers) goes through `model.generate` in fixed batches instead."""
+    from qihuang.serve.batching import BatchDecoder, Request, batchable
+    from qihuang.serve.fastpath import cache_kwarg
+    from qihuang.serve.textstream import prompt_lookup_draft
     from qihuang.template import encode_text
     from qihuang.tokenizer import suppressed_ids
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be >= 1")
     params = params or DecodeParams()
+    if not batchable(model):
+        return _generate_fixed(model, tokenizer, prompts, max_new_tokens, batch_size, params, progress)
+    mask = suppress_mask(suppressed_ids(tokenizer))
+    decoder = BatchDecoder(model, stop_token_ids(model, tokenizer), mask, cache_kwarg(model), max_batch=batch_size)
+
+    def pick(logits: Any, rep: Repetition) -> int:
+        return int(rep.apply(logits).argmax())
+
+    def draft(req: Request) -> list[int]:
+        room = req.max_new_tokens - req.produced
+        return prompt_lookup_draft(req.prompt_ids + req.rep.tokens, 3, min(lookup_draft, room))
+
+    encoded = [encode_text(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar widths prefill together
+    requests = [Request(encoded[i], pick, max_new_tokens, lambda: False, Repetition(params),
+                        draft=draft if lookup_draft > 0 else None) for i in order]
+    tokens = decoder.run(requests, progress)
+    answers: list[str] = [""] * len(prompts)
+    for i, toks in zip(order, tokens, strict=True):
+        answers[i] = tokenizer.decode(toks, skip_special_tokens=True).rstrip("\ufffd")
+    return answers
+
+
+def _generate_fixed(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+                    params: DecodeParams, progress: Callable[[int, int], None] | None) -> list[str]:
+    """`generate_batch` through `model.generate`: fixed left-padded batches sorted by length, KV cache."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from qihuang.template import encode_text
+    from qihuang.tokenizer import suppressed_ids
+
     stops = sorted(stop_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
     encoded = [encode_text(tokenizer, p) for p in prompts]

@@ -156,7 +156,7 @@ def test_progress_and_against_label(tiny: tuple[Any, Any]) -> None:
 
     calls: list[tuple[int, int]] = []
     answers = generate_batch(*tiny, ["一", "二二", "三三三"], 2, batch_size=2, progress=lambda d, t: calls.append((d, t)))
-    assert len(answers) == 3 and all(isinstance(a, str) for a in answers) and calls == [(2, 3), (3, 3)]
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers) and calls[-1] == (3, 3)
     # merged results: the difference is labelled with the row it was measured against, not the first model
     row = {"n": 1, "n_with_source": 1, "n_attribution": 0, "rouge_l": 0.5, "bleu4": 1.0, "faithfulness": None,
            "citation_book": None, "citation_section": None, "citation_book_attribution": None,

@@ -1,4 +1,4 @@
-"""Continuous batching for the hf engine: concurrent requests are decoded together, one forward per step for all
+"""Continuous batching for the hf engine and for eval: requests are decoded together, one forward per step for all
 of them (left-padded KV cache, per-row positions); a request joins the running batch at the next step and leaves it
 when it ends, so nobody waits for a whole batch to finish. With one request it is plain one-stream decoding."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,44 @@ class BatchDecoder:
                 raise item
             yield int(item)
 
+    def run(self, requests: Sequence[Request], progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
+        """Decode every request to its end in the calling thread (no worker; for batch jobs such as eval): up to
+        `max_batch` rows at once, a finished row's place taken by the next request at the next step. Returns
+        each request's tokens (EOS excluded) in order; `progress(done, total)` is called as requests finish."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("BatchDecoder.run: the decoder already serves requests from its worker thread")
+        for req in requests:
+            self.pending.put(req)
+        tokens: dict[int, list[int]] = {id(r): [] for r in requests}
+        live = list(requests)
+        try:
+            while self.rows or not self.pending.empty():
+                fresh = self._admit(block=False)
+                if fresh:
+                    self._prefill(fresh)
+                if self.rows:
+                    self._step()
+                before = len(live)
+                live = [r for r in live if not self._collect(r, tokens[id(r)])]
+                if progress and len(live) < before:
+                    progress(len(requests) - len(live), len(requests))
+        except BaseException:
+            self.rows, self.cache, self.attn = [], None, None
+            while not self.pending.empty():
+                self.pending.get_nowait()
+            raise
+        return [tokens[id(r)] for r in requests]
+
+    @staticmethod
+    def _collect(req: Request, into: list[int]) -> bool:
+        """Move `req`'s queued tokens into `into`; True once its end was queued."""
+        while not req.out.empty():
+            item = req.out.get_nowait()
+            if item is _END:
+                return True
+            into.append(int(item))
+        return False
+
     # ---- worker ------------------------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         with self._start:
@@ -115,10 +153,10 @@ class BatchDecoder:
                     req.out.put(exc)
                 self.rows, self.cache, self.attn = [], None, None
 
-    def _admit(self) -> list[Request]:
-        """New requests to join: block while the batch is empty, else take what is already waiting."""
+    def _admit(self, block: bool = True) -> list[Request]:
+        """New requests to join: block while the batch is empty (when `block`), else take what is waiting."""
         fresh: list[Request] = []
-        if not self.rows:
+        if not self.rows and block:
             fresh.append(self.pending.get())
         while len(self.rows) + len(fresh) < self.max_batch:
             try:

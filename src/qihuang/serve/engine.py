@@ -152,11 +152,9 @@ class Engine:
         from qihuang.decoding import stop_token_ids
 
         self.eos_ids = stop_token_ids(model, tokenizer)
-        from qihuang.tokenizer import fragment_token_ids
+        from qihuang.tokenizer import suppressed_ids
 
-        # byte fragments an extended vocabulary no longer trains (they would decode to U+FFFD): never sampled
-        self.suppressed = fragment_token_ids(tokenizer)
-        self._suppress_idx: Any = None
+        self.suppressed = list(suppressed_ids(tokenizer))
         from qihuang.serve.batching import BatchDecoder, batchable
 
         self.batcher: BatchDecoder | None = None
@@ -196,6 +194,23 @@ class Engine:
         return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static,
                    max_batch=max_batch)
 
+    @property
+    def suppressed(self) -> list[int]:
+        """Token ids never generated: the byte fragments an extended vocabulary no longer trains (they would decode
+        to U+FFFD)."""
+        return self._suppressed
+
+    @suppressed.setter
+    def suppressed(self, ids: Sequence[int]) -> None:
+        from qihuang.decoding import suppress_mask
+
+        self._suppressed = list(ids)
+        self._masker = suppress_mask(self._suppressed)
+
+    def _mask(self, logits: Any) -> Any:
+        """Logits with the suppressed token ids at -inf (last dimension = vocabulary)."""
+        return self._masker(logits)
+
     # ---- generation ----------------------------------------------------------------------------------------
     def _forward(self, ids: list[int], cache: Any, keep: int) -> Any:
         import torch
@@ -204,16 +219,6 @@ class Engine:
         with self._lock, torch.inference_mode():
             out = self.model(input_ids=inp, use_cache=True, logits_to_keep=keep, **{self._cache_kw: cache})
         return self._mask(out.logits[0].float())
-
-    def _mask(self, logits: Any) -> Any:
-        """Logits with the suppressed token ids at -inf (last dimension = vocabulary)."""
-        if not self.suppressed:
-            return logits
-        import torch
-
-        if self._suppress_idx is None or self._suppress_idx.device != logits.device:
-            self._suppress_idx = torch.tensor(self.suppressed, dtype=torch.long, device=logits.device)
-        return logits.index_fill(-1, self._suppress_idx, float("-inf"))
 
     def _pick(self, logits: Any, params: SamplingParams, gen: Any, rep: Repetition | None = None) -> int:
         """The next token: repetition control (`rep`, the tokens generated so far), then argmax or sampling."""

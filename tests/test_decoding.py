@@ -1,0 +1,46 @@
+"""`qihuang.decoding.generate_batch`: the continuous batcher gives the answers fixed `model.generate` batches give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    from qihuang.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    return model.eval(), tok
+
+
+PROMPTS = ["脉浮", "太阳之为病，脉浮，头项强痛而恶寒。", "一", "桂枝汤方：桂枝三两，芍药三两，甘草二两", "问：何谓阴阳？答："]
+
+
+@pytest.mark.parametrize("params", [(1.0, 0), (1.1, 8), (1.3, 2)])
+def test_continuous_batches_answer_as_fixed_batches_and_alone(tiny: tuple[Any, Any],
+                                                              params: tuple[float, int]) -> None:
+    from qihuang.decoding import DecodeParams, _generate_fixed, generate_batch
+
+    model, tok = tiny
+    decode = DecodeParams(*params)
+    calls: list[tuple[int, int]] = []
+    ours = generate_batch(model, tok, PROMPTS, 12, batch_size=2, params=decode,
+                          progress=lambda d, t: calls.append((d, t)))
+    assert ours == _generate_fixed(model, tok, PROMPTS, 12, 2, decode, None)
+    assert ours == [generate_batch(model, tok, [p], 12, batch_size=1, params=decode)[0] for p in PROMPTS]
+    assert any(ours) and calls[-1] == (5, 5) and [d for d, _ in calls] == sorted({d for d, _ in calls})
+
+
+def test_rows_stop_at_their_own_length_and_bad_sizes_are_refused(tiny: tuple[Any, Any]) -> None:
+    from qihuang.decoding import generate_batch
+
+    model, tok = tiny
+    short = generate_batch(model, tok, PROMPTS, 3, batch_size=4)
+    long = generate_batch(model, tok, PROMPTS, 9, batch_size=4)
+    assert all(len(tok.encode(s, add_special_tokens=False)) <= 4 for s in short)
+    assert all(lg.startswith(s) for s, lg in zip(short, long, strict=True))  # greedy: a longer answer extends it
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_batch(model, tok, PROMPTS, 0)
