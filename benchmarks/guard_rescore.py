@@ -37,8 +37,9 @@ def _smoke(tmp: Path) -> Path:
     return tmp
 
 
-def _rescore(pred_file: Path, items: list[dict[str, Any]], passages: dict[str, Any]) -> dict[str, Any]:
-    from qihuang.answer_guard import guard_answer
+def _rescore(pred_file: Path, items: list[dict[str, Any]], passages: dict[str, Any],
+             min_support: float) -> dict[str, Any]:
+    from qihuang.answer_guard import Support, guard_answer
     from qihuang.evaluate.conditions import aggregate, score_items
     from qihuang.retrieval import Hit
 
@@ -47,7 +48,8 @@ def _rescore(pred_file: Path, items: list[dict[str, Any]], passages: dict[str, A
     for p, it in zip(preds, items, strict=True):
         found = [Hit(passages[h["id"]], h["score"], r) for r, h in enumerate(p["hits"], 1) if h["id"] in passages]
         cited = next((h.passage for h in found if p.get("opening") == f"据{h.passage.title}："), None)
-        out = guard_answer(p["model_answer"], it["question"], cited, p.get("opening", ""))
+        support = Support.of(it["question"], [h.passage for h in found], min_support)
+        out = guard_answer(p["model_answer"], it["question"], cited, p.get("opening", ""), support)
         shown.append(out.text)
         hits.append(found)
         acts.append(out)
@@ -55,14 +57,20 @@ def _rescore(pred_file: Path, items: list[dict[str, Any]], passages: dict[str, A
     own = aggregate(score_items(items, [p["model_answer"] for p in preds], hits))
     return {"n": row["n"], "rouge_l": row["rouge_l"], "faithfulness": row["faithfulness"],
             "citation_book": row["citation_book"], "degenerate": row["degenerate"], "own_degenerate": own["degenerate"],
-            "cut": sum(a.cut for a in acts) / len(acts), "quoted": sum(a.fallback for a in acts) / len(acts)}
+            "cut": sum(a.cut for a in acts) / len(acts), "quoted": sum(a.fallback for a in acts) / len(acts),
+            "unsupported": sum(a.unsupported for a in acts) / len(acts), "length": row["length"],
+            "model_rouge_l": own["rouge_l"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/demo"))
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--support", type=float, nargs="*", default=None,
+                    help="least supported share of a sentence's bigrams (0 = off), several to sweep; default: the "
+                         "eval default (`EvalConfig.answer_support`)")
     args = ap.parse_args()
+    from qihuang.evaluate import EvalConfig
     from qihuang.retrieval import PassageIndex
 
     run = _smoke(Path(tempfile.mkdtemp())) if args.smoke else args.run
@@ -75,14 +83,17 @@ def main() -> None:
     wanted = {h["id"] for f in files for x in f.read_text(encoding="utf-8").splitlines() if x.strip()
               for h in json.loads(x)["hits"]}
     passages = {p.id: p for p in index.passages if p.id in wanted}
-    print("| predictions | n | ROUGE-L | faithfulness | right book % | degenerate % (shown / own) | cut % | quoted % |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| predictions | support | n | ROUGE-L (model's own) | faithfulness | right book % | "
+          "degenerate % (shown / own) | cut % (unsupported) | quoted % | chars |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     r: dict[str, Any] = {}
     for f in files:
-        r = _rescore(f, items, passages)
-        print(f"| {f.name} | {r['n']} | {100 * r['rouge_l']:.1f} | {100 * (r['faithfulness'] or 0):.1f} | "
-              f"{100 * (r['citation_book'] or 0):.1f} | {100 * r['degenerate']:.1f} / {100 * r['own_degenerate']:.1f} | "
-              f"{100 * r['cut']:.1f} | {100 * r['quoted']:.1f} |", flush=True)
+        for min_support in args.support if args.support is not None else [EvalConfig().answer_support]:
+            r = _rescore(f, items, passages, min_support)
+            print(f"| {f.name} | {min_support:g} | {r['n']} | {100 * r['rouge_l']:.1f} ({100 * r['model_rouge_l']:.1f}) | "
+                  f"{100 * (r['faithfulness'] or 0):.1f} | {100 * (r['citation_book'] or 0):.1f} | "
+                  f"{100 * r['degenerate']:.1f} / {100 * r['own_degenerate']:.1f} | {100 * r['cut']:.1f} "
+                  f"({100 * r['unsupported']:.1f}) | {100 * r['quoted']:.1f} | {r['length']:.0f} |", flush=True)
     shown, own = 1 - r["degenerate"], 1 - r["own_degenerate"]
     print(f"RESULT guard_rescore_clean {100 * shown:.2f} percent baseline={100 * own:.2f} "
           f"ratio={shown / max(own, 1e-9):.3f}")

@@ -1,13 +1,13 @@
-"""What a user may see of a generated answer: a continuation that turns degenerate (a loop, punctuation noise) is cut
-where it turns, and an answer left with nothing of its own quotes its cited passage instead (an extractive fallback,
-marked as the original text). Serve, chat and eval all pass answers through it (`rag.answer_chunks`,
-`evaluate.conditions.generate`)."""
+"""What a user may see of a generated answer: a continuation that turns degenerate (a loop, punctuation noise) or
+stops being supported by the passages it was given (invented text) is cut where it turns, and an answer left with
+nothing of its own quotes its cited passage instead (an extractive fallback, marked as the original text). Serve, chat
+and eval all pass answers through it (`rag.answer_chunks`, `evaluate.conditions.guard_answers`)."""
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,10 @@ QUOTE_CHARS = 80
 """Characters of the cited passage a fallback quotes (the sentence run matching the question best)."""
 FALLBACK_LEAD = "原文："
 """What a fallback quote opens with, so a reader knows it is the source's text, not an explanation."""
+MIN_SUPPORT = 0.5
+"""Default least share of a sentence's character bigrams found in the question and passages (`Support`): measured on
+the demo's held-out-book answers (`python benchmarks/guard_rescore.py --run runs/demo --support …`,
+benchmarks/RESULTS.md session 8)."""
 _SENTENCE_END = re.compile(r"[。！？；!?;\n]")
 
 
@@ -87,6 +91,52 @@ def fallback_quote(passage: Passage, question: str) -> str:
     return f"{FALLBACK_LEAD}「{passage.text[s:e].strip()}」"
 
 
+@dataclass(frozen=True)
+class Support:
+    """What an answer's own sentences must be drawn from: the character bigrams of the question and of the passages
+    it was shown. A sentence whose bigrams are less than `min_share` found there is unsupported — for a small model,
+    almost always invented (titles of books that do not exist, the prompt's own instructions, made-up glosses)."""
+
+    bigrams: frozenset[str]
+    """Bigrams of word characters (CJK, letters, digits) of the question and the passages."""
+    min_share: float
+    """Least share of a sentence's bigrams found in `bigrams` for it to count as supported."""
+
+    @classmethod
+    def of(cls, question: str, sources: Sequence[Passage], min_share: float) -> Support | None:
+        """The support of an answer to `question` shown `sources`; None when there is nothing to check against
+        (no passages) or the check is off (`min_share` 0)."""
+        if min_share <= 0 or not sources:
+            return None
+        return cls(frozenset(b for t in (question, *(p.text for p in sources)) for b in _bigrams(t)), min_share)
+
+    def share(self, sentence: str) -> float | None:
+        """Share of `sentence`'s bigrams that are supported; None when it has too few to judge (under 2)."""
+        grams = _bigrams(sentence)
+        if len(grams) < 2:
+            return None
+        return sum(g in self.bigrams for g in grams) / len(grams)
+
+    def supported_length(self, text: str) -> int:
+        """Length of the part of `text` before its first unsupported sentence (all of it when every sentence is
+        supported)."""
+        for m in _SENTENCE.finditer(text):
+            share = self.share(m.group())
+            if share is not None and share < self.min_share:
+                return m.start()
+        return len(text)
+
+
+_SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;\n]*|[。！？；!?;\n]+")
+
+
+def _bigrams(text: str) -> list[str]:
+    from qihuang.evaluate.answers import WORD_CHAR
+
+    w = "".join(WORD_CHAR.findall(text))
+    return [w[i:i + 2] for i in range(len(w) - 1)]
+
+
 @dataclass
 class Guarded:
     """A guarded answer and what the guard did."""
@@ -97,13 +147,23 @@ class Guarded:
     """A degenerate continuation was cut off."""
     fallback: bool = False
     """The answer quotes its cited passage instead of saying nothing of its own."""
+    unsupported: bool = False
+    """The cut (`cut` is set too) was at a sentence its passages do not support."""
 
 
-def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str = "") -> Guarded:
-    """The answer users see for a finished generation `answer` (which opens with `prefix`, the citation)."""
+def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str = "",
+                 support: Support | None = None) -> Guarded:
+    """The answer users see for a finished generation `answer` (which opens with `prefix`, the citation); with
+    `support`, cut before the first sentence of its own that the passages do not support."""
     keep = clean_length(answer)
     text = answer if keep == len(answer) else answer[:keep].rstrip()
     out = Guarded(text, cut=keep < len(answer))
+    if support is not None:
+        start = len(prefix) if text.startswith(prefix) else 0
+        own = support.supported_length(text[start:])
+        if start + own < len(text):
+            out.text = text = text[:start + own].rstrip() if own else text[:start]
+            out.cut = out.unsupported = True
     if cited is not None and own_chars(text[len(prefix):] if text.startswith(prefix) else text, question) \
             < MIN_OWN_CHARS:
         out.text, out.fallback = prefix + fallback_quote(cited, question), True  # what little was left: noise
@@ -112,21 +172,27 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
 
 def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, prefix: str,
                  stop: threading.Event, make_chunk: Callable[[str, Any, str | None], Any],
-                 hold: int | None = HOLD_CHARS) -> Iterator[Any]:
+                 hold: int | None = HOLD_CHARS, support: Support | None = None) -> Iterator[Any]:
     """Pass an answer's chunks through, holding back the last HOLD_CHARS generated characters (the opening `prefix`
-    goes out at once); when the text turns
-    degenerate, set `stop` (the engine ends the generation), cut it there and finish as `guard_answer` would.
+    goes out at once; with `support`, also the sentence being written, until it ends and is judged); when the text
+    turns degenerate or writes an unsupported sentence, set `stop` (the engine ends the generation), cut it there
+    and finish as `guard_answer` would.
     `make_chunk(text, last_chunk, finish_reason)` builds an outgoing chunk. `hold=None` holds everything back
     until the end (a client that is not streaming gets exactly `guard_answer` of what was generated)."""
     full, sent, last = "", 0, None
     for chunk in chunks:
         last = chunk
         full += chunk.text
-        if _degenerate(full) or restart_at(full) is not None:
+        start = len(prefix) if full.startswith(prefix) else 0  # the opening is ours
+        finished = _last_sentence_end(full, start)  # the sentences written to their end
+        if _degenerate(full) or restart_at(full) is not None or (
+                support is not None and support.supported_length(full[start:finished]) < finished - start):
             stop.set()
             break
         held = len(full) if hold is None else min(len(full), hold)
-        safe = max(len(full) - held, len(prefix) if full.startswith(prefix) else 0)  # the opening is ours
+        safe = max(len(full) - held, start)
+        if support is not None:
+            safe = min(safe, finished)
         if safe > sent:
             yield make_chunk(full[sent:safe], chunk, None)
             sent = safe
@@ -135,10 +201,16 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
     close = getattr(chunks, "close", None)
     if close is not None:
         close()  # a generation cut short ends here, its batch row freed
-    final = guard_answer(full, question, cited, prefix)
+    final = guard_answer(full, question, cited, prefix, support)
     if final.text.startswith(full[:sent]):
         rest = final.text[sent:]
     else:  # the cut fell inside what was sent already: finish with the fallback's quote alone
         rest = fallback_quote(cited, question) if final.fallback and cited is not None else ""
     reason = "stop" if final.cut else (last.finish_reason if last is not None else "stop")
     yield make_chunk(rest, last, reason or "stop")
+
+
+def _last_sentence_end(text: str, start: int) -> int:
+    """Index just past the last sentence end of `text` after `start` (`start` when there is none)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, start)]
+    return ends[-1] if ends else start

@@ -189,14 +189,15 @@ def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIn
 
 
 def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, hold: int | None = HOLD_CHARS,
-                  **kwargs: Any) -> Iterator[Any]:
+                  min_support: float = 0.0, **kwargs: Any) -> Iterator[Any]:
     """The answer's chunks: the grounding's whole answer, or its opening followed by what the engine generates —
     with `guard`, through `answer_guard.guard_stream` (a degenerate continuation is cut and the generation stopped;
     an answer with nothing of its own quotes the cited passage; `hold`: generated characters held back, None = all
-    until the end, for a client that is not streaming). Serve and chat stream this."""
+    until the end, for a client that is not streaming; `min_support` > 0: a sentence the passages shown do not
+    support is cut too, and each sentence is held until it ends). Serve and chat stream this."""
     import threading
 
-    from qihuang.answer_guard import guard_stream
+    from qihuang.answer_guard import Support, guard_stream
     from qihuang.serve.engine import Chunk
 
     g = prep.ground
@@ -221,7 +222,8 @@ def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, 
     def make(text: str, last: Any, finish: str | None) -> Any:
         return Chunk(text, last.completion_tokens if last is not None else 0, prep.prompt_tokens, finish)
 
-    yield from guard_stream(chunks(), prep.query, g.cited, g.prefix, stop, make, hold)
+    support = Support.of(prep.query, [h.passage for h in prep.hits], min_support)
+    yield from guard_stream(chunks(), prep.query, g.cited, g.prefix, stop, make, hold, support)
 
 
 def cited_titles(answer: str, passages: Sequence[Passage] = ()) -> list[tuple[str, str]]:

@@ -97,3 +97,34 @@ def test_an_answer_that_starts_over_is_cut_where_it_does() -> None:
     pieces = [OPEN, "黄连", "味苦性寒，", "能清热燥湿。", "\n据《", "假托本草", "》：", "苦能"] + ["燥湿"] * 30
     out_chunks = list(guard_stream(_stream(pieces, pulled, stop), "黄连", HUANGLIAN, OPEN, stop, _make))
     assert "".join(c.text for c in out_chunks) == OPEN + "黄连味苦性寒，能清热燥湿。" and stop.is_set()
+
+
+def test_an_unsupported_sentence_is_cut_and_only_supported_text_is_kept() -> None:
+    from qihuang.answer_guard import Support
+
+    support = Support.of("黄连的性味如何？", [HUANGLIAN], 0.5)
+    assert support is not None and Support.of("问", [HUANGLIAN], 0.0) is None and Support.of("问", [], 0.5) is None
+    invented = OPEN + "黄连味苦寒，能清热燥湿。此乃《伤寒昏法》痞方法之祖也。黄连主热气。"
+    out = guard_answer(invented, "黄连的性味如何？", HUANGLIAN, OPEN, support)
+    assert out.cut and out.unsupported and not out.fallback and out.text == OPEN + "黄连味苦寒，能清热燥湿。"
+    assert guard_answer(invented, "黄连的性味如何？", HUANGLIAN, OPEN).text == invented  # check off: unchanged
+    clean = OPEN + "黄连味苦寒，主热气目痛。"
+    assert guard_answer(clean, "黄连的性味如何？", HUANGLIAN, OPEN, support).text == clean
+    # nothing supported at all: the cited passage is quoted instead
+    made_up = guard_answer(OPEN + "这是一种古老的说法，现代人很少使用。", "黄连的性味如何？", HUANGLIAN, OPEN, support)
+    assert made_up.unsupported and made_up.fallback and made_up.text.startswith(OPEN + FALLBACK_LEAD)
+    assert support.share("是") is None and support.share("黄连味苦") == 1.0
+
+
+def test_streaming_with_support_holds_each_sentence_and_stops_at_an_unsupported_one() -> None:
+    from qihuang.answer_guard import Support
+
+    support = Support.of("黄连的性味如何？", [HUANGLIAN], 0.5)
+    pieces = [OPEN, "黄连味", "苦寒，能清", "热燥湿。", "此乃《伤寒", "昏法》", "痞方法之祖也。", "黄连", "主热气。"]
+    stop, pulled, sent = threading.Event(), [], []
+    for chunk in guard_stream(_stream(pieces, pulled, stop), "黄连的性味如何？", HUANGLIAN, OPEN, stop, _make,
+                              support=support):
+        sent.append(chunk.text)
+    assert "".join(sent) == OPEN + "黄连味苦寒，能清热燥湿。" and sent[-1:] != ["黄连"]
+    assert stop.is_set() and "主热气。" not in pulled  # the engine was stopped at the unsupported sentence
+    assert sent[0] == OPEN and "".join(sent[:2]) in (OPEN, OPEN + "黄连味苦寒，能清热燥湿。")  # no half sentence

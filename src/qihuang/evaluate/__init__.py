@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qihuang import answer_guard as answer_guard_mod
 from qihuang import rag
-from qihuang.config import ConfigError
+from qihuang.config import ConfigError, check_ranges
 from qihuang.instruct.settings import OFFLINE_GENERATORS
 from qihuang.runs import StageDir
 
@@ -82,6 +83,9 @@ class EvalConfig:
     answer_guard: bool = True
     """Rows score the answers users see: degenerate continuations cut, empty answers quoting their cited passage
     (as serve's RetrievalConfig.answer_guard); how often the guard acted is reported per row."""
+    answer_support: float = answer_guard_mod.MIN_SUPPORT
+    """With answer_guard: retrieval answers are cut before their first sentence that the passages shown do not
+    support (as serve's RetrievalConfig.answer_support; 0 = off)."""
     qa_batch_size: int = 16
     """Questions answered per batched forward (`qihuang.decoding.generate_batch`)."""
     offtopic: bool = True
@@ -98,6 +102,7 @@ class EvalConfig:
     """Bootstrap resamples for the 95% confidence intervals."""
 
     def __post_init__(self) -> None:
+        check_ranges("eval", self, answer_support=(0, 1, False))
         for name in ("bpc_max_chars", "mcq_limit", "mcq_shots", "qa_limit", "heldout_qa_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

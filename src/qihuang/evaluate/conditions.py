@@ -93,8 +93,8 @@ def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None,
              grounds: Sequence[Grounding] | None = None) -> list[str]:
-    """Stripped answers in input order through `qihuang.decoding.generate_batch` (which groups prompts by length
-    and reports progress after each batch); with `grounds`, a grounding's whole answer is taken as it is (nothing
+    """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching; progress
+    as answers finish); with `grounds`, a grounding's whole answer is taken as it is (nothing
     generated) and its opening is put before what the model writes — the answer serving would send."""
     from qihuang.decoding import generate_batch
 
@@ -109,22 +109,23 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     return [a.strip() for a in answers]
 
 
-def guard_answers(answers: Sequence[str], questions: Sequence[str],
-                  grounds: Sequence[Grounding]) -> tuple[list[str], list[dict[str, bool]]]:
-    """The answers users see (`answer_guard.guard_answer`: degenerate continuations cut, answers with nothing of their
-    own quoting the cited passage) and what the guard did to each (`guard_cut`, `guard_fallback`); a grounding's
-    whole answer (a decline) is left as it is."""
-    from qihuang.answer_guard import guard_answer
+def guard_answers(answers: Sequence[str], questions: Sequence[str], grounds: Sequence[Grounding],
+                  min_support: float = 0.0) -> tuple[list[str], list[dict[str, bool]]]:
+    """The answers users see (`answer_guard.guard_answer`: degenerate continuations and, with `min_support`,
+    sentences the passages shown do not support cut; answers with nothing of their own quoting the cited passage)
+    and what the guard did to each (`guard_cut`, `guard_unsupported`, `guard_fallback`); a grounding's whole answer
+    (a decline) is left as it is."""
+    from qihuang.answer_guard import Support, guard_answer
 
     shown, acts = [], []
     for a, q, g in zip(answers, questions, grounds, strict=True):
         if g.answer is not None:
             shown.append(a)
-            acts.append({"guard_cut": False, "guard_fallback": False})
+            acts.append({"guard_cut": False, "guard_unsupported": False, "guard_fallback": False})
             continue
-        out = guard_answer(a, q, g.cited, g.prefix)
+        out = guard_answer(a, q, g.cited, g.prefix, Support.of(q, [h.passage for h in g.hits], min_support))
         shown.append(out.text)
-        acts.append({"guard_cut": out.cut, "guard_fallback": out.fallback})
+        acts.append({"guard_cut": out.cut, "guard_unsupported": out.unsupported, "guard_fallback": out.fallback})
     return shown, acts
 
 
@@ -192,6 +193,7 @@ def aggregate(per: list[dict[str, Any]]) -> dict[str, Any]:
                                      if p.get("model_faithfulness") is not None]),
         "guard_cut": _mean([float(p["guard_cut"]) for p in per if "guard_cut" in p]),
         "guard_fallback": _mean([float(p["guard_fallback"]) for p in per if "guard_fallback" in p]),
+        "guard_unsupported": _mean([float(p["guard_unsupported"]) for p in per if "guard_unsupported" in p]),
     }
 
 
@@ -214,7 +216,7 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
     prompts = render_prompts(tokenizer, defaults, [it["question"] for it in items], found, cfg.passage_chars)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found)
     questions = [it["question"] for it in items]
-    shown, acts = guard_answers(answers, questions, found) if cfg.answer_guard else (answers, [{}] * len(items))
+    shown, acts = guard_answers(answers, questions, found, cfg.answer_support) if cfg.answer_guard else (answers, [{}] * len(items))
     per = score_items(items, shown, [g.hits for g in found])
     own = score_items(items, answers, [g.hits for g in found]) if cfg.answer_guard else per
     for p, g, raw, mine, act in zip(per, found, answers, own, acts, strict=True):
@@ -235,7 +237,7 @@ def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions
     prompts = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds)
     if cfg.answer_guard:
-        answers = guard_answers(answers, questions, grounds)[0]
+        answers = guard_answers(answers, questions, grounds, cfg.answer_support)[0]
     per = []
     for q, a, g in zip(questions, answers, grounds, strict=True):
         flags = answer_flags(a, {}, [x.passage for x in g.hits])

@@ -29,13 +29,13 @@ def _cells(r: dict[str, Any], with_ci: bool) -> list[str]:
             _pct(r["degenerate"]) + ci("degenerate"),
             f"{_pct(r.get('model_rouge_l'))} / {_pct(r.get('model_faithfulness'))}" + ci("model_rouge_l"),
             _pct(r.get("model_degenerate")),
-            f"{_pct(r.get('guard_cut'))} / {_pct(r.get('guard_fallback'))}",
+            f"{_pct(r.get('guard_cut'))} / {_pct(r.get('guard_unsupported'))} / {_pct(r.get('guard_fallback'))}",
             _pct(r.get("echo")) + ci("echo"), _pct(r["declined"]), f"{r['length']:.0f}"]
 
 
 HEAD = ["n", "ROUGE-L %", "BLEU-4", "faithfulness %", "right book % (attribution / all)",
         "right section % (attribution / all)", "degenerate %", "model's own ROUGE-L / faithfulness %",
-        "model's own degenerate %", "guard cut / quoted %",
+        "model's own degenerate %", "guard cut / of it unsupported / quoted %",
         "echo %", "declined %", "answer chars"]
 
 
@@ -68,7 +68,9 @@ def rows_markdown(results: dict[str, Any], rows: list[list[str]], files: dict[st
             "Degenerate: empty, looping (an n-gram repeated ≥ 3 times in a row, or one covering ≥ 40% of the "
             "answer) or noise (mostly punctuation, single characters strung on marks), in the answer users see; "
             "model's own: the same scores of what the model generated (after the citation opening), before the "
-            "answer guard cut it (guard cut %) or, where nothing of its own was left, quoted the cited passage "
+            "answer guard cut it (guard cut %: where it turned degenerate or, unsupported %, at its first sentence "
+            "whose character bigrams are less than half found in the question and the passages shown — for a small "
+            "model, invented text) or, where nothing of its own was left, quoted the cited passage "
             "instead (quoted %) — the difference is what the guard, not the model, contributes. Echo: the answer's "
             "own words (its 《…》 titles left out) are ≥ 80% a "
             "repetition of the question, or there are none — a non-answer even where it scores ROUGE-L against "

@@ -92,7 +92,7 @@ class Job:
     """One generation running in a worker thread; chunks arrive on an asyncio queue."""
 
     def __init__(self, engine: Any, prep: Prepared, params: SamplingParams, on_done: Callable[[], None],
-                 lora: str | None = None, guard: bool = True, stream: bool = True) -> None:
+                 lora: str | None = None, guard: bool = True, stream: bool = True, min_support: float = 0.0) -> None:
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -104,7 +104,7 @@ class Job:
         def work() -> None:
             try:
                 extra = {"lora": lora} if lora else {}
-                for chunk in answer_chunks(engine, prep, params, guard, HOLD_CHARS if stream else None,
+                for chunk in answer_chunks(engine, prep, params, guard, HOLD_CHARS if stream else None, min_support,
                                           cancelled=self.cancel.is_set, **extra):
                     put(chunk)
             except Exception as exc:  # reported to the client as a 500-class error event, never a hang
@@ -232,7 +232,7 @@ def create_app(engine: Any, index: PassageIndex | None = None, config: ServeConf
         params = SamplingParams(max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
                                 top_k=req.top_k, stop=req.stop_list(), seed=req.seed, **req.decode_overrides())
         job = Job(engine, prep, params, admission.release, lora=req.model if req.model in adapters else None,
-                  guard=cfg.answer_guard, stream=bool(req.stream))
+                  guard=cfg.answer_guard, stream=bool(req.stream), min_support=cfg.answer_support)
         jobs.add(job)
         if req.stream:
             return _stream(job, prep, req, jobs)

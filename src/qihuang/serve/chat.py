@@ -52,7 +52,8 @@ class ChatSession:
                               self.cfg.cite_first)
         params = SamplingParams(max_new_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature)
         parts = []
-        for chunk in answer_chunks(self.engine, prep, params, self.cfg.answer_guard):
+        for chunk in answer_chunks(self.engine, prep, params, self.cfg.answer_guard,
+                                   min_support=self.cfg.answer_support):
             if chunk.text:
                 parts.append(chunk.text)
                 write(chunk.text)

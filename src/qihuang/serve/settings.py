@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from qihuang import answer_guard as answer_guard_mod
 from qihuang import rag
 from qihuang.config import ConfigError, check_ranges
 
@@ -30,8 +31,13 @@ class RetrievalConfig:
     answer_guard: bool = True
     """Cut an answer where it turns degenerate (a loop, punctuation noise: nothing of it is streamed) and let an
     answer with nothing of its own quote its cited passage instead, marked 原文 (`qihuang.answer_guard`)."""
+    answer_support: float = answer_guard_mod.MIN_SUPPORT
+    """With answer_guard: cut an answer before its first sentence whose character bigrams are less than this share
+    found in the question and the passages shown (invented text; `answer_guard.Support`). 0 = off — for a model
+    large enough to explain in its own words."""
 
     def __post_init__(self) -> None:
+        check_ranges("retrieval", self, answer_support=(0, 1, False))
         if not 0 <= self.passages_k <= 10:
             raise ConfigError(f"passages_k must be in 0..10, got {self.passages_k}")
         if self.passage_chars < 20:
