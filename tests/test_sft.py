@@ -12,7 +12,7 @@ import pytest
 from qihuang.config import ConfigError
 from qihuang.runs import StageDir, read_jsonl, run_stage
 from qihuang.sft import SFTConfig, _lora_config, _source_limits, build_data, sft, to_dataset
-from qihuang.sftdata import Example, curriculum, load_examples, mix, rouge_l
+from qihuang.sftdata import Example, curriculum, load_examples, mix
 from qihuang.template import IGNORE_INDEX
 
 QA = [("何谓阴阳", "阴阳者天地之道也"), ("五行相生", "木生火火生土"), ("桂枝汤主治", "太阳中风汗出恶风"),
@@ -161,12 +161,6 @@ def test_lora_layers_adapt_only_the_top_layers(tiny_model_dir: Path) -> None:
         SFTConfig(lora_layers=2)
     with pytest.raises(ConfigError, match="lora_layers"):
         SFTConfig(lora_layers=-1, train_new_tokens=False)
-
-
-def test_rouge_l() -> None:
-    assert rouge_l("阴阳者天地之道", "阴阳者天地之道") == 1.0
-    assert rouge_l("", "阴阳") == 0.0
-    assert 0 < rouge_l("阴阳者", "阴阳者天地之道也") < 1
 
 
 def test_sft_lora_end_to_end_and_resume(tmp_path: Path, tiny_model_dir: Path) -> None:

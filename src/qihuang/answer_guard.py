@@ -78,7 +78,8 @@ def clean_length(text: str) -> int:
 def own_chars(answer: str, question: str) -> int:
     """Word characters of `answer` that are its own: citations left out, and the characters it shares with the
     question when it merely repeats it."""
-    from qihuang.evaluate.answers import WORD_CHAR, body_of, echoes_question
+    from qihuang.evaluate.answers import body_of, echoes_question
+    from qihuang.textmetrics import WORD_CHAR
 
     if question and echoes_question(answer, question):
         return 0
@@ -131,9 +132,9 @@ _SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;\n]*|[。！？；
 
 
 def _bigrams(text: str) -> list[str]:
-    from qihuang.evaluate.answers import WORD_CHAR
+    from qihuang.textmetrics import content_chars
 
-    w = "".join(WORD_CHAR.findall(text))
+    w = content_chars(text)
     return [w[i:i + 2] for i in range(len(w) - 1)]
 
 

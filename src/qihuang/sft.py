@@ -13,10 +13,11 @@ from qihuang.cliutil import config_options
 from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.sftdata import (
-    Example, LoadReport, curriculum, label_tokens, load_examples, mix, rouge_l, split_validation,
+    Example, LoadReport, curriculum, label_tokens, load_examples, mix, split_validation,
 )
 from qihuang.merge import load_start_model, save_outputs
 from qihuang.template import IGNORE_INDEX, Message, encode_prompt, prompt_and_answer
+from qihuang.textmetrics import rouge_l
 
 
 def answer_questions(model: Any, tokenizer: Any, prompts: list[list[Message]], max_new_tokens: int,

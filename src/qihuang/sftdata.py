@@ -168,21 +168,3 @@ def split_validation(examples: list[Example], fraction: float, seed: int = 0,
 def label_tokens(examples: Sequence[Example]) -> int:
     """Number of tokens that carry loss."""
     return sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """Character-level ROUGE-L F1 (suits Chinese without a segmenter)."""
-    a, b = [c for c in candidate if not c.isspace()], [c for c in reference if not c.isspace()]
-    if not a or not b:
-        return 0.0
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b):
-            cur.append(prev[j] + 1 if ca == cb else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 2 * p * r / (p + r)

@@ -6,7 +6,7 @@ import random
 import re
 from pathlib import Path
 
-from qihuang.instruct.grounding import grounding_score
+from qihuang.textmetrics import grounding_score
 from qihuang.instruct.offline import GENERATORS, Lexicon, generate_offline, pick_diverse
 from qihuang.instruct.records import Passage, load_passages
 

@@ -78,7 +78,7 @@ def test_batched_signatures_equal_datasketch() -> None:
 
     from datasketch import MinHash
 
-    from qihuang.instruct.grounding import content_chars
+    from qihuang.textmetrics import content_chars
     from qihuang.instruct.refine import _shingles, signatures
 
     texts = [("浮脉主何证", "浮而有力为表实浮而无力为表虚"), ("何谓肝厥", "阴虚阳亢"), ("问", "答")]
@@ -90,7 +90,7 @@ def test_batched_signatures_equal_datasketch() -> None:
 
 
 def test_refine_grounding_equals_public_score() -> None:
-    from qihuang.instruct.grounding import grounding_score
+    from qihuang.textmetrics import grounding_score
 
     p = mk("浮脉主何证？", "脉浮而无力者属表虚，浮紧的是伤寒。")
     check_pair(p, CTX, RP)

@@ -11,6 +11,7 @@ from typing import Any
 
 from qihuang.retrieval import Passage
 from qihuang.scope import BOOK_TITLE
+from qihuang.textmetrics import WORD_CHAR
 
 LOOP_MIN_N, LOOP_MAX_N = 2, 8
 """Character n-gram sizes checked for back-to-back loops."""
@@ -33,8 +34,6 @@ CHAR_LIST_RUN = 6
 """This many single characters strung on a mark (`气·氣·水·氳·氢·氨`) are noise; honest lists of single
 characters (`寒、热、温、凉`) are shorter."""
 _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-WORD_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
-"""A character that carries words: CJK, letters, digits (not punctuation)."""
 _TITLES = re.compile(r"据?《[^《》\n]{1,40}(?:》[：:]?|[：:])")
 """A citation in an answer: 《…》 (with 据 and a colon), or an opening 据《… left unclosed before its colon."""
 ATTRIBUTION_TYPES = ("出处", "篇名归属")
@@ -152,7 +151,7 @@ def body_of(answer: str) -> str:
 
 def echoes_question(answer: str, question: str) -> bool:
     """Whether `answer` says nothing but (a part of) `question`, or nothing besides its citations (ECHO_SHARE)."""
-    from qihuang.instruct.grounding import content_chars, lcs_coverage
+    from qihuang.textmetrics import content_chars, lcs_coverage
 
     body = body_of(answer)
     if not content_chars(body):

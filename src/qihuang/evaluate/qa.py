@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qihuang.evaluate.mcq_formats import EvalDataError, json_records
+from qihuang.textmetrics import bleu4, chars, rouge_l
 
 REFERENCE_KEYS = ("reference", "answer", "output", "response")
 SOURCE_KEYS = ("source", "passage")
@@ -88,55 +88,9 @@ def load_qa(path: Path, limit: int = 0) -> QASet:
     return QASet(path, fmt, items, skipped)
 
 
-def _chars(text: str) -> list[str]:
-    return [c for c in text if not c.isspace()]
-
-
-def rouge_l(hypothesis: str, reference: str) -> float:
-    """Character-level ROUGE-L F1 (rouge-chinese on space-separated characters); 0.0 if either is empty."""
-    from rouge_chinese import Rouge
-
-    h, r = _chars(hypothesis), _chars(reference)
-    if not h or not r:
-        return 0.0
-    return float(Rouge(metrics=["rouge-l"]).get_scores(" ".join(h), " ".join(r))[0]["rouge-l"]["f"])
-
-
-def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-
-def bleu4(hypotheses: Sequence[str], references: Sequence[str], smooth: bool = False) -> float:
-    """Corpus BLEU-4 on characters (0-100): clipped n-gram precisions 1..4, geometric mean, brevity penalty,
-    one reference per hypothesis (sacrebleu's `tokenize='char'` definition). `smooth` adds 1 to the counts of
-    n > 1 (Lin & Och), useful for single sentences."""
-    matches, totals = [0] * 4, [0] * 4
-    hyp_len = ref_len = 0
-    for hyp, ref in zip(hypotheses, references, strict=True):
-        h, r = _chars(hyp), _chars(ref)
-        hyp_len += len(h)
-        ref_len += len(r)
-        for n in range(1, 5):
-            hn, rn = _ngrams(h, n), _ngrams(r, n)
-            matches[n - 1] += sum(min(c, rn[g]) for g, c in hn.items())
-            totals[n - 1] += max(len(h) - n + 1, 0)
-    if hyp_len == 0:
-        return 0.0
-    log_p = 0.0
-    for n in range(4):
-        m, t = matches[n], totals[n]
-        if smooth and n > 0:
-            m, t = m + 1, t + 1
-        if m == 0 or t == 0:
-            return 0.0
-        log_p += math.log(m / t) / 4
-    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return 100.0 * bp * math.exp(log_p)
-
-
 def faithfulness(answer: str, source: str) -> float:
     """Share of the answer's content supported by `source` (#5's `grounding_score`, same measure as training data)."""
-    from qihuang.instruct.grounding import grounding_score
+    from qihuang.textmetrics import grounding_score
 
     return float(grounding_score(answer, source))
 
@@ -147,7 +101,7 @@ def score_each(items: Sequence[QAItem], answers: Sequence[str]) -> list[dict[str
     per: list[dict[str, Any]] = []
     for it, ans in zip(items, answers, strict=True):
         rec: dict[str, Any] = {"row": it.row, "answer": ans, "rouge_l": rouge_l(ans, it.reference),
-                               "bleu4": bleu4([ans], [it.reference], smooth=True), "length": len(_chars(ans))}
+                               "bleu4": bleu4([ans], [it.reference], smooth=True), "length": len(chars(ans))}
         if it.source:
             rec["faithfulness"] = faithfulness(ans, it.source)
             rec["reference_faithfulness"] = faithfulness(it.reference, it.source)
@@ -165,7 +119,7 @@ def summarize_scores(per: Sequence[dict[str, Any]], references: Sequence[str]) -
         "bleu4": bleu4([p["answer"] for p in per], list(references)),
         "sentence_bleu4": sum(p["bleu4"] for p in per) / n,
         "length": sum(p["length"] for p in per) / n,
-        "reference_length": sum(len(_chars(r)) for r in references) / n,
+        "reference_length": sum(len(chars(r)) for r in references) / n,
         "faithfulness": (sum(p["faithfulness"] for p in with_src) / len(with_src)) if with_src else None,
         "reference_faithfulness": (sum(p["reference_faithfulness"] for p in with_src) / len(with_src))
         if with_src else None,

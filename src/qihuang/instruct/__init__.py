@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qihuang.instruct.grounding import grounding_score
+from qihuang.textmetrics import grounding_score
 from qihuang.instruct.settings import InstructConfig
 from qihuang.runs import StageDir
 

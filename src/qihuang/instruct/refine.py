@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from qihuang.instruct.grounding import passage_index, char_ngrams, content_chars, lcs_length
+from qihuang.textmetrics import passage_index, char_ngrams, content_chars, lcs_length
 from qihuang.instruct.records import Pair, reject
 
 Check = tuple[bool, str]

@@ -1,8 +1,9 @@
-"""Grounding: how much of an answer is supported by its source passage.
+"""Text metrics on characters, one owner for every stage (instruct filters, SFT probes, eval, the answer guard):
+word characters, character n-grams, longest common subsequence, ROUGE-L and BLEU-4 (through `rouge_chinese` and
+`sacrebleu`, on characters: Chinese needs no segmenter), and grounding — how much of an answer a passage supports.
 
-`grounding_score(answer, passage, n)` is the stable public entry point (the evaluation stage imports it
-for the faithfulness metric of #7).  Only CJK characters, Latin letters and digits count as content;
-punctuation and whitespace are ignored.  The score is the mean of two coverages of the answer:
+`grounding_score(answer, passage, n)` is the mean of two coverages of the answer's word characters (CJK, letters,
+digits; punctuation and whitespace ignored):
 
 * n-gram coverage: the share of the answer's character n-grams that occur in the passage;
 * LCS coverage: the length of the longest common subsequence of answer and passage divided by the
@@ -18,12 +19,45 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-_CONTENT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffffA-Za-z0-9]")
+from collections.abc import Sequence
+
+WORD_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffffA-Za-z0-9]")
+"""A character that carries words: CJK (extensions included), letters, digits — not punctuation or whitespace."""
 
 
 def content_chars(text: str) -> str:
-    """The text's content characters (CJK, letters, digits), punctuation and whitespace dropped."""
-    return "".join(_CONTENT.findall(text or ""))
+    """The text's word characters (`WORD_CHAR`), punctuation and whitespace dropped."""
+    return "".join(WORD_CHAR.findall(text or ""))
+
+
+def chars(text: str) -> list[str]:
+    """The text's characters less whitespace: the units ROUGE-L, BLEU-4 and answer lengths count."""
+    return [c for c in text if not c.isspace()]
+
+
+def rouge_l(hypothesis: str, reference: str) -> float:
+    """Character-level ROUGE-L F1 (`rouge_chinese` on space-separated characters); 0.0 if either is empty."""
+    from rouge_chinese import Rouge
+
+    h, r = chars(hypothesis), chars(reference)
+    if not h or not r:
+        return 0.0
+    return float(Rouge(metrics=["rouge-l"]).get_scores(" ".join(h), " ".join(r))[0]["rouge-l"]["f"])
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[str], smooth: bool = False) -> float:
+    """Corpus BLEU-4 on characters (0-100, `sacrebleu` with `tokenize="char"`), one reference per hypothesis;
+    `smooth` adds 1 to the counts of n > 1 (Lin & Och, sacrebleu's add-k), for single sentences."""
+    from sacrebleu.metrics import BLEU
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"bleu4: {len(hypotheses)} hypotheses but {len(references)} references")
+    hyps = ["".join(chars(h)) for h in hypotheses]
+    if not any(hyps):
+        return 0.0
+    refs = ["".join(chars(r)) for r in references]
+    metric = BLEU(tokenize="char", smooth_method="add-k" if smooth else "none", effective_order=False)
+    return float(metric.corpus_score(hyps, [refs]).score)
 
 
 def char_ngrams(text: str, n: int) -> list[str]:
@@ -57,19 +91,6 @@ def ngram_coverage(answer: str, passage: str, n: int = 2, cache: bool = True) ->
         return 0.0
     ag = char_ngrams(a, n)
     return sum(1 for g in ag if g in grams) / len(ag)
-
-
-def lcs_length_dp(a: str, b: str) -> int:
-    """Longest common subsequence length by the textbook dynamic programme (reference for tests/benchmarks)."""
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b):
-            cur.append(prev[j] + 1 if ca == cb else max(cur[j], prev[j + 1]))
-        prev = cur
-    return prev[-1]
 
 
 @lru_cache(maxsize=256)
