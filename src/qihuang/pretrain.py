@@ -245,7 +245,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     from qihuang.runs import atomic_path, write_json
     from qihuang.training.bpc import bits_per_char
     from qihuang.training.data import mix_documents, pack_documents, read_general, read_texts
-    from qihuang.training.loop import LoopSettings, train_loop
+    from qihuang.training.loop import train_loop
     from qihuang.training.metrics import plot_loss
 
     stage_t0 = time.time()

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -256,11 +255,6 @@ def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], fo
 def stage_dir(run_dir: Path, stage: str) -> StageDir:
     """The folder of `stage` inside `run_dir`."""
     return StageDir(Path(run_dir) / stage)
-
-
-def scratch_dir(prefix: str = "qihuang-") -> Path:
-    """A fresh temporary directory (caller removes it)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def sha256_file(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Passage-level deduplication: exact (hash of the text without punctuation and spaces) and near-duplicate
 (datasketch MinHash LSH over character shingles). The first occurrence stays; each duplicate records its twin.
-Shingle hashing is vectorised with numpy; the MinHash permutations and the LSH index are datasketch's."""
+Shingle hashing is vectorised with numpy; signatures and the LSH index come from `qihuang.minhash` (datasketch)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from qihuang.minhash import NearDupIndex
 
 _KEEP = re.compile(r"[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffffA-Za-z0-9]")
 _MAX_HASH = np.uint64((1 << 32) - 1)
@@ -29,29 +30,6 @@ def dedup_key(text: str) -> str:
 def exact_hash(text: str) -> bytes:
     """16-byte digest of `dedup_key(text)`."""
     return hashlib.blake2b(dedup_key(text).encode("utf-8"), digest_size=16).digest()
-
-
-@lru_cache(maxsize=4)
-def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's affine32 permutation parameters (a, b) for this num_perm and seed."""
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-    return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
-
-
-def _fmix32(hv: np.ndarray) -> np.ndarray:
-    """datasketch's pre-mix of input hashes (MurmurHash3 32-bit finaliser)."""
-    from datasketch import minhash as dm
-
-    fmix = getattr(dm, "_fmix", None)
-    if fmix is not None:
-        return fmix(hv, 32)
-    hv = hv ^ (hv >> np.uint32(16))
-    hv = hv * np.uint32(0x85EBCA6B)
-    hv = hv ^ (hv >> np.uint32(13))
-    hv = hv * np.uint32(0xC2B2AE35)
-    return hv ^ (hv >> np.uint32(16))
 
 
 def shingle_hashes(key: str, k: int) -> np.ndarray:
@@ -85,15 +63,13 @@ def content_codepoints(cps: np.ndarray) -> np.ndarray:
 def signature(text: str, k: int = 5, num_perm: int = 64, seed: int = 0, cps: np.ndarray | None = None) -> np.ndarray:
     """MinHash signature (uint32 array of `num_perm`), computed as datasketch's affine32 MinHash.update_batch
     would for these shingle hashes; `cps` (the text's code points) saves re-encoding."""
+    from qihuang.minhash import signatures
+
     if cps is None:
         hv = shingle_hashes(dedup_key(text), k)
     else:
         hv = _shingles_from_cps(content_codepoints(cps).astype(np.uint64), k)
-    if len(hv) == 0:
-        return np.full(num_perm, np.uint32(0xFFFFFFFF), dtype=np.uint32)
-    a, b = _permutations(num_perm, seed)
-    phv = _fmix32(hv)[:, None] * a[None, :] + b[None, :]
-    return phv.min(axis=0)
+    return signatures([hv], num_perm, seed)[0]
 
 
 @dataclass
@@ -104,20 +80,12 @@ class Deduper:
     num_perm: int = 64
     seed: int = 0
     exact: dict[bytes, tuple[str, str]] = field(default_factory=dict)
-    sigs: dict[str, np.ndarray] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
-    lsh: Any = None
+    index: NearDupIndex = field(init=False)
 
     def __post_init__(self) -> None:
-        from datasketch import MinHashLSH
-
-        self.lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-
-    def _minhash(self, sig: np.ndarray) -> Any:
-        from datasketch import LeanMinHash
-
-        return LeanMinHash(seed=self.seed, hashvalues=sig, scheme="affine32")
+        self.index = NearDupIndex(self.threshold, self.num_perm, self.seed)
 
     def check(self, pid: str, book: str, digest: bytes, sig: np.ndarray | None) -> dict[str, Any] | None:
         """None if `pid` is new (and index it), else {'reason', 'twin', 'twin_book', 'similarity'};
@@ -130,17 +98,12 @@ class Deduper:
         self.exact[h] = (pid, book)
         if sig is None:
             return None
-        mh = self._minhash(sig)
-        best: tuple[float, str] | None = None
-        for cand in self.lsh.query(mh):
-            sim = float(np.mean(self.sigs[cand] == sig))
-            if sim >= self.threshold and (best is None or sim > best[0]):
-                best = (sim, cand)
+        best = self.index.nearest(sig)
         if best is not None:
+            twin = str(best[0])
             self.stats["near_duplicate"] += 1
-            return {"reason": "near_duplicate", "twin": best[1], "twin_book": self.owners[best[1]],
-                    "similarity": round(best[0], 3)}
-        self.lsh.insert(pid, mh, check_duplication=False)
-        self.sigs[pid] = sig
+            return {"reason": "near_duplicate", "twin": twin, "twin_book": self.owners[twin],
+                    "similarity": round(best[1], 3)}
+        self.index.insert(pid, sig)
         self.owners[pid] = book
         return None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from qihuang.config import ConfigError, shared_dir
+from qihuang.config import ConfigError
 
 DEFAULT_HELDOUT: list[str] = [
     "伤寒明理论",  # 伤寒金匮

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from qihuang.retrieval import Passage
-from qihuang.scope import BOOK_TITLE
 from qihuang.textmetrics import WORD_CHAR
 
 LOOP_MIN_N, LOOP_MAX_N = 2, 8

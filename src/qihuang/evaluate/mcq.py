@@ -141,11 +141,6 @@ def score_options_batch(model: Any, tokenizer: Any, prefixes: list[str], continu
             for q, conts in enumerate(continuations)]
 
 
-def score_options_shared(model: Any, tokenizer: Any, prefix: str, continuations: list[str]) -> OptionScores:
-    """One question: the prompt is run once and its cache shared by all options (see `score_options_batch`)."""
-    return score_options_batch(model, tokenizer, [prefix], [continuations])[0]
-
-
 def score_options_naive(model: Any, tokenizer: Any, prefix: str, continuations: list[str],
                         shared_text: str = "") -> OptionScores:
     """Reference: one full forward of (shared text +) prompt + continuation per option (no sharing, no batching);
@@ -297,4 +292,4 @@ def _reason_counts(skipped: list[dict[str, Any]]) -> dict[str, int]:
 
 
 __all__ = ["LL_VARIANTS", "OptionScores", "evaluate_mcq_set", "extract_letter", "pick",
-           "score_options_naive", "score_options_shared"]
+           "score_options_naive"]

@@ -4,7 +4,6 @@ source passage (#5's grounding score)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass

@@ -18,13 +18,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from qihuang.textmetrics import passage_index, char_ngrams, content_chars, lcs_length
 from qihuang.instruct.records import Pair, reject
+from qihuang.minhash import NearDupIndex
+from qihuang.textmetrics import char_ngrams, content_chars, lcs_length, passage_index
 
 Check = tuple[bool, str]
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 _BOILER = re.compile(
     r"作为(?:一个|一名)?(?:AI|人工智能|语言模型)|我(?:无法|不能)(?:回答|提供|确定)|抱歉|对不起|无法回答|"
     r"(?:原文|文中|段落|文本)(?:中)?(?:没有|未)(?:提及|提到|涉及|说明)|请提供更多|as an AI|I'm sorry|I cannot|"
@@ -131,21 +130,6 @@ def normalize(text: str) -> str:
     return content_chars(text).lower()
 
 
-def dedup_key(p: Pair) -> str:
-    """Exact-duplicate key: hash of the normalized question."""
-    return _key(content_chars(p.question))
-
-
-_PERMS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _perms(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-    if num_perm not in _PERMS:
-        a, b = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
-        _PERMS[num_perm] = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
-    return _PERMS[num_perm]
-
-
 def _shingles(qc: str, ac: str) -> set[str]:
     q, a = qc.lower(), ac.lower()
     sh = set(char_ngrams(q, 3)) | {"A" + g for g in char_ngrams(a, 3)}
@@ -153,32 +137,13 @@ def _shingles(qc: str, ac: str) -> set[str]:
 
 
 def signatures(cleaned: list[tuple[str, str]], num_perm: int) -> np.ndarray:
-    """MinHash signatures (rows) over character 3-grams of question + answer, computed for a whole batch at once.
+    """MinHash signatures (rows) over character 3-grams of question + answer (crc32 shingle hashes, seed 1), for a
+    whole batch at once (`qihuang.minhash.signatures`: datasketch's affine32 MinHash with `hashfunc=zlib.crc32`)."""
+    from qihuang.minhash import signatures as minhash_rows
 
-    Identical to datasketch's `MinHash(scheme="affine32", hashfunc=zlib.crc32, seed=1)` fed the same shingles
-    (murmur3 finalizer, then affine permutations mod 2^32), but vectorized across pairs with `minimum.reduceat`.
-    """
-    a, b = _perms(num_perm)
-    hashes: list[int] = []
-    offsets: list[int] = []
-    for qc, ac in cleaned:
-        offsets.append(len(hashes))
-        hashes.extend(zlib.crc32(s.encode()) for s in _shingles(qc, ac))
-    if not cleaned:
-        return np.zeros((0, num_perm), dtype=np.uint32)
-    hv = np.asarray(hashes, dtype=np.uint32)
-    hv ^= hv >> np.uint32(16)
-    hv *= np.uint32(0x85EBCA6B)
-    hv ^= hv >> np.uint32(13)
-    hv *= np.uint32(0xC2B2AE35)
-    hv ^= hv >> np.uint32(16)
-    phv = hv[:, None] * a[None, :] + b[None, :]
-    return np.minimum.reduceat(phv, np.asarray(offsets), axis=0)
-
-
-def signature(p: Pair, num_perm: int) -> np.ndarray:
-    """One pair's MinHash signature (see `signatures`)."""
-    return signatures([(content_chars(p.question), content_chars(p.answer))], num_perm)[0]
+    hashes = [np.fromiter((zlib.crc32(s.encode()) for s in _shingles(qc, ac)), dtype=np.uint32)
+              for qc, ac in cleaned]
+    return minhash_rows(hashes, num_perm, seed=1)
 
 
 Chunk = tuple[list[Pair], dict[str, str], RefineParams]
@@ -241,7 +206,7 @@ def refine(pairs: Iterable[Pair], context_of: Callable[[str], str | None], rp: R
     kept: list[Pair] = []
     rejects: list[dict] = []
     seen: set[str] = set()
-    lsh = MinHashLSH(threshold=rp.dedup_threshold, num_perm=rp.num_perm)
+    near_dups = NearDupIndex(rp.dedup_threshold, rp.num_perm, seed=1)
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for (chunk_pairs, _, _), (rows, sigs) in _bounded_map(pool, _chunks(pairs, context_of, chunk, rp),
@@ -258,12 +223,11 @@ def refine(pairs: Iterable[Pair], context_of: Callable[[str], str | None], rp: R
                     rejects.append(reject(p, "duplicate_question"))
                     continue
                 seen.add(key)
-                mh = LeanMinHash(seed=1, hashvalues=sig, scheme="affine32")
-                near = lsh.query(mh)
-                if near:
-                    rejects.append(reject(p, "near_duplicate", duplicate_of=kept[min(near)].question))
+                near = near_dups.nearest(sig)
+                if near is not None:
+                    rejects.append(reject(p, "near_duplicate", duplicate_of=kept[int(near[0])].question))  # type: ignore[call-overload]
                     continue
-                lsh.insert(len(kept), mh, check_duplication=False)
+                near_dups.insert(len(kept), sig)
                 kept.append(p)
             if on_progress:
                 on_progress(len(rows))

@@ -203,9 +203,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
                     nll = loss_mod(**batch)
                     accelerator.backward(nll * world / n_valid)
                 nll_sum += nll.detach().float()
-        except torch.OutOfMemoryError as exc:
+        except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
-            del exc
             with accelerator.autocast():
                 fits = largest_fitting_batch_size(loss_mod, data, accelerator.device, s.batch_size)
             hint = (f"the largest that fits is {fits}: rerun with --batch-size {fits} --grad-accum "
