@@ -87,3 +87,18 @@ def test_hub_ids_resolve_through_the_hugging_face_cache(tmp_path: Path, tiny_mod
     assert prepare_model("qihuang-test/tiny") == snap
     with pytest.raises(ModelError, match=f"not in the Hugging Face cache \\({cache}\\) offline"):
         prepare_model("qihuang-test/absent")
+
+
+def test_an_adapter_folder_without_its_base_is_a_clear_error(tmp_path: Path) -> None:
+    from qihuang.models import ModelError, adapter_base, load_model
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
+    with pytest.raises(ModelError, match="no base_model_name_or_path"):
+        load_model(folder)
+    (folder / "adapter_config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match="unreadable adapter config"):
+        adapter_base(folder)
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    assert adapter_base(folder) is None  # full weights beside it: a model folder, not an adapter

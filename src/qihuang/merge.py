@@ -22,32 +22,16 @@ class MergeError(RuntimeError):
 
 
 def load_start_model(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, start record) from a merged HF dir or an adapter dir (merged onto its base here)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from qihuang.models import load_model, prepare_model
+    """(model, tokenizer, start record) from a merged HF dir or an adapter dir (merged onto its base by
+    `models.load_model`, the one loader)."""
+    from qihuang.models import adapter_base, load_model, prepare_model
 
     model_dir = Path(model_dir)
-    cfg_file = model_dir / "adapter_config.json"
-    if not cfg_file.exists():
-        model, tok = load_model(model_dir)
+    base = adapter_base(model_dir)
+    model, tok = load_model(model_dir)
+    if base is None:
         return model, tok, {"model_dir": str(model_dir), "kind": "merged"}
-    from peft import PeftModel
-
-    base = json.loads(cfg_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise MergeError(f"{cfg_file}: no base_model_name_or_path")
-    base_dir = prepare_model(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    tok_dir = model_dir if (model_dir / "tokenizer_config.json").exists() else base_dir
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if model.get_input_embeddings().weight.shape[0] != len(tok):
-        model.resize_token_embeddings(len(tok))
-    model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
-    return model, tok, {"model_dir": str(model_dir), "kind": "adapter", "base": str(base_dir)}
+    return model, tok, {"model_dir": str(model_dir), "kind": "adapter", "base": str(prepare_model(base))}
 
 
 def save_outputs(model: Any, tokenizer: Any, out_dir: Path, stage: str, base: dict[str, Any], method: str,
@@ -122,10 +106,9 @@ def merge_run(run_dir: Path, out: Path | None = None, atol: float = 1e-3) -> dic
     """Merge the run's adapters in recorded order onto the first stage's base; check logits after each merge
     (merged vs adapter-on-base) and after reloading the saved directory; write the model and its card."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qihuang.models import prepare_model
+    from qihuang.models import attach_adapter, prepare_model
     from qihuang.template import DEFAULTS_FILE
 
     run_dir = Path(run_dir)
@@ -148,9 +131,7 @@ def merge_run(run_dir: Path, out: Path | None = None, atol: float = 1e-3) -> dic
         if i and lin.get("base") and prev_model and Path(lin["base"]).resolve() != Path(prev_model).resolve():
             step["note"] = f"trained on {lin['base']}, applied on top of {prev_model}"
         if lin.get("adapter"):
-            if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
-                model.resize_token_embeddings(len(tokenizer))
-            peft_model = PeftModel.from_pretrained(model, str(d / lin["adapter"]))
+            peft_model = attach_adapter(model, tokenizer, d / lin["adapter"])
             on_base = _probe_logits(peft_model, tokenizer)
             model = peft_model.merge_and_unload()
             step.update(kind="adapter", **_compare(on_base, _probe_logits(model, tokenizer)))

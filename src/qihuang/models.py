@@ -238,25 +238,64 @@ def check_tokenizer_files(path: str | Path) -> Path:
 
 
 def load_tokenizer(spec: str | Path) -> Any:
-    """The tokenizer of a prepared model directory or spec."""
+    """The tokenizer of a prepared model directory or spec; of a LoRA adapter folder, its own when it holds one (an
+    extended vocabulary), else its base model's."""
     from transformers import AutoTokenizer
 
-    path = check_tokenizer_files(prepare_model(str(spec)))
+    base = adapter_base(Path(spec)) if Path(spec).is_dir() else None
+    if base is not None:
+        own = any((Path(spec) / name).is_file() for name in TOKENIZER_FILES)
+        path = Path(spec) if own else check_tokenizer_files(prepare_model(base))
+    else:
+        path = check_tokenizer_files(prepare_model(str(spec)))
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
+def adapter_base(adapter_dir: Path) -> str | None:
+    """The base model a LoRA adapter folder names (`base_model_name_or_path`), or None when `adapter_dir` is not an
+    adapter-only folder (it has no adapter_config.json, or holds full weights beside it)."""
+    cfg = Path(adapter_dir) / "adapter_config.json"
+    if not cfg.is_file() or (Path(adapter_dir) / "config.json").exists():
+        return None
+    try:
+        base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg}: unreadable adapter config ({exc})") from exc
+    if not base:
+        raise ModelError(f"{cfg}: no base_model_name_or_path")
+    return str(base)
+
+
+def attach_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> Any:
+    """`model` with the LoRA adapter of `adapter_dir` attached (a PeftModel; `.merge_and_unload()` merges it); the
+    embeddings are first resized to the tokenizer when the adapter was trained on an extended vocabulary."""
+    from peft import PeftModel
+
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as exc:
+        raise ModelError(f"{adapter_dir}: cannot apply the LoRA adapter ({type(exc).__name__}: {exc})") from exc
+
+
 def load_model(spec: str | Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a spec; errors name the path that failed."""
+    """Load (model, tokenizer) from a spec — a preset, model folder, `.gguf` file, hub id, or a LoRA adapter folder
+    (merged onto the base it names, with the adapter folder's tokenizer when it has one); errors name the path
+    that failed. Every stage, the server and eval load models here."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = prepare_model(str(spec))
-    tok = load_tokenizer(path)
+    base = adapter_base(Path(spec)) if Path(spec).is_dir() else None
+    path = prepare_model(str(base if base is not None else spec))
+    tok = load_tokenizer(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
     except Exception as exc:
         raise ModelError(f"{path}: cannot load model weights ({type(exc).__name__}: {exc})") from exc
+    if base is not None:
+        model = attach_adapter(model, tok, Path(spec)).merge_and_unload()
     return model.to(device), tok

@@ -168,28 +168,10 @@ class Engine:
         """Load a model dir / preset / run dir (base + LoRA adapter dirs are merged on load). `static`: decode
         over a static KV cache (CUDA graph on GPU; default on for CUDA devices). `max_batch`: concurrent requests
         decoded together (1 → one at a time)."""
-        from qihuang.models import ModelError, load_model, load_tokenizer
+        from qihuang.models import load_model
 
         path = resolve_model_dir(model_dir)
-        if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
-            import json
-
-            from peft import PeftModel
-
-            base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-            model, _ = load_model(base, dtype=dtype, device=device)
-            if (path / "tokenizer_config.json").exists():
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(path))
-            else:
-                tokenizer = load_tokenizer(base)
-            try:
-                model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-            except Exception as exc:
-                raise ModelError(f"{path}: cannot apply LoRA adapter to {base} ({exc})") from exc
-        else:
-            model, tokenizer = load_model(path, dtype=dtype, device=device)
+        model, tokenizer = load_model(path, dtype=dtype, device=device)  # an adapter folder is merged onto its base
         label = name or model_label(path)
         return cls(model, tokenizer, name=label, path=path, lookup_draft=lookup_draft, static=static,
                    max_batch=max_batch)
