@@ -178,6 +178,7 @@ def test_sft_lora_end_to_end_and_resume(tmp_path: Path, tiny_model_dir: Path) ->
     assert s["val_loss_after"] < s["val_loss_before"] - 0.05
     assert s["train_loss_after"] < s["train_loss_before"]
     assert s["data"]["n_rejected"] == 2 and s["steps"] == 8 and s["tokens_per_s"] > 0
+    assert (s["device"], s["precision"]) == ("cpu", "fp32")  # no GPU here: `placement.resolve` picks the CPU
     assert s["qa_rouge_l_before"] is not None and s["best_checkpoint"]
     assert (out.path / "adapter" / "adapter_config.json").exists() and (out.path / "loss.png").exists()
     assert any("loss" in m for m in out.metrics().read())

@@ -21,14 +21,14 @@ class MergeError(RuntimeError):
     """A run cannot be merged or exported; the message names the stage or file."""
 
 
-def load_start_model(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+def load_start_model(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, start record) from a merged HF dir or an adapter dir (merged onto its base by
-    `models.load_model`, the one loader)."""
+    `models.load_model`, the one loader), in `dtype`."""
     from qihuang.models import adapter_base, load_model, prepare_model
 
     model_dir = Path(model_dir)
     base = adapter_base(model_dir)
-    model, tok = load_model(model_dir)
+    model, tok = load_model(model_dir, dtype=dtype)
     if base is None:
         return model, tok, {"model_dir": str(model_dir), "kind": "merged"}
     return model, tok, {"model_dir": str(model_dir), "kind": "adapter", "base": str(prepare_model(base))}

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
+from qihuang.placement import Device, Precision
+from qihuang.placement import resolve as resolve_placement
 from qihuang.config import ConfigError, check_ranges, data_file
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.sftdata import read_records
@@ -78,6 +80,11 @@ class DPOConfig:
     """Peak learning rate."""
     save_steps: int = 50
     """Checkpoint every this many steps (resume after a kill)."""
+    device: Device = "auto"
+    """Where to train: auto (CUDA when a GPU is visible, else the CPU), cpu or cuda (`qihuang.placement`)."""
+    precision: Precision = "auto"
+    """Mixed precision: auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16. A LoRA
+    base on CUDA is loaded in that half precision."""
     seed: int = 0
     """Random seed."""
 
@@ -185,7 +192,7 @@ def answer_logps(model: Any, tokenizer: Any, prompt: list[Message], answer: str,
     if full[: len(head)] != head:
         raise TemplateError("template_not_prefix_stable")
     full = full[:max_length]
-    ids = torch.tensor([full])
+    ids = torch.tensor([full], device=model.device)
     with torch.no_grad():
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
     logp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
@@ -235,7 +242,9 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     from qihuang.progress import enabled as progress_enabled
 
     set_seed(cfg.seed)
-    model, tokenizer, start = load_start_model(Path(model_dir))
+    placement = resolve_placement(cfg.device, cfg.precision, "dpo")
+    model, tokenizer, start = load_start_model(Path(model_dir), placement.load_dtype(cfg.method))
+    model = placement.place(model)
     chat_templates.apply(tokenizer, cfg.chat_template)
     system = cfg.system_prompt or chat_defaults(model_dir).get("system_prompt")
     paths = list(cfg.data) or [data_file(DEFAULT_PAIRS)]
@@ -257,8 +266,7 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     ref_scores = score_pairs(model, tokenizer, held, cfg.max_length) if held else []
     args = TrlDPOConfig(
-        output_dir=str(out.path / "checkpoints"), use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(out.path / "checkpoints"), **placement.trainer_args(), gradient_checkpointing=False, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
         truncation_mode="keep_start", logging_steps=max(1, min(10, cfg.save_steps // 5)), save_strategy="steps",
@@ -293,7 +301,8 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         **{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()},
         "train_reward_accuracy_last": _last(trainer.state.log_history, "rewards/accuracies"),
         "steps": trainer.state.global_step, "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
-        "resumed_from": last, "beta": cfg.beta, "trainable": trainable,
+        "resumed_from": last, "beta": cfg.beta, "trainable": trainable, "device": placement.device,
+        "precision": placement.precision,
     }
     out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     return summary

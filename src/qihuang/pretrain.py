@@ -13,6 +13,8 @@ import click
 
 from qihuang.cliutil import config_options, model_passages_options, run_stage_command
 from qihuang.config import ConfigError, check_ranges
+from qihuang.placement import Device, Precision
+from qihuang.placement import resolve as resolve_placement
 from qihuang.runs import StageDir
 
 if TYPE_CHECKING:
@@ -109,8 +111,11 @@ class PretrainConfig:
     kernels; positions still restart per document)."""
     grad_checkpoint: float = 0.0
     """Fraction of decoder layers (from the bottom) recomputed in backward to save memory (0: none, 1: all)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on GPU, fp32 on CPU."""
+    device: Device = "auto"
+    """Where to train: auto (CUDA when a GPU is visible, else the CPU), cpu or cuda (`qihuang.placement`, as SFT
+    and DPO)."""
+    precision: Precision = "auto"
+    """Mixed precision: auto (bf16 autocast on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16, fp16."""
     threads: int = 0
     """CPU threads for torch (0: leave as set)."""
     peak_tflops: float | None = None
@@ -251,9 +256,8 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     stage_t0 = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cuda = torch.cuda.is_available()
-    mp = "bf16" if (cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)) else "no"
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
+    placement = resolve_placement(cfg.device, cfg.precision, "pretrain")
+    accelerator = Accelerator(cpu=placement.device == "cpu", mixed_precision=placement.accelerate_mixed_precision)
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     metrics = out.metrics()

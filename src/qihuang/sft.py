@@ -10,39 +10,32 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
+from qihuang.placement import Device, Placement, Precision
+from qihuang.placement import resolve as resolve_placement
 from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.sftdata import (
     Example, LoadReport, curriculum, label_tokens, load_examples, mix, split_validation,
 )
 from qihuang.merge import load_start_model, save_outputs
-from qihuang.template import IGNORE_INDEX, Message, encode_prompt, prompt_and_answer
+from qihuang.template import IGNORE_INDEX, Message, prompt_and_answer
 from qihuang.textmetrics import rouge_l
 
 
 def answer_questions(model: Any, tokenizer: Any, prompts: list[list[Message]], max_new_tokens: int,
                      batch_size: int = 8) -> list[str]:
-    """Greedy answers to chat prompts built with the shared template (left-padded batches)."""
-    import torch
-
-    from qihuang.tokenizer import suppressed_ids
+    """Greedy answers to chat prompts built with the shared template, through the one decoding path of chat, serve
+    and eval (`decoding.generate_batch`: repetition control, continuous batching, on the model's device)."""
+    from qihuang.decoding import generate_batch
+    from qihuang.template import render_prompt
 
     was_training = model.training
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        ids = [encode_prompt(tokenizer, p) for p in prompts[i: i + batch_size]]
-        width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        with torch.no_grad():
-            gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, use_cache=True,
-                                 suppress_tokens=list(suppressed_ids(tokenizer)) or None)
-        answers += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    model.train(was_training)
-    return answers
+    try:
+        return generate_batch(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts], max_new_tokens,
+                              batch_size=batch_size)
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -116,6 +109,11 @@ class SFTConfig:
     """Held-out questions answered before/after training for ROUGE-L (0: skip)."""
     qa_max_new_tokens: int = 64
     """Tokens generated per ROUGE-L answer."""
+    device: Device = "auto"
+    """Where to train: auto (CUDA when a GPU is visible, else the CPU), cpu or cuda (`qihuang.placement`)."""
+    precision: Precision = "auto"
+    """Mixed precision: auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16. A LoRA
+    base on CUDA is loaded in that half precision."""
     seed: int = 0
     """Random seed."""
 
@@ -283,16 +281,18 @@ def plain_loss_trainer(base: type) -> type:
 
 
 def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any, ckpt_dir: Path,
-                  callbacks: list[Any]) -> Any:
-    """A trl SFTTrainer for pre-tokenised (and possibly pre-packed) data on CPU (fp32, no checkpointing), with
-    `PackedCollator` batches (its `tokens` counts real tokens; the trainer is returned with it attached)."""
+                  callbacks: list[Any], placement: Placement | None = None) -> Any:
+    """A trl SFTTrainer for pre-tokenised (and possibly pre-packed) data on `placement`'s device and precision
+    (default: the CPU in fp32; no activation checkpointing), with `PackedCollator` batches (its `tokens` counts
+    real tokens; the trainer is returned with it attached)."""
     from qihuang.progress import enabled as progress_enabled
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
     use_val = val_ds is not None
     args = TrlSFTConfig(
-        output_dir=str(ckpt_dir), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=str(ckpt_dir), **(placement or Placement("cpu", "fp32")).trainer_args(),
+        gradient_checkpointing=False,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, lr_scheduler_type="cosine",
@@ -340,7 +340,8 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, start = load_start_model(Path(model_dir))
+    placement = resolve_placement(cfg.device, cfg.precision, "sft")
+    model, tokenizer, start = load_start_model(Path(model_dir), placement.load_dtype(cfg.method))
     chat_templates.apply(tokenizer, cfg.chat_template)
     train, val, data_summary = build_data(cfg, tokenizer, out.path)
     train_ds = to_dataset(train, cfg.packing, cfg.max_length, cfg.curriculum_stages)
@@ -351,7 +352,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     ckpt_dir = out.path / "checkpoints"
     use_val = val_ds is not None
     callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, cfg.warmup)]
-    trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks)
+    trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks, placement)
     base_model = trainer.model
     rouge_before = _rouge(base_model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
     before = {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
@@ -384,7 +385,8 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         "best_val_loss": state.best_metric, "resumed_from": last,
         "stopped_early": state.global_step < state.max_steps, "train_seconds": round(runtime, 1),
         "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1), "packing": cfg.packing,
-        "trainable": trainable, "threads": torch.get_num_threads(),
+        "trainable": trainable, "threads": torch.get_num_threads(), "device": placement.device,
+        "precision": placement.precision,
     }
     out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     write_json(out.path / "sft_summary.json", summary)
