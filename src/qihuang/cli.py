@@ -33,7 +33,8 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set pretrain.max_minutes=2 (YAML-typed value).")
 @click.option("--force", multiple=True, metavar="STAGE", help="Rerun this stage, and every stage built from it, even if done.")
-def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...]) -> None:
+@click.option("--dry-run", is_flag=True, help="Resolve and check every stage's config, model and data files; train nothing.")
+def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], dry_run: bool) -> None:
     """Run a recipe end to end into runs/<name>/ (finished stages are skipped, unfinished ones resume)."""
     import yaml
 
@@ -47,6 +48,11 @@ def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...]) ->
         parsed[key.strip()] = yaml.safe_load(value)
     try:
         r = load_recipe(recipe, parsed)
+        if dry_run:
+            from qihuang.recipe_check import check_recipe
+
+            click.echo("\n".join(check_recipe(r)))
+            return
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     run_recipe(r, force=list(force), log=click.echo)
