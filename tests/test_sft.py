@@ -294,3 +294,27 @@ def test_lora_on_extended_vocabulary_trains_new_rows(tmp_path: Path, tiny_model_
     new = torch.zeros_like(moved)
     new[len(tok) - 3:] = True
     assert moved[new].all() and not moved[~new].any()
+
+
+def test_scored_loss_equals_the_models_own(tiny_model_dir: Path) -> None:
+    import torch
+
+    from qihuang.models import load_model
+    from qihuang.sft import PackedCollator, scored_loss
+
+    model, _ = load_model(str(tiny_model_dir))
+    model.config.use_cache = False  # as in training: a cache would disable the packed (block-diagonal) mask
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 300, (2, 40), generator=g).tolist()
+    labels = [[-100] * 25 + row[25:] for row in ids]  # the prompt unscored, the answer scored
+    packed = PackedCollator(0)([{"input_ids": ids[0], "labels": labels[0], "seq_lengths": [15, 25]},
+                                {"input_ids": ids[1][:30], "labels": labels[1][:30], "seq_lengths": [30]}])
+    plain = PackedCollator(0)([{"input_ids": ids[0], "labels": labels[0]}, {"input_ids": ids[1][:30],
+                                                                            "labels": labels[1][:30]}])
+    for batch in (packed, plain):
+        with torch.no_grad():
+            ours = scored_loss(model, batch)
+            theirs = model(**batch).loss
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
+            assert torch.allclose(scored_loss(model, batch, num_items_in_batch=2 * n), theirs / 2, atol=1e-5)

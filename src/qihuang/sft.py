@@ -262,20 +262,46 @@ class PackedCollator:
         return {"input_ids": ids, "labels": labels, "position_ids" if packed else "attention_mask": extra}
 
 
+LOSS_CHUNK_TOKENS = 1024
+"""Scored tokens whose logits are computed at once in the SFT loss (recomputed in backward)."""
+
+
+def scored_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """The causal-LM loss of a batch as the model's own (summed over scored tokens, divided by
+    `num_items_in_batch` or by their count), computed from the decoder's hidden states with the LM head applied
+    only to the scored positions, in chunks (`training.loss.causal_lm_nll`): SFT scores the answers, a small
+    share of each retrieval prompt, so the [tokens x vocabulary] logits are never built — less memory and less
+    compute than the model's forward."""
+    import torch
+
+    from qihuang.training.loss import IGNORE, causal_lm_nll
+
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+    text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if getattr(text_config, "final_logit_softcapping", None):  # Gemma: the head's output is transformed first
+        extra = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
+        return model(input_ids=inputs["input_ids"], labels=inputs["labels"], **kwargs, **extra).loss
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    hidden = decoder(input_ids=inputs["input_ids"], use_cache=False, **kwargs).last_hidden_state
+    labels = inputs["labels"]
+    targets = torch.full_like(labels, IGNORE)
+    targets[:, :-1] = labels[:, 1:]
+    total = causal_lm_nll(head, hidden, targets, LOSS_CHUNK_TOKENS)
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+
 def plain_loss_trainer(base: type) -> type:
-    """`base` (trl's SFTTrainer) with the model's own loss: trl's fused LM-head loss reads `lm_head.weight`
-    directly and so misses (and crashes on) peft's trainable-token rows for an extended vocabulary, and its
-    entropy / token-accuracy logging costs as much as the step itself on CPU."""
+    """`base` (trl's SFTTrainer) with the model's own loss (`scored_loss`): trl's fused LM-head loss reads
+    `lm_head.weight` directly and so misses (and crashes on) peft's trainable-token rows for an extended
+    vocabulary, and its entropy / token-accuracy logging costs as much as the step itself on CPU."""
 
     class PlainLossSFTTrainer(base):  # type: ignore[misc, valid-type]
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            keep = ("input_ids", "attention_mask", "position_ids", "labels")
-            kwargs = {k: v for k, v in inputs.items() if k in keep}
-            if num_items_in_batch is not None:
-                kwargs["num_items_in_batch"] = num_items_in_batch
-            outputs = model(**kwargs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            loss = scored_loss(model, inputs, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
 
     return PlainLossSFTTrainer
 
@@ -303,6 +329,7 @@ def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val
         packing=False, padding_free=False, max_length=None, shuffle_dataset=False,
         train_sampling_strategy="sequential" if cfg.curriculum_stages > 1 else "random",
         disable_tqdm=not progress_enabled(), remove_unused_columns=True,
+        prediction_loss_only=True,  # validation needs the loss only: no [rows x tokens x vocabulary] logits kept
     )
     model.config.use_cache = False  # a cache disables the packed-sequence (block-diagonal) attention mask
     peft_config = _lora_config(cfg, tokenizer, model) if cfg.method == "lora" else None
