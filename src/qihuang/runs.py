@@ -109,8 +109,9 @@ def write_jsonl(path: Path, records: Iterable[Any]) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield JSON objects from a JSONL file; a bad line raises ValueError naming file and line."""
+def read_jsonl_lines(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, JSON object) from a JSONL file, blank lines skipped; a bad line raises `error` naming
+    file and line."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
@@ -119,10 +120,16 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            yield obj
+                raise error(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, obj
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield JSON objects from a JSONL file; a bad line raises ValueError naming file and line."""
+    for _, obj in read_jsonl_lines(path):
+        yield obj
 
 
 @dataclass

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,18 +108,10 @@ def iter_passages(path: Path) -> Iterator[Passage]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"passages file {path} does not exist (run the corpus stage first or pass --passages)")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{where}: expected a JSON object")
-            yield _check_passage(obj, where)
+    from qihuang.runs import read_jsonl_lines
+
+    for lineno, obj in read_jsonl_lines(path, ConfigError):
+        yield _check_passage(obj, f"{path}:{lineno}")
 
 
 def load_passages(path: Path, limit: int | None = None) -> list[Passage]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.models import ModelError
-from qihuang.serve.engine import (Chunk, EngineError, PromptCodec, PromptTooLong, SamplingParams, model_label,
+from qihuang.serve.engine import (Chunk, Engine, EngineError, PromptCodec, PromptTooLong, SamplingParams, model_label,
                                    resolve_model_dir)
 
 log = logging.getLogger(__name__)
@@ -172,15 +172,6 @@ class VLLMEngine:
             if not finished:
                 self._commands.put(("abort", rid))
 
-    def stream(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256, temperature: float = 0.0,
-               **kwargs: Any) -> Iterator[str]:
-        """Yield text pieces of the answer."""
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
-        for chunk in self.generate(messages, params):
-            if chunk.text:
-                yield chunk.text
-
-    def complete(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256, temperature: float = 0.0,
-                 **kwargs: Any) -> str:
-        """The whole answer as one string."""
-        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs))
+    # the text-level conveniences are the hf engine's own functions: both only read `self.generate`
+    stream = Engine.stream
+    complete = Engine.complete
