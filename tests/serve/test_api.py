@@ -168,14 +168,13 @@ def test_adapter_names_route_to_lora(tiny_model_dir: Any, index: Any) -> None:
     seen: list[str | None] = []
 
     class WithAdapters(Engine):
-        adapters = {"shanghan": "unused-dir"}
-
         def generate(self, *args: Any, lora: str | None = None, **kwargs: Any) -> Any:
             seen.append(lora)
             return super().generate(*args, **kwargs)
 
     base = Engine.load(tiny_model_dir)
     eng = WithAdapters(base.model, base.tokenizer, name="base")
+    eng.adapters = {"shanghan": "unused-dir"}
     srv = start_server(create_app(eng, index, ServeConfig(max_tokens=8)))
     try:
         assert [m["id"] for m in httpx.get(f"{srv.url}/v1/models").json()["data"]] == ["base", "shanghan"]

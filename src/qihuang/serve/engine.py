@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qihuang.decoding import DecodeParams, Repetition
 from qihuang.serve.textstream import (Detokenizer, StopMatcher, accepted_prefix, prompt_lookup_draft,
@@ -122,6 +122,26 @@ class Chunk:
     finish_reason: str | None = None
 
 
+class ServingEngine(Protocol):
+    """What the serving layer (`rag.prepare_prompt`, `rag.answer_chunks`, `serve.app`, `serve.chat`) needs of an
+    engine: the hf `Engine` and `vllm_engine.VLLMEngine` both provide it."""
+
+    name: str
+    """The served model name."""
+    prompts: PromptCodec
+    """Renders and encodes conversations with the model's chat template."""
+    max_context: int
+    """Prompt + generated tokens the model takes at most."""
+    adapters: dict[str, Any]
+    """LoRA adapters a request may choose by `model` (name → adapter); empty when the engine has none."""
+
+    def generate(self, messages: Sequence[dict[str, Any]] | None = None, params: SamplingParams | None = None,
+                 prompt: str | None = None, cancelled: Callable[[], bool] | None = None,
+                 **kwargs: Any) -> Iterator[Chunk]:
+        """Stream the answer's chunks; the last one has a finish_reason."""
+        ...
+
+
 class Engine:
     """A loaded causal LM plus its tokenizer; thread-safe. With `max_batch` > 1 concurrent requests are decoded
     together (continuous batching, `qihuang.serve.batching`); otherwise one forward pass at a time, requests
@@ -137,6 +157,8 @@ class Engine:
         self.lookup_draft = lookup_draft
         self.lookup_ngram = lookup_ngram
         self.backend = "hf"
+        self.adapters: dict[str, Any] = {}
+        """No LoRA adapters to choose from: adapters are merged at load."""
         self._lock = threading.Lock()
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.device = next(model.parameters()).device

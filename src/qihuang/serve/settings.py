@@ -85,6 +85,12 @@ class ServeConfig(RetrievalConfig):
     shutdown_grace_s: float = 10.0
     """On SIGTERM/SIGINT: seconds to let running answers finish before they are cancelled."""
 
+    def resolved_api_keys(self) -> list[str]:
+        """The keys a request may present: `api_keys` and those of $QIHUANG_API_KEYS (comma-separated)."""
+        import os
+
+        return [*self.api_keys, *(k.strip() for k in os.environ.get("QIHUANG_API_KEYS", "").split(",") if k.strip())]
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_concurrency < 1:
