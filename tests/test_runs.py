@@ -31,7 +31,7 @@ def test_run_stage_writes_done_last_and_skips(tmp_path: Path) -> None:
         return {"n": 3}
 
     s1 = run_stage(sd, {"a": 1}, work)
-    assert s1["n"] == 3 and "wall_seconds" in s1 and sd.is_done()
+    assert s1["n"] == 3 and "wall_seconds" in s1 and sd.is_done() and s1["process_peak_rss_mb"] > 10
     assert json.loads((sd.path / "config.json").read_text())["a"] == 1
     assert MetricsLog(sd.path / "metrics.jsonl").read()[0]["loss"] == 2.0
     s2 = run_stage(sd, {"a": 1}, work)

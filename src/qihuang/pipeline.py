@@ -244,13 +244,15 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
 def write_report(recipe: Recipe, summaries: dict[str, dict[str, Any]], dirs: dict[str, StageDir]) -> Path:
     """`report.md`: stage wall times, the evaluation table (base vs CPT vs SFT vs DPO), sample answers."""
     lines = [f"# qihuang run `{recipe.name}`", "", f"Base model: `{recipe.model}`", ""]
-    lines += ["## Stages", "", "| stage | wall time (s) | status |", "|---|---|---|"]
+    lines += ["## Stages", "", "| stage | wall time (s) | peak memory so far (MB) | status |", "|---|---|---|---|"]
     for name in STAGES:
         s = summaries.get(name) or dirs[name].summary()
         if not s:
             continue
         status = "reused" if s.get("skipped") else "ran"
-        lines.append(f"| {name} | {s.get('wall_seconds', 0):.1f} | {status} |")
+        rss = s.get("process_peak_rss_mb")
+        lines.append(f"| {name} | {s.get('wall_seconds', 0):.1f} | {'–' if rss is None or s.get('skipped') else rss} "
+                     f"| {status} |")
     tok = summaries.get("tokenizer") or dirs["tokenizer"].summary()
     if tok.get("tokens_per_char_before") is not None:
         lines += ["", f"Tokens per character on held-out books: {tok['tokens_per_char_before']:.3f} → "

@@ -255,6 +255,7 @@ def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], fo
     t0 = time.time()
     summary = work() or {}
     summary["wall_seconds"] = round(time.time() - t0, 2)
+    summary["process_peak_rss_mb"] = peak_rss_mb()
     out.finish(summary)
     return summary
 
@@ -262,6 +263,15 @@ def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], fo
 def stage_dir(run_dir: Path, stage: str) -> StageDir:
     """The folder of `stage` inside `run_dir`."""
     return StageDir(Path(run_dir) / stage)
+
+
+def peak_rss_mb() -> float:
+    """The largest resident memory of this process or any child it waited for so far (MB; Linux ru_maxrss in KiB)
+    — after a stage of a recipe run, the run's peak up to and including that stage."""
+    import resource
+
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return round(rss / 1024, 1)
 
 
 def sha256_file(path: Path) -> str:
