@@ -85,15 +85,20 @@ def rag_messages(messages: Sequence[dict[str, Any]], passages: Sequence[Passage]
     return msgs, query
 
 
+HEADWORDS = True
+"""Retrieval puts the entry of a formula or herb the question names first (`relevance.by_headword`)."""
+
+
 def retrieve(index: PassageIndex | None, query: str, k: int) -> list[Hit]:
     """The top-k hits for `query` (none without an index, with k = 0 or an empty query): BM25's best
     `relevance.POOL`, passages quoting the question first (`relevance.quotes_first`). Training records (instruct),
     serve, chat and eval all retrieve through this function."""
-    from qihuang.relevance import POOL, quotes_first
+    from qihuang.relevance import POOL, by_headword, quotes_first
 
     if index is None or k <= 0 or not query.strip():
         return []
-    return quotes_first(query, index.search(query, max(k, POOL)), k)
+    ranked = quotes_first(query, index.search(query, max(k, POOL)), max(k, POOL))
+    return by_headword(query, ranked, index, k) if HEADWORDS else ranked[:k]
 
 
 def cite_prefix(passage: Passage) -> str:

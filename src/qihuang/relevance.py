@@ -105,6 +105,38 @@ def domain_terms(index: Any) -> DomainTerms:
         return _TERMS[index]
 
 
+_HEADS: weakref.WeakKeyDictionary[Any, DomainTerms] = weakref.WeakKeyDictionary()
+
+
+def headword_in(query: str, index: Any) -> str | None:
+    """The longest section headword of the index (a formula, a herb, a chapter name: `section_terms`, less everyday
+    words) the question contains, or None."""
+    with _TERMS_LOCK:
+        if index not in _HEADS:
+            _HEADS[index] = DomainTerms(section_terms(index.sections.names), _generic_freq())
+        heads = _HEADS[index]
+    found = heads.find(cjk(query))
+    return found[0] if found else None
+
+
+def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit]:
+    """`hits` (already `quotes_first`), or — when none of them quotes the question and it names a section headword
+    without marks (桂枝汤由哪些药物组成？) — the passages of the sections of that name first (searched on the
+    question's other words, `PassageIndex.search` with 「headword」), then the others: a formula or herb question
+    is answered from the formula's or herb's own entry, not from passages that share its commonest words."""
+    text = cjk(query)
+    if "《" in query or "「" in query or any(shared_run(text, h) >= QUOTE_CHARS for h in hits):
+        return list(hits[:k])
+    head = headword_in(query, index)
+    names = f"「{head}」" + ("" if head is None or head.endswith("方") else f"「{head}方」")  # 桂枝汤 / 桂枝汤方
+    if head is None or index.sections.mask(names) is None:
+        return list(hits[:k])
+    scoped = index.search(names + query.replace(head, " "), k)
+    seen = {h.passage.id for h in scoped}
+    merged = [*scoped, *(h for h in hits if h.passage.id not in seen)][:k]
+    return [Hit(h.passage, h.score, rank) for rank, h in enumerate(merged, 1)]
+
+
 @dataclass(frozen=True)
 class Relevance:
     """Whether retrieval found the classics speaking to a question, and the evidence."""

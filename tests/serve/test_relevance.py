@@ -107,3 +107,28 @@ def test_server_sends_the_decline_and_the_citation_opening(engine: Any, index: P
         assert plain["choices"][0]["message"]["content"] != rag.NOT_COVERED  # no retrieval: no gate
     finally:
         srv.stop()
+
+
+def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path) -> None:
+    """桂枝汤由哪些药物组成？ — BM25 favours passages sharing 组成/药物 (modern notes on other formulas); the formula's
+    own entry comes first when no retrieved passage quotes the question."""
+    rows = [
+        {"id": "note-1", "book": "今人注释", "section": "小建中汤", "text": "小建中汤由桂枝汤倍芍药组成，此方药物组成如下。"},
+        {"id": "note-2", "book": "今人注释", "section": "附子汤", "text": "附子汤组成：附子、茯苓、人参，药物组成简明。"},
+        {"id": "entry", "book": "假托伤寒", "section": "卷二/桂枝汤方", "text": "桂枝三两，芍药三两，甘草二两，生姜三两，大枣十二枚。"},
+        {"id": "herb", "book": "假托本草", "section": "卷一/黄连", "text": "味苦寒。主热气目痛，眦伤泣出。"},
+        {"id": "other", "book": "假托本草", "section": "卷一/黄芩", "text": "黄连之属，味苦平，主诸热黄疸。"},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
+                                       ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    idx = PassageIndex.open(path, rebuild=True)
+    assert [h.passage.id for h in rag.retrieve(idx, "桂枝汤由哪些药物组成？", 2)][0] == "entry"
+    assert rag.retrieve(idx, "黄连的性味如何？", 1)[0].passage.id == "herb"
+    quoted = "“小建中汤由桂枝汤倍芍药组成”出自哪里？"  # a quote keeps the passage that holds it first
+    assert rag.retrieve(idx, quoted, 1)[0].passage.id == "note-1"
+    try:
+        rag.HEADWORDS = False
+        assert rag.retrieve(idx, "桂枝汤由哪些药物组成？", 1)[0].passage.id != "entry"  # what it fixes
+    finally:
+        rag.HEADWORDS = True
