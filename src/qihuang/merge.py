@@ -61,6 +61,21 @@ def save_outputs(model: Any, tokenizer: Any, out_dir: Path, stage: str, base: di
     return {"model": str(out_dir / "model"), "adapter": str(out_dir / adapter) if adapter else None}
 
 
+def save_trained(trainer: Any, tokenizer: Any, out_dir: Path, **kwargs: Any) -> dict[str, str | None]:
+    """`save_outputs` for a Hugging Face trainer's model: unwrapped from its DDP wrapper and written by the main
+    process only (under `accelerate launch` every process runs the stage; the others wait until it is written).
+    Returns the same paths on every process."""
+    from peft import PeftModel
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    paths: dict[str, str | None] = {"model": str(out_dir / "model"),
+                                    "adapter": str(out_dir / "adapter") if isinstance(model, PeftModel) else None}
+    if trainer.is_world_process_zero():
+        paths = save_outputs(model, tokenizer, out_dir, **kwargs)
+    trainer.accelerator.wait_for_everyone()
+    return paths
+
+
 def _probe_logits(model: Any, tokenizer: Any) -> Any:
     import torch
 

@@ -222,7 +222,7 @@ def preference_metrics(ref: list[tuple[float, float]], policy: list[tuple[float,
 
 def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     """Write out.path/'model' (merged)."""
-    from qihuang.merge import copy_model, load_start_model, save_outputs
+    from qihuang.merge import copy_model, load_start_model, save_trained
     from qihuang.trainer_callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
 
     out.path.mkdir(parents=True, exist_ok=True)
@@ -292,9 +292,10 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     before = preference_metrics(ref_scores, ref_scores, cfg.beta)
     after = preference_metrics(ref_scores, policy_scores, cfg.beta)
     trainable = trainable_summary(trainer.model)
-    saved = save_outputs(trainer.model, tokenizer, out.path, stage="dpo", base=start, method=cfg.method,
+    saved = save_trained(trainer, tokenizer, out.path, stage="dpo", base=start, method=cfg.method,
                          data=[str(p) for p in paths], system_prompt=system)
-    plot_losses(trainer.state.log_history, out.path / "loss.png", "DPO")
+    if trainer.is_world_process_zero():
+        plot_losses(trainer.state.log_history, out.path / "loss.png", "DPO")
     summary = {
         "enabled": True, "start": start, "method": cfg.method, "data": [str(p) for p in paths], **saved,
         "train_pairs": len(train), "heldout_pairs": len(held), "rejected": reasons, "n_rejected": len(rejects),

@@ -17,7 +17,7 @@ from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.sftdata import (
     Example, LoadReport, curriculum, label_tokens, load_examples, mix, split_validation,
 )
-from qihuang.merge import load_start_model, save_outputs
+from qihuang.merge import load_start_model, save_trained
 from qihuang.template import IGNORE_INDEX, Message, prompt_and_answer
 from qihuang.textmetrics import rouge_l
 
@@ -399,9 +399,10 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     state = trainer.state
     runtime = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
     trainable = trainable_summary(trainer.model)
-    saved = save_outputs(trainer.model, tokenizer, out.path, stage="sft", base=start, method=cfg.method,
+    saved = save_trained(trainer, tokenizer, out.path, stage="sft", base=start, method=cfg.method,
                          data=[str(p) for p in cfg.data], system_prompt=cfg.system_prompt)
-    plot_losses(state.log_history, out.path / "loss.png", "SFT")
+    if trainer.is_world_process_zero():
+        plot_losses(state.log_history, out.path / "loss.png", "SFT")
     summary = {
         "start": start, "method": cfg.method, "data": data_summary, **saved,
         "train_loss_before": round(before["train_loss"], 4), "train_loss_after": round(after["train_loss"], 4),
