@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qihuang.retrieval import Passage, best_span
+from qihuang.retrieval import Passage
 
 MIN_OWN_CHARS = 6
 """An answer with fewer CJK characters, letters or digits of its own (citations and the question's words left out)
@@ -87,8 +87,11 @@ def own_chars(answer: str, question: str) -> int:
 
 
 def fallback_quote(passage: Passage, question: str) -> str:
-    """`原文：「…」` — the cited passage's sentences that match the question best."""
-    s, e = best_span(passage.text, question, QUOTE_CHARS)
+    """`原文：「…」` — the cited passage's sentences that match the question best (`relevance.quote_span`: the head
+    of an entry the question names, else the best-matching sentence run)."""
+    from qihuang.relevance import quote_span
+
+    s, e = quote_span(passage, question, QUOTE_CHARS)
     return f"{FALLBACK_LEAD}「{passage.text[s:e].strip()}」"
 
 

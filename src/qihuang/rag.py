@@ -44,11 +44,14 @@ def clean_passage_text(text: str) -> str:
 
 def passage_window(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
     """(start, end) of the part of `passage.text` shown in the prompt: the whole text when it fits, else
-    `max_chars` characters starting at the sentence that best matches `query`."""
+    `max_chars` characters from where `relevance.quote_span` puts them (an entry the question names: its head; else
+    the sentence that best matches `query`)."""
+    from qihuang.relevance import quote_span
+
     text = passage.text
     if len(text) <= max_chars:
         return 0, len(text)
-    s, _ = best_span(text, query, max_chars)
+    s, _ = quote_span(passage, query, max_chars)
     s = max(0, min(s, len(text) - max_chars))
     return s, s + max_chars
 

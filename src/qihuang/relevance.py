@@ -105,6 +105,38 @@ def domain_terms(index: Any) -> DomainTerms:
         return _TERMS[index]
 
 
+_SENTENCE_END = re.compile(r"[。！？；!?;\n]")
+
+
+ENTRY_ASKS = re.compile(r"组成|由哪些|性味|药性|气味|功效|功用|效用|作用|主治|治什么|用法|煎服|服法")
+"""What a question asks of an entry as a whole (its head says it), unlike a term or sentence inside it."""
+
+
+def entry_of(passage: Passage, query: str) -> bool:
+    """Whether `passage` is the entry of a formula or herb a plain question asks about as a whole (桂枝汤由哪些药物
+    组成？ 黄连的性味如何？): the question asks an ENTRY_ASKS aspect, marks no book or section (《》「」), names the
+    section's last level (less 方) and quotes nothing of it (no QUOTE_CHARS-character run)."""
+    if not ENTRY_ASKS.search(query) or "《" in query or "「" in query:
+        return False
+    head = re.split(r"[·/]", passage.section)[-1].strip() if passage.section else ""
+    head = head.removesuffix("方") if len(head) > 2 else head
+    text = cjk(query)
+    return len(head) >= 2 and head in text and longest_shared(text, cjk(passage.text)) < QUOTE_CHARS
+
+
+def quote_span(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
+    """(start, end) of the part of `passage` to show or quote for `query`: an entry the question names (`entry_of`)
+    from its start — its head is the composition, 性味 or 主治, not the sentence sharing the question's other words
+    (性味, 功效) — else the sentence run matching the question best (`retrieval.best_span`)."""
+    from qihuang.retrieval import best_span
+
+    if entry_of(passage, query):
+        end = min(len(passage.text), max_chars)
+        ends = [m.end() for m in _SENTENCE_END.finditer(passage.text, 0, end)]
+        return 0, ends[-1] if ends and ends[-1] >= max_chars // 4 else end  # whole sentences where it can
+    return best_span(passage.text, query, max_chars)
+
+
 _HEADS: weakref.WeakKeyDictionary[Any, DomainTerms] = weakref.WeakKeyDictionary()
 
 
@@ -121,20 +153,24 @@ def headword_in(query: str, index: Any) -> str | None:
 
 def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit]:
     """`hits` (already `quotes_first`), or — when none of them quotes the question and it names a section headword
-    without marks (桂枝汤由哪些药物组成？) — the passages of the sections of that name first (searched on the
-    question's other words, `PassageIndex.search` with 「headword」), then the others: a formula or herb question
-    is answered from the formula's or herb's own entry, not from passages that share its commonest words."""
+    without marks (桂枝汤由哪些药物组成？) — the sections of that name first: their opening passages (the entries'
+    heads), then their other passages, each searched on the question's other words, then the rest: a formula or herb
+    question is answered from the formula's or herb's own entry, not from passages sharing its commonest words."""
     text = cjk(query)
     if "《" in query or "「" in query or any(shared_run(text, h) >= QUOTE_CHARS for h in hits):
         return list(hits[:k])
     head = headword_in(query, index)
     names = f"「{head}」" + ("" if head is None or head.endswith("方") else f"「{head}方」")  # 桂枝汤 / 桂枝汤方
-    if head is None or index.sections.mask(names) is None:
+    mask = index.sections.mask(names) if head is not None else None
+    if mask is None:
         return list(hits[:k])
-    scoped = index.search(names + query.replace(head, " "), k)
-    seen = {h.passage.id for h in scoped}
-    merged = [*scoped, *(h for h in hits if h.passage.id not in seen)][:k]
-    return [Hit(h.passage, h.score, rank) for rank, h in enumerate(merged, 1)]
+    rest = query.replace(head, " ")
+    heads = index.search_within(rest, mask & index.openers, k)  # the entries' heads: composition, 性味, 主治
+    merged: list[Hit] = []
+    for h in [*heads, *index.search_within(rest, mask, k), *hits]:
+        if all(h.passage.id != m.passage.id for m in merged):
+            merged.append(h)
+    return [Hit(h.passage, h.score, rank) for rank, h in enumerate(merged[:k], 1)]
 
 
 @dataclass(frozen=True)

@@ -414,6 +414,21 @@ class PassageIndex:
             top = self.matrix.top_ids(self._term_ids(query), k)
         return [Hit(self.passages[doc], score, rank) for rank, (doc, score) in enumerate(top, 1)]
 
+    def search_within(self, query: str, mask: np.ndarray, k: int) -> list[Hit]:
+        """Top-k among the passages `mask` marks, on `query`'s terms; the first k marked passages (score 1.0) when
+        none of them matches a term."""
+        top = self.matrix.top_ids(self._term_ids(query), k, mask) or self._first_of(mask, k)
+        return [Hit(self.passages[doc], score, rank) for rank, (doc, score) in enumerate(top, 1)]
+
+    @functools.cached_property
+    def openers(self) -> np.ndarray:
+        """Whether each passage opens its section (the first of its book and section in index order): a formula's
+        or herb's entry head — its composition, its 性味 and 主治."""
+        book, section = self.scope.doc_book, self.sections.doc_section
+        first = np.ones(len(section), dtype=bool)
+        first[1:] = (section[1:] != section[:-1]) | (book[1:] != book[:-1])
+        return first
+
     @staticmethod
     def _first_of(mask: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The first k passages a mask marks (a named section's opening passages), scored 1.0."""

@@ -88,7 +88,8 @@ def test_an_answer_that_starts_over_is_cut_where_it_does() -> None:
     model that lost its place; a second source (又据《…》) is not."""
     restarted = OPEN + "\n据《假托本草·黄连：“下”。"  # unclosed title: still a citation, not words of its own
     out = guard_answer(restarted, "黄连的性味如何？", HUANGLIAN, OPEN)
-    assert out.cut and out.fallback and out.text == OPEN + FALLBACK_LEAD + "「黄连味苦寒，主热气目痛。」"
+    # a question on the entry as a whole (its 性味) quotes the entry from its head: here all of it
+    assert out.cut and out.fallback and out.text == OPEN + FALLBACK_LEAD + f"「{HUANGLIAN.text}」"
     again = OPEN + "黄连味苦性寒，能清热燥湿。据《假托本草·黄连》：“苦能"
     assert guard_answer(again, "黄连", HUANGLIAN, OPEN).text == OPEN + "黄连味苦性寒，能清热燥湿。"
     second = OPEN + "黄连味苦性寒，能清热燥湿。又据《别录》，主热气。"

@@ -132,3 +132,19 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path) 
         assert rag.retrieve(idx, "桂枝汤由哪些药物组成？", 1)[0].passage.id != "entry"  # what it fixes
     finally:
         rag.HEADWORDS = True
+
+
+def test_an_entry_asked_about_as_a_whole_is_shown_and_quoted_from_its_head() -> None:
+    from qihuang.answer_guard import fallback_quote
+    from qihuang.relevance import entry_of, quote_span
+
+    herb = Passage(id="h", book="假托本草", section="卷一/黄连",
+                   text="味苦寒。主热气目痛。" + "后世注家论曰：此药不是性味移易之品，" * 4 + "其余从略。")
+    assert entry_of(herb, "黄连的性味如何？") and quote_span(herb, "黄连的性味如何？", 40) == (0, 10)
+    assert fallback_quote(herb, "黄连的性味如何？").startswith("原文：「味苦寒。主热气目痛。")
+    assert rag.passage_window(herb, "黄连的性味如何？", 30)[0] == 0  # the prompt shows the head too
+    # a term inside the entry, a marked section, or a quote: the best-matching sentence as before
+    for q in ("「卷一·黄连」中是怎样论述“性味移易”的？", "黄连条下“此药不是性味移易之品”出自哪里？"):
+        assert not entry_of(herb, q), q
+        assert quote_span(herb, q, 40)[0] > 0, q
+    assert not entry_of(herb, "黄连有哪些别名？")  # not an aspect the entry's head states
