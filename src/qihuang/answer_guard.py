@@ -197,7 +197,7 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
         safe = max(len(full) - held, start)
         if support is not None:
             safe = min(safe, finished)
-        if safe > sent:
+        if safe > sent and full[sent:safe].strip():  # whitespace waits for the text after it
             yield make_chunk(full[sent:safe], chunk, None)
             sent = safe
         if chunk.finish_reason is not None:
