@@ -108,6 +108,12 @@ def domain_terms(index: Any) -> DomainTerms:
 _SENTENCE_END = re.compile(r"[。！？；!?;\n]")
 
 
+COMPOSITION_ASKS = re.compile(r"组成|由哪些|哪些药|用药|配伍")
+"""A question asking a formula's ingredients: entries listing the most herbs in their head come first."""
+HEAD_CHARS = 80
+"""Characters of an entry's opening passage read as its head."""
+DOSE = re.compile(r"[一二三四五六七八九十百半两\d]+\s*(?:两|钱|分|枚|升|斤|克|g)")
+"""A dose (三两, 二钱, 十二枚): what a formula's ingredient list is made of."""
 ENTRY_ASKS = re.compile(r"组成|由哪些|性味|药性|气味|功效|功用|效用|作用|主治|治什么|用法|煎服|服法")
 """What a question asks of an entry as a whole (its head says it), unlike a term or sentence inside it."""
 
@@ -165,7 +171,10 @@ def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit
     if mask is None:
         return list(hits[:k])
     rest = query.replace(head, " ")
-    heads = index.search_within(rest, mask & index.openers, k)  # the entries' heads: composition, 性味, 主治
+    heads = index.search_within(rest, mask & index.openers, POOL)  # the entries' heads: composition, 性味, 主治
+    if COMPOSITION_ASKS.search(query):  # an entry that lists its herbs with doses first (not a commentary)
+        heads = sorted(heads, key=lambda h: -len(DOSE.findall(h.passage.text[:HEAD_CHARS])))
+    heads = heads[:k]
     merged: list[Hit] = []
     for h in [*heads, *index.search_within(rest, mask, k), *hits]:
         if all(h.passage.id != m.passage.id for m in merged):

@@ -115,6 +115,7 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path) 
     rows = [
         {"id": "note-1", "book": "今人注释", "section": "小建中汤", "text": "小建中汤由桂枝汤倍芍药组成，此方药物组成如下。"},
         {"id": "note-2", "book": "今人注释", "section": "附子汤", "text": "附子汤组成：附子、茯苓、人参，药物组成简明。"},
+        {"id": "comment", "book": "假托明理", "section": "卷下/桂枝汤方", "text": "经曰：桂枝本为解肌，此方组成之义，药物之理，详见下文。"},
         {"id": "entry", "book": "假托伤寒", "section": "卷二/桂枝汤方", "text": "桂枝三两，芍药三两，甘草二两，生姜三两，大枣十二枚。"},
         {"id": "herb", "book": "假托本草", "section": "卷一/黄连", "text": "味苦寒。主热气目痛，眦伤泣出。"},
         {"id": "other", "book": "假托本草", "section": "卷一/黄芩", "text": "黄连之属，味苦平，主诸热黄疸。"},
@@ -123,7 +124,8 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path) 
     path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
                                        ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     idx = PassageIndex.open(path, rebuild=True)
-    assert [h.passage.id for h in rag.retrieve(idx, "桂枝汤由哪些药物组成？", 2)][0] == "entry"
+    # the entry that lists doses comes before a commentary entry of the same name sharing the question's words
+    assert [h.passage.id for h in rag.retrieve(idx, "桂枝汤由哪些药物组成？", 2)] == ["entry", "comment"]
     assert rag.retrieve(idx, "黄连的性味如何？", 1)[0].passage.id == "herb"
     quoted = "“小建中汤由桂枝汤倍芍药组成”出自哪里？"  # a quote keeps the passage that holds it first
     assert rag.retrieve(idx, quoted, 1)[0].passage.id == "note-1"
