@@ -129,3 +129,16 @@ def test_streaming_with_support_holds_each_sentence_and_stops_at_an_unsupported_
     assert "".join(sent) == OPEN + "黄连味苦寒，能清热燥湿。" and sent[-1:] != ["黄连"]
     assert stop.is_set() and "主热气。" not in pulled  # the engine was stopped at the unsupported sentence
     assert sent[0] == OPEN and "".join(sent[:2]) in (OPEN, OPEN + "黄连味苦寒，能清热燥湿。")  # no half sentence
+
+
+def test_a_line_break_before_an_unsupported_sentence_is_not_sent() -> None:
+    """Run B's chat samples: 「据《…》：\\n原文：「…」」 — whitespace alone waits for the text after it."""
+    from qihuang.answer_guard import Support
+
+    support = Support.of("黄连的性味如何？", [HUANGLIAN], 0.5)
+    pieces = [OPEN, "\n", "这是一种古老的说法，", "现代人很少使用", "。现代人很少使用它。"]
+    stop = threading.Event()
+    out = "".join(c.text for c in guard_stream(_stream(pieces, [], stop), "黄连的性味如何？", HUANGLIAN, OPEN, stop,
+                                               _make, hold=2, support=support))
+    assert out == guard_answer("".join(pieces), "黄连的性味如何？", HUANGLIAN, OPEN, support).text
+    assert out.startswith(OPEN + FALLBACK_LEAD) and "\n" not in out
