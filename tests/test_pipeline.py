@@ -74,6 +74,15 @@ def test_tiny_recipe_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     for stage in ("eval", "chat"):
         assert f"── stage {stage} (stale: dpo rebuilt; rerunning)" in edited.stdout, edited.stdout
     assert edited.stdout.count("(done, skipped)") == len(STAGES) - 3
+    # --only reruns one stage with the run's own models: chat asks the final (dpo) model, not the base
+    only = run(ROOT / "recipes" / "tiny.yaml", runs, "--set", "dpo.beta=0.2", "--only", "chat")
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert "── stage chat (stale: --only; rerunning)" in only.stdout
+    assert only.stdout.count("(done, kept: --only)") == len(STAGES) - 1
+    chat = json.loads((run_dir / "chat" / "summary.json").read_text(encoding="utf-8"))
+    assert chat["model"] == str(run_dir / "dpo" / "model")
+    bad = run(ROOT / "recipes" / "tiny.yaml", runs, "--only", "nonesuch")
+    assert bad.returncode != 0 and "not a stage of this recipe" in bad.stderr
 
 
 def _finished(run_dir: Path, name: str, config: dict) -> None:

@@ -33,8 +33,11 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set pretrain.max_minutes=2 (YAML-typed value).")
 @click.option("--force", multiple=True, metavar="STAGE", help="Rerun this stage, and every stage built from it, even if done.")
+@click.option("--only", multiple=True, metavar="STAGE",
+              help="Rerun just this stage; the others are not run, their finished outputs (models too) are used.")
 @click.option("--dry-run", is_flag=True, help="Resolve and check every stage's config, model and data files; train nothing.")
-def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], dry_run: bool) -> None:
+def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], only: tuple[str, ...],
+            dry_run: bool) -> None:
     """Run a recipe end to end into runs/<name>/ (finished stages are skipped, unfinished ones resume)."""
     import yaml
 
@@ -55,7 +58,10 @@ def run_cmd(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], dr
             return
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    run_recipe(r, force=list(force), log=click.echo)
+    try:
+        run_recipe(r, force=list(force), log=click.echo, only=list(only))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 @cli.group("models")

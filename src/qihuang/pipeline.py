@@ -177,9 +177,15 @@ def _built_from(stage: StageDir) -> str | None:
         return None
 
 
-def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
+def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[str], None] = print,
+               only: list[str] | None = None) -> Path:
     """Run every stage of `recipe` in order and write report.md; returns the run dir. A finished stage is reused
-    unless it is stale (`stale_reason`): then it and every stage built from it rerun, and the log says why."""
+    unless it is stale (`stale_reason`): then it and every stage built from it rerun, and the log says why.
+    `only`: rerun just these stages; the recipe's other stages are not run, their finished outputs (models
+    included: chat after `--only chat` asks the run's final model, not the base) are used as they are."""
+    unknown = [s for s in only or [] if s not in recipe.stages]
+    if unknown:
+        raise ConfigError(f"--only {unknown}: not a stage of this recipe ({', '.join(recipe.stages)})")
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "recipe.json", recipe)
@@ -221,17 +227,23 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
             cfg = dataclasses.replace(cfg, data=[dirs["instruct"].path / "train.jsonl"])
             if (dirs["instruct"].path / "heldout_qa.jsonl").exists() and hasattr(cfg, "eval_data"):
                 cfg = dataclasses.replace(cfg, eval_data=dirs["instruct"].path / "heldout_qa.jsonl")
-        why = stale_reason(name, dirs[name], cfg, rebuilt, force, str(recipe.model), list(recipe.stages))
-        reuse = dirs[name].is_done() and why is None
-        log(f"── stage {name} " + ("(done, skipped)" if reuse else f"(stale: {why}; rerunning) …" if why else "…"))
-        summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=why is not None)
+        if only and name not in only:
+            log(f"── stage {name} " + ("(done, kept: --only)" if dirs[name].is_done() else "(not run: --only)"))
+            why, reuse = None, True
+            summaries[name] = {**dirs[name].summary(), "skipped": True}
+        else:
+            why = "--only" if only else stale_reason(name, dirs[name], cfg, rebuilt, force, str(recipe.model),
+                                                      list(recipe.stages))
+            reuse = dirs[name].is_done() and why is None
+            log(f"── stage {name} " + ("(done, skipped)" if reuse else f"(stale: {why}; rerunning) …" if why else "…"))
+            summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=why is not None)
         if not reuse:
             rebuilt.append(name)
             if name in USES_MODEL:  # recorded per stage: an interrupted run cannot hide what a stage was built from
                 write_json(dirs[name].path / BASE_MODEL_FILE, {"model": str(recipe.model)})
         log(f"   {name}: {summaries[name].get('wall_seconds', 0):.1f}s")
         produced = dirs[name].path / "model"
-        if (produced / "config.json").exists():
+        if (produced / "config.json").exists() and dirs[name].is_done():
             current = produced
             label = {"tokenizer": None, "pretrain": "cpt", "sft": "sft", "dpo": "dpo"}.get(name)
             if label:
