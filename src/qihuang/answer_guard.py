@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qihuang.retrieval import Passage
+from qihuang.textmetrics import SENTENCE_MARKS, sentence_end_before
 
 MIN_OWN_CHARS = 6
 """An answer with fewer CJK characters, letters or digits of its own (citations and the question's words left out)
@@ -29,7 +30,6 @@ MIN_SUPPORT = 0.5
 """Default least share of a sentence's character bigrams found in the question and passages (`Support`): measured on
 the demo's held-out-book answers (`python benchmarks/guard_rescore.py --run runs/demo --support …`,
 benchmarks/RESULTS.md session 8)."""
-_SENTENCE_END = re.compile(r"[。！？；!?;\n]")
 
 
 WINDOW_CHARS = 32
@@ -71,8 +71,8 @@ def clean_length(text: str) -> int:
         if _degenerate(text[:end]):
             break
         good = min(end, len(text))
-    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, good)]
-    return ends[-1] if ends else good
+    end = sentence_end_before(text, good)
+    return end if end is not None else good
 
 
 def own_chars(answer: str, question: str) -> int:
@@ -131,7 +131,7 @@ class Support:
         return len(text)
 
 
-_SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;\n]*|[。！？；!?;\n]+")
+_SENTENCE = re.compile(f"[^{SENTENCE_MARKS}]+[{SENTENCE_MARKS}]*|[{SENTENCE_MARKS}]+")
 
 
 def _bigrams(text: str) -> list[str]:
@@ -216,5 +216,5 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
 
 def _last_sentence_end(text: str, start: int) -> int:
     """Index just past the last sentence end of `text` after `start` (`start` when there is none)."""
-    ends = [m.end() for m in _SENTENCE_END.finditer(text, start)]
-    return ends[-1] if ends else start
+    end = sentence_end_before(text, len(text), start)
+    return end if end is not None else start

@@ -25,6 +25,17 @@ WORD_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U00
 """A character that carries words: CJK (extensions included), letters, digits — not punctuation or whitespace."""
 
 
+SENTENCE_MARKS = "。！？；!?;\n"
+"""Characters that end a sentence (a line break too: classical text and answers break lines between sentences)."""
+SENTENCE_MARK = re.compile(f"[{SENTENCE_MARKS}]")
+
+
+def sentence_end_before(text: str, stop: int, start: int = 0) -> int | None:
+    """Index just past the last sentence mark of `text[start:stop]`, or None when it has none."""
+    ends = [m.end() for m in SENTENCE_MARK.finditer(text, start, stop)]
+    return ends[-1] if ends else None
+
+
 def content_chars(text: str) -> str:
     """The text's word characters (`WORD_CHAR`), punctuation and whitespace dropped."""
     return "".join(WORD_CHAR.findall(text or ""))
