@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.retrieval import Hit, Passage
+from qihuang.textmetrics import sentence_end_before
 
 GENERIC_FREQ = 2000
 """A word whose frequency in jieba's dictionary of everyday modern Chinese is at least this is no evidence of a
@@ -105,9 +106,6 @@ def domain_terms(index: Any) -> DomainTerms:
         return _TERMS[index]
 
 
-_SENTENCE_END = re.compile(r"[。！？；!?;\n]")
-
-
 COMPOSITION_ASKS = re.compile(r"组成|由哪些|哪些药|用药|配伍")
 """A question asking a formula's ingredients: entries listing the most herbs in their head come first."""
 HEAD_CHARS = 80
@@ -133,14 +131,34 @@ def entry_of(passage: Passage, query: str) -> bool:
 def quote_span(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
     """(start, end) of the part of `passage` to show or quote for `query`: an entry the question names (`entry_of`)
     from its start — its head is the composition, 性味 or 主治, not the sentence sharing the question's other words
-    (性味, 功效) — else the sentence run matching the question best (`retrieval.best_span`)."""
-    from qihuang.retrieval import best_span
+    (性味, 功效); else the sentence run matching the question best (`retrieval.best_span`), with the sentences after
+    it when the question asks what it means and it only repeats the question (「天地之道也。」 for 阴阳者天地之道也
+    是什么意思 — the note after it explains; for 出处 questions the repeated sentence is the answer).
+    Whole sentences where they fit."""
+    from qihuang.retrieval import best_span, char_bigrams
 
+    text = passage.text
     if entry_of(passage, query):
-        end = min(len(passage.text), max_chars)
-        ends = [m.end() for m in _SENTENCE_END.finditer(passage.text, 0, end)]
-        return 0, ends[-1] if ends and ends[-1] >= max_chars // 4 else end  # whole sentences where it can
-    return best_span(passage.text, query, max_chars)
+        return 0, _whole_sentences(text, 0, max_chars)
+    s, e = best_span(text, query, max_chars)
+    said = char_bigrams(text[s:e])
+    if MEANING_ASKS.search(query) and said and len(said & char_bigrams(query)) >= ECHO_SHARE * len(said):
+        return s, _whole_sentences(text, s, max_chars)
+    return s, e
+
+
+MEANING_ASKS = re.compile(r"意思|解释|含义|何谓|何意|指什么|什么是|释义|白话|怎么理解|如何理解")
+"""A question asking what a passage or term means (not where it stands)."""
+ECHO_SHARE = 0.8
+"""A quoted sentence whose characters and bigrams are at least this share the question's only repeats it."""
+
+
+def _whole_sentences(text: str, start: int, max_chars: int) -> int:
+    """End of the sentences of `text` from `start` that fit in `max_chars`; the cut at `max_chars` when the first
+    of them is longer than a quarter of it and no mark comes in time."""
+    stop = min(len(text), start + max_chars)
+    end = sentence_end_before(text, stop, start)
+    return end if end is not None and end - start >= max_chars // 4 else stop
 
 
 _HEADS: weakref.WeakKeyDictionary[Any, DomainTerms] = weakref.WeakKeyDictionary()

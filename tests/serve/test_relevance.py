@@ -150,3 +150,12 @@ def test_an_entry_asked_about_as_a_whole_is_shown_and_quoted_from_its_head() -> 
         assert not entry_of(herb, q), q
         assert quote_span(herb, q, 40)[0] > 0, q
     assert not entry_of(herb, "黄连有哪些别名？")  # not an aspect the entry's head states
+
+
+def test_a_meaning_question_whose_best_sentence_repeats_it_gets_the_note_after_it() -> None:
+    from qihuang.answer_guard import fallback_quote
+
+    p = Passage(id="s", book="假托集注", section="卷二/阴阳", text="黄帝曰。阴阳者。天地之道也。（道者。阴阳之理也。）万物之纲纪。")
+    assert fallback_quote(p, "“阴阳者，天地之道也”是什么意思？") == "原文：「天地之道也。（道者。阴阳之理也。）万物之纲纪。」"
+    # where a sentence stands, the sentence itself is the answer
+    assert fallback_quote(p, "“阴阳者，天地之道也”出自哪里？") == "原文：「天地之道也。」"
