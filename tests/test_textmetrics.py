@@ -7,22 +7,9 @@ import math
 import random
 
 import pytest
+from rouge_chinese.rouge_score import _len_lcs as lcs_length_dp  # the textbook DP: the reference to match
 
 from qihuang.textmetrics import bleu4, grounding_score, lcs_coverage, lcs_length, ngram_coverage, rouge_l
-
-
-def lcs_length_dp(a: str, b: str) -> int:
-    """Longest common subsequence length by the textbook dynamic programme (the reference the fast one must match)."""
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b):
-            cur.append(prev[j] + 1 if ca == cb else max(cur[j], prev[j + 1]))
-        prev = cur
-    return prev[-1]
-
 
 PASSAGE = "浮脉者，举之有余，按之不足，如水漂木也。浮而有力为表实，浮而无力为表虚。浮紧者伤寒，浮缓者伤风。"
 
