@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qihuang.retrieval import Passage
-from qihuang.textmetrics import SENTENCE_MARKS, sentence_end_before
+from qihuang.textmetrics import SENTENCE_MARKS, char_ngrams, content_chars, sentence_end_before
 
 MIN_OWN_CHARS = 6
 """An answer with fewer CJK characters, letters or digits of its own (citations and the question's words left out)
@@ -135,10 +135,8 @@ _SENTENCE = re.compile(f"[^{SENTENCE_MARKS}]+[{SENTENCE_MARKS}]*|[{SENTENCE_MARK
 
 
 def _bigrams(text: str) -> list[str]:
-    from qihuang.textmetrics import content_chars
-
-    w = content_chars(text)
-    return [w[i:i + 2] for i in range(len(w) - 1)]
+    """Character bigrams of `text`'s word characters (`textmetrics.char_ngrams`)."""
+    return char_ngrams(content_chars(text), 2)
 
 
 @dataclass

@@ -31,8 +31,9 @@ def describe_model(spec: str) -> str:
     if path.is_dir():
         if (path / "config.json").exists():
             return f"model folder {path}"
-        if adapter_base(path) is not None:
-            return f"LoRA adapter {path} on {adapter_base(path)}"
+        base = adapter_base(path)
+        if base is not None:
+            return f"LoRA adapter {path} on {base}"
         raise ConfigError(f"model: {path} is a folder without config.json (nor a LoRA adapter)")
     if HUB_ID.fullmatch(spec):
         return f"Hugging Face model {spec} (its cache first; downloaded where the hub is reachable)"

@@ -109,7 +109,8 @@ def test_server_sends_the_decline_and_the_citation_opening(engine: Any, index: P
         srv.stop()
 
 
-def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path) -> None:
+def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """桂枝汤由哪些药物组成？ — BM25 favours passages sharing 组成/药物 (modern notes on other formulas); the formula's
     own entry comes first when no retrieved passage quotes the question."""
     rows = [
@@ -129,11 +130,8 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path) 
     assert rag.retrieve(idx, "黄连的性味如何？", 1)[0].passage.id == "herb"
     quoted = "“小建中汤由桂枝汤倍芍药组成”出自哪里？"  # a quote keeps the passage that holds it first
     assert rag.retrieve(idx, quoted, 1)[0].passage.id == "note-1"
-    try:
-        rag.HEADWORDS = False
-        assert rag.retrieve(idx, "桂枝汤由哪些药物组成？", 1)[0].passage.id != "entry"  # what it fixes
-    finally:
-        rag.HEADWORDS = True
+    monkeypatch.setattr(rag, "HEADWORDS", False)
+    assert rag.retrieve(idx, "桂枝汤由哪些药物组成？", 1)[0].passage.id != "entry"  # what it fixes
 
 
 def test_an_entry_asked_about_as_a_whole_is_shown_and_quoted_from_its_head() -> None:
