@@ -4,6 +4,8 @@ uses) vs fixed batches through `model.generate` (its previous path), same model,
 The prompts are the eval stage's retrieval row: a run's held-out-book questions grounded over the run's index
 (`evaluate.conditions.build_prompts`), greedy with the default repetition control, `--batch-size` rows per forward on
 both sides. Both sides must give the same answers (greedy decoding is exact either way; a mismatch is printed).
+Also prints the prefill rate of the longest prompts (what a retrieval row pays before decoding). On a fresh clone
+(no runs/demo) the questions come from the smoke corpus's held-out book and the model is smollm2-135m.
 
     python benchmarks/eval_decode.py --run runs/demo --n 64 --model runs/demo/sft/model
     python benchmarks/eval_decode.py --smoke      # tiny random model, invented passages, 1 thread (CI)
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _inputs import heldout_questions, model_or_base
 
 
 def _smoke(tmp: Path) -> tuple[list[str], Path]:
@@ -29,21 +32,33 @@ def _smoke(tmp: Path) -> tuple[list[str], Path]:
     return [f"“其{i}方主之”出自何书？" + "请说明。" * (i % 4) for i in range(10)], path
 
 
-def _questions(run: Path, n: int) -> list[str]:
-    qa = run / "eval" / "heldout_books_qa.jsonl"
-    if not qa.exists():
-        sys.exit(f"{qa} not found: it is written by the eval stage of a run (`qihuang run recipes/demo.yaml`); "
-                 "or try `--smoke` (tiny model, invented passages)")
-    items = [json.loads(line) for line in qa.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [it["question"] for it in items[:: max(1, len(items) // n)][:n]]
-
-
 def _load(spec: str) -> tuple[Any, Any, dict[str, Any]]:
     from qihuang.models import load_model
     from qihuang.template import chat_defaults
 
     model, tok = load_model(spec)
     return model.eval(), tok, (chat_defaults(Path(spec)) if Path(spec).is_dir() else {})
+
+
+def _prefill_rate(model: Any, tok: Any, prompts: list[str], batch: int) -> None:
+    """Print the prefill tokens/s of one forward over the `batch` longest prompts (left-padded, last logits only)."""
+    import torch
+
+    from qihuang.template import encode_text
+
+    ids = sorted((encode_text(tok, p) for p in prompts), key=len)[-batch:]
+    if not ids:
+        return
+    width = max(len(x) for x in ids)
+    inp = torch.tensor([[0] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(input_ids=inp, attention_mask=mask, logits_to_keep=1)
+        dt = time.perf_counter() - t0
+    real = sum(len(x) for x in ids)
+    print(f"prefill: {len(ids)} prompts x {width} tokens (median {sorted(map(len, ids))[len(ids) // 2]}) in "
+          f"{dt:.1f} s = {real / dt:.0f} prompt tokens/s")
 
 
 def main() -> None:
@@ -68,13 +83,15 @@ def main() -> None:
         questions, index_spec = _smoke(Path(tempfile.mkdtemp()))
         spec, batch, max_new = "tiny-llama", 4, 24
     else:
-        questions, index_spec = _questions(args.run, args.n), args.run
-        spec, batch, max_new = args.model, args.batch_size, args.max_new_tokens
+        items, index_spec = heldout_questions(args.run, args.n, Path(tempfile.mkdtemp()))
+        questions = [it["question"] for it in items]
+        spec, batch, max_new = model_or_base(args.model), args.batch_size, args.max_new_tokens
     model, tok, defaults = _load(spec)
     prompts, grounds = build_prompts(tok, defaults, questions, "rag", PassageIndex.open(index_spec),
                                      PASSAGES_K, PASSAGE_CHARS, gate=not args.smoke)  # invented text: no gate
     prompts = [p for p, g in zip(prompts, grounds, strict=True) if g.answer is None]  # declined: nothing generated
     params = DecodeParams()
+    _prefill_rate(model, tok, prompts, batch)
     t0 = time.perf_counter()
     fixed = _generate_fixed(model, tok, prompts, max_new, batch, params, None)
     t_fixed = time.perf_counter() - t0

@@ -3,7 +3,8 @@ what the model wrote (`model_answer` in the eval's predictions), the question an
 it can be measured on stored answers in seconds.
 
     python benchmarks/guard_rescore.py --run runs/demo              # every `*__rows__rag.jsonl` of the run's eval
-    python benchmarks/guard_rescore.py --smoke                      # invented predictions (CI)
+    python benchmarks/guard_rescore.py --smoke                      # invented predictions (CI; also what a fresh
+                                                                    # clone without runs/demo scores)
 
 Ends with `RESULT guard_rescore_clean <shown %> percent baseline=<model's own %> ratio=<shown/own>` for the last row:
 the share of answers that are not degenerate, as users get them and as the model wrote them (higher is better).
@@ -73,13 +74,18 @@ def main() -> None:
     from qihuang.evaluate import EvalConfig
     from qihuang.retrieval import PassageIndex
 
-    run = _smoke(Path(tempfile.mkdtemp())) if args.smoke else args.run
+    run = args.run
+    smoke = args.smoke or not any((run / "eval" / "predictions").glob("*__rows__rag.jsonl"))
+    if smoke and not args.smoke:
+        print(f"{run}/eval has no retrieval rows to re-score (run `qihuang run recipes/demo.yaml`): scoring the "
+              "invented --smoke answers instead", flush=True)
+    run = _smoke(Path(tempfile.mkdtemp())) if smoke else run
     qa_file = run / "eval" / "heldout_books_qa.jsonl"
     files = sorted((run / "eval" / "predictions").glob("*__rows__rag.jsonl"))
-    if not qa_file.exists() or not files:
-        sys.exit(f"{run}/eval has no retrieval rows: run the eval stage (`qihuang run recipes/demo.yaml`) or --smoke")
+    if not qa_file.exists():
+        sys.exit(f"{qa_file} not found: the eval stage writes it with its predictions")
     items = [json.loads(x) for x in qa_file.read_text(encoding="utf-8").splitlines() if x.strip()]
-    index = PassageIndex.open(run / "passages.jsonl" if args.smoke else run)
+    index = PassageIndex.open(run / "passages.jsonl" if smoke else run)
     wanted = {h["id"] for f in files for x in f.read_text(encoding="utf-8").splitlines() if x.strip()
               for h in json.loads(x)["hits"]}
     passages = {p.id: p for p in index.passages if p.id in wanted}
