@@ -7,6 +7,8 @@ over the run's index (or closed-book), the same prompts and scores as the eval s
     python benchmarks/rag_probe.py --run runs/demo --n 48 --decoding runs/demo/sft/model
     python benchmarks/rag_probe.py --smoke [--decoding]     # tiny random model, invented passages, 1 thread (CI)
 
+Without models: the run's SFT model (smollm2-135m on a fresh clone, whose questions come from the smoke corpus).
+
 Ends with `RESULT rag_probe_rouge_l <last row> points baseline=<first row> ratio=<last/first>` (with --decoding:
 first row = no repetition control, last row = the defaults).
 """
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _inputs import heldout_questions, model_or_base
 
 
 DECODING: dict[str, tuple[float, int]] = {
@@ -38,15 +41,6 @@ def _smoke(tmp: Path) -> tuple[list[dict[str, Any]], Path]:
               "book": f"虚构书{i % 3}", "section": f"第{i}篇", "passage_id": f"s-{i}", "source": passages[i]["text"]}
              for i in range(6)]
     return items, path
-
-
-def _items(run: Path, n: int) -> list[dict[str, Any]]:
-    qa = run / "eval" / "heldout_books_qa.jsonl"
-    if not qa.exists():
-        sys.exit(f"{qa} not found: it is written by the eval stage of a run (`qihuang run recipes/demo.yaml`); "
-                 "or try `--smoke` (tiny model, invented passages)")
-    items = [json.loads(line) for line in qa.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return items[:: max(1, len(items) // n)][:n]
 
 
 def main() -> None:
@@ -70,9 +64,9 @@ def main() -> None:
         items, index_spec = _smoke(Path(tempfile.mkdtemp()))
         specs = args.models or (["tiny-llama"] if args.decoding else ["tiny-llama", "tiny-llama@closed"])
     else:
-        items, index_spec, specs = _items(args.run, args.n), args.run, args.models
-    if not specs:
-        sys.exit("name at least one model")
+        items, index_spec = heldout_questions(args.run, args.n, Path(tempfile.mkdtemp()))
+        specs = [model_or_base(path) + (f"@{cond}" if cond else "")
+                 for path, _, cond in (m.partition("@") for m in args.models or ["runs/demo/sft/model"])]
     index = PassageIndex.open(index_spec)
     sweep = {k: v for k, v in DECODING.items() if args.only is None or k in args.only}
     rows = [(spec, name, DecodeParams(*pair)) for spec in specs[:1] for name, pair in sweep.items()] \
