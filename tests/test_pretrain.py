@@ -121,6 +121,20 @@ def test_embeddings_mode_trains_only_embeddings(extended: Path, data: tuple[Path
         PretrainConfig(mode="embeddings", freeze_layers=1)
 
 
+def test_embed_lr_mult_zero_freezes_embeddings(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = StageDir(tmp_path / "noemb")
+    cfg = PretrainConfig(max_steps=3, learning_rate=1e-2, embed_lr_mult=0.0, checkpoint_every_steps=0,
+                         eval_base=False, **FAST)
+    summary = pretrain(cfg, extended, *data, out)
+    before, after = _weights(extended), _weights(out.path / "model")
+    emb = before["model.embed_tokens.weight"]
+    assert summary["trainable_params"] == summary["params"] - emb.numel()  # tied LM head: no gradient kept either
+    assert torch.equal(emb, after["model.embed_tokens.weight"])
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    with pytest.raises(ConfigError, match="embed_lr_mult=0"):
+        PretrainConfig(mode="embeddings", embed_lr_mult=0.0)
+
+
 def test_embedding_lr_multiplier_groups(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 

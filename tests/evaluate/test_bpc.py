@@ -103,3 +103,19 @@ def test_heldout_errors(tmp_path: Path) -> None:
         read_passages(tmp_path / "missing.jsonl", 10)
     with pytest.raises(ValueError, match="no passage"):
         read_passages(write_jsonl(tmp_path / "e.jsonl", [{"text": " "}, {"id": 1}]), 10)
+
+
+def test_batches_keep_logits_within_budget(tiny: tuple[Any, Any], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from qihuang.training import bpc
+
+    windows = [([1] * n, n - 1) for n in (4, 8, 8, 512, 512, 512)]
+    assert [len(b) for b in bpc._batches(windows, 8, 100)] == [6]
+    assert [len(b) for b in bpc._batches(windows, 8, 49_152)] == [1] * 6  # 512 x 49,152 x 4 B = 100 MB a row
+    model, tok = tiny
+    text = "黄帝曰：夫自古通天者，生之本，本于阴阳。" * 3
+    f = write_jsonl(tmp_path / "h.jsonl", [{"id": str(i), "book": "b", "text": text[i:]} for i in range(5)])
+    whole = evaluate_bpc(model, tok, f, 0, 16, 8)["bpc"]
+    vocab = bpc._vocab_size(model)
+    monkeypatch.setattr(bpc, "LOGITS_BUDGET_BYTES", 2 * 16 * vocab * 4)  # two windows a forward
+    assert evaluate_bpc(model, tok, f, 0, 16, 8)["bpc"] == pytest.approx(whole, rel=1e-5)

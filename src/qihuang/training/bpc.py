@@ -53,6 +53,31 @@ def _windows(ids: list[int], seq_len: int, stride: int) -> list[tuple[list[int],
     return out
 
 
+LOGITS_BUDGET_BYTES = 128 * 2**20
+"""At most this much fp32 logits a forward: 8 windows of 512 tokens over SmolLM2's 49,152-token vocabulary would
+be 805 MB — on top of a training stage's weights, gradients and moments, the stage's peak memory."""
+
+
+def _vocab_size(model: Any) -> int:
+    """Rows of the model's LM head (1 where it cannot say: no batch is then cut for memory)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 1) or 1)
+
+
+def _batches(windows: list[tuple[list[int], int]], batch_size: int,
+             vocab: int) -> Iterable[list[tuple[list[int], int]]]:
+    """Consecutive windows (sorted by length) in batches of at most `batch_size` whose logits fit the budget."""
+    i = 0
+    while i < len(windows):
+        width = len(windows[min(i + batch_size, len(windows)) - 1][0])  # the longest of a full batch
+        rows = max(1, min(batch_size, LOGITS_BUDGET_BYTES // max(width * vocab * 4, 1)))
+        yield windows[i:i + rows]
+        i += rows
+
+
 def bits_per_char(model: Any, tokenizer: Any, texts: Iterable[str], max_chars: int | None = None,
                   seq_len: int = 512, stride: int | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Bits per character of `texts` under `model` (eval mode, no grad); windows of `seq_len` tokens moving by
@@ -81,8 +106,7 @@ def bits_per_char(model: Any, tokenizer: Any, texts: Iterable[str], max_chars: i
     model.eval()
     total_nats = 0.0
     with torch.no_grad():
-        for i in range(0, len(windows), batch_size):
-            chunk = windows[i:i + batch_size]
+        for chunk in _batches(windows, batch_size, _vocab_size(model)):
             width = max(len(w) for w, _ in chunk)
             input_ids = torch.full((len(chunk), width), ctx, dtype=torch.long)
             attn = torch.zeros((len(chunk), width), dtype=torch.long)
