@@ -10,14 +10,14 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
-from qihuang.placement import Device, Placement, Precision
-from qihuang.placement import resolve as resolve_placement
 from qihuang.config import ConfigError, check_ranges
-from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
-from qihuang.sftdata import (
+from qihuang.finetune.data import (
     Example, LoadReport, curriculum, label_tokens, load_examples, mix, split_validation,
 )
-from qihuang.merge import load_start_model, save_trained
+from qihuang.finetune.outputs import load_start_model, save_trained
+from qihuang.placement import Device, Placement, Precision
+from qihuang.placement import resolve as resolve_placement
+from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
 from qihuang.template import IGNORE_INDEX, Message, prompt_and_answer
 from qihuang.textmetrics import rouge_l
 
@@ -363,7 +363,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
     from qihuang import chat_templates
-    from qihuang.trainer_callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
+    from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)
