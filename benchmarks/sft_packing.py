@@ -31,8 +31,9 @@ def measure(model_name: str, data: Path, packing: bool, steps: int, batch: int, 
     """Train `steps` LoRA steps and return real tokens/s (padding excluded) and padding share."""
     from transformers import set_seed
 
+    from qihuang.finetune.data import to_dataset
     from qihuang.finetune.outputs import load_start_model
-    from qihuang.finetune.sft import SFTConfig, build_data, build_trainer, to_dataset
+    from qihuang.finetune.sft import SFTConfig, build_data, build_trainer
     from qihuang.models import prepare_model
 
     set_seed(0)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from qihuang.config import ConfigError
-from qihuang.finetune.data import Example, curriculum, load_examples, mix
-from qihuang.finetune.sft import SFTConfig, _lora_config, _source_limits, build_data, sft, to_dataset
+from qihuang.finetune.data import Example, curriculum, load_examples, mix, to_dataset
+from qihuang.finetune.sft import SFTConfig, _lora_config, _source_limits, build_data, sft
 from qihuang.runs import StageDir, read_jsonl, run_stage
 from qihuang.template import IGNORE_INDEX
 
@@ -91,7 +91,7 @@ def test_mix_ratios_and_curriculum(tmp_path: Path, tok: Any) -> None:
 def test_packing_resets_positions_without_cross_attention(tmp_path: Path, tok: Any, tiny_model_dir: Path) -> None:
     import torch
     from qihuang.models import load_model
-    from qihuang.finetune.sft import PackedCollator
+    from qihuang.finetune.data import PackedCollator
 
     examples = load_examples(_write(tmp_path / "a.jsonl", _dialogues(6)), tok, 128)
     ds = to_dataset(examples, packing=True, max_length=128, stages=0)
@@ -300,7 +300,8 @@ def test_scored_loss_equals_the_models_own(tiny_model_dir: Path) -> None:
     import torch
 
     from qihuang.models import load_model
-    from qihuang.finetune.sft import PackedCollator, scored_loss
+    from qihuang.finetune.data import PackedCollator
+    from qihuang.finetune.sft import scored_loss
 
     model, _ = load_model(str(tiny_model_dir))
     model.config.use_cache = False  # as in training: a cache would disable the packed (block-diagonal) mask
