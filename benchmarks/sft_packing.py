@@ -31,9 +31,10 @@ def measure(model_name: str, data: Path, packing: bool, steps: int, batch: int, 
     """Train `steps` LoRA steps and return real tokens/s (padding excluded) and padding share."""
     from transformers import set_seed
 
-    from qihuang.merge import load_start_model
+    from qihuang.finetune.data import to_dataset
+    from qihuang.finetune.outputs import load_start_model
+    from qihuang.finetune.sft import SFTConfig, build_data, build_trainer
     from qihuang.models import prepare_model
-    from qihuang.sft import SFTConfig, build_data, build_trainer, to_dataset
 
     set_seed(0)
     cfg = SFTConfig(data=[data], max_samples=samples, val_fraction=0.0, early_stopping_patience=0,

@@ -47,8 +47,8 @@ def test_builtin_templates_render_prefix_stable_dialogues(tok: Any, name: str, o
 
 def test_names_files_and_refusals(tmp_path: Path, tok: Any) -> None:
     from qihuang import chat_templates
-    from qihuang.preference import DPOConfig
-    from qihuang.sft import SFTConfig
+    from qihuang.finetune.preference import DPOConfig
+    from qihuang.finetune.sft import SFTConfig
 
     assert chat_templates.resolve("auto") is None and chat_templates.resolve("ZIYA") == chat_templates.ZIYA
     custom = tmp_path / "mine.jinja"
@@ -72,9 +72,9 @@ def test_names_files_and_refusals(tmp_path: Path, tok: Any) -> None:
 
 
 def test_a_base_without_template_is_tuned_with_ziya_and_served_with_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from qihuang.finetune.sft import SFTConfig, sft
     from qihuang.runs import StageDir
     from qihuang.serve.engine import Engine
-    from qihuang.sft import SFTConfig, sft
 
     base = tmp_path / "base"
     shutil.copytree(tiny_model_dir, base)

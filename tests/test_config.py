@@ -110,11 +110,11 @@ def test_shipped_recipes_load() -> None:
     ("qihuang.pretrain:PretrainConfig", "lr", "did you mean 'learning_rate'"),
     ("qihuang.pretrain:PretrainConfig", "micro_batch", "did you mean 'batch_size'"),
     ("qihuang.pretrain:PretrainConfig", "lora_rank", "did you mean 'lora_r'"),
-    ("qihuang.preference:DPOConfig", "lr", "did you mean 'learning_rate'"),
-    ("qihuang.sft:SFTConfig", "lr", "did you mean 'learning_rate'"),
-    ("qihuang.sft:SFTConfig", "lora_rank", "did you mean 'lora_r'"),
-    ("qihuang.sft:SFTConfig", "per_device_train_batch_size", "did you mean 'batch_size'"),
-    ("qihuang.sft:SFTConfig", "max_minuts", "did you mean 'max_minutes'"),
+    ("qihuang.finetune.preference:DPOConfig", "lr", "did you mean 'learning_rate'"),
+    ("qihuang.finetune.sft:SFTConfig", "lr", "did you mean 'learning_rate'"),
+    ("qihuang.finetune.sft:SFTConfig", "lora_rank", "did you mean 'lora_r'"),
+    ("qihuang.finetune.sft:SFTConfig", "per_device_train_batch_size", "did you mean 'batch_size'"),
+    ("qihuang.finetune.sft:SFTConfig", "max_minuts", "did you mean 'max_minutes'"),
 ])
 def test_an_unknown_key_gets_a_suggestion(cls: str, key: str, hint: str) -> None:
     import importlib
@@ -130,10 +130,10 @@ def test_an_unknown_key_gets_a_suggestion(cls: str, key: str, hint: str) -> None
 def test_a_recipe_with_an_earlier_pretrain_name_is_told_the_name_now(tmp_path: Path, old: str, new: str) -> None:
     """pretrain's lr / micro_batch / lora_rank are named as in the SFT and DPO stages now: an old recipe stops with
     the file, the key and the name to use."""
+    from qihuang.finetune.preference import DPOConfig
+    from qihuang.finetune.sft import SFTConfig
     from qihuang.pipeline import load_recipe
-    from qihuang.preference import DPOConfig
     from qihuang.pretrain import PretrainConfig
-    from qihuang.sft import SFTConfig
 
     for cls in (PretrainConfig, SFTConfig, DPOConfig):
         assert new in cls.__dataclass_fields__ and old not in cls.__dataclass_fields__, cls
@@ -147,7 +147,7 @@ def test_a_recipe_with_an_earlier_pretrain_name_is_told_the_name_now(tmp_path: P
 
 def test_a_key_far_from_every_name_gets_no_guess() -> None:
     from qihuang.config import from_mapping
-    from qihuang.sft import SFTConfig
+    from qihuang.finetune.sft import SFTConfig
 
     with pytest.raises(ConfigError) as exc:
         from_mapping(SFTConfig, {"zzzz": 1})

@@ -23,10 +23,10 @@ def test_pretrain_numbers_are_validated(field: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("cls, stage, field, value", [
-    ("qihuang.sft:SFTConfig", "sft", "learning_rate", -1.0),
-    ("qihuang.sft:SFTConfig", "sft", "warmup", 2.0),
-    ("qihuang.preference:DPOConfig", "dpo", "learning_rate", 0.0),
-    ("qihuang.preference:DPOConfig", "dpo", "save_steps", 0),
+    ("qihuang.finetune.sft:SFTConfig", "sft", "learning_rate", -1.0),
+    ("qihuang.finetune.sft:SFTConfig", "sft", "warmup", 2.0),
+    ("qihuang.finetune.preference:DPOConfig", "dpo", "learning_rate", 0.0),
+    ("qihuang.finetune.preference:DPOConfig", "dpo", "save_steps", 0),
 ])
 def test_other_stages_numbers_are_validated(cls: str, stage: str, field: str, value: Any) -> None:
     import importlib
@@ -40,18 +40,18 @@ NAN = float("nan")
 
 
 @pytest.mark.parametrize("cls, stage, field, value", [
-    ("qihuang.preference:DPOConfig", "dpo", "beta", NAN),
-    ("qihuang.preference:DPOConfig", "dpo", "heldout_fraction", 0.5),
-    ("qihuang.preference:DPOConfig", "dpo", "epochs", NAN),
+    ("qihuang.finetune.preference:DPOConfig", "dpo", "beta", NAN),
+    ("qihuang.finetune.preference:DPOConfig", "dpo", "heldout_fraction", 0.5),
+    ("qihuang.finetune.preference:DPOConfig", "dpo", "epochs", NAN),
     ("qihuang.pretrain:PretrainConfig", "pretrain", "max_minutes", NAN),
     ("qihuang.pretrain:PretrainConfig", "pretrain", "embed_lr_mult", NAN),
     ("qihuang.pretrain:PretrainConfig", "pretrain", "general_ratio", 1.0),
     ("qihuang.pretrain:PretrainConfig", "pretrain", "min_lr_ratio", NAN),
     ("qihuang.pretrain:PretrainConfig", "pretrain", "grad_checkpoint", NAN),
-    ("qihuang.sft:SFTConfig", "sft", "max_minutes", NAN),
-    ("qihuang.sft:SFTConfig", "sft", "lora_dropout", 1.0),
-    ("qihuang.sft:SFTConfig", "sft", "val_fraction", NAN),
-    ("qihuang.sft:SFTConfig", "sft", "epochs", 0.0),
+    ("qihuang.finetune.sft:SFTConfig", "sft", "max_minutes", NAN),
+    ("qihuang.finetune.sft:SFTConfig", "sft", "lora_dropout", 1.0),
+    ("qihuang.finetune.sft:SFTConfig", "sft", "val_fraction", NAN),
+    ("qihuang.finetune.sft:SFTConfig", "sft", "epochs", 0.0),
     ("qihuang.decoding:DecodeParams", "decoding", "repetition_penalty", NAN),
     ("qihuang.decoding:DecodeParams", "decoding", "repetition_penalty", 2.5),
     ("qihuang.decoding:DecodeParams", "decoding", "no_repeat_ngram_size", -1),
@@ -67,9 +67,9 @@ def test_nan_and_open_bounds_are_refused(cls: str, stage: str, field: str, value
 
 
 def test_defaults_still_load() -> None:
-    from qihuang.preference import DPOConfig
+    from qihuang.finetune.preference import DPOConfig
+    from qihuang.finetune.sft import SFTConfig
     from qihuang.pretrain import PretrainConfig
-    from qihuang.sft import SFTConfig
 
     PretrainConfig(), SFTConfig(), DPOConfig()
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from qihuang.merge import export_gguf, load_start_model, merge_run, save_outputs, verify_gguf
+from qihuang.finetune.outputs import load_start_model, save_outputs
+from qihuang.merge import export_gguf, merge_run, verify_gguf
 from qihuang.template import encode_prompt, render_prompt
 
 MSGS = [{"role": "user", "content": "何谓阴阳？"}]

@@ -42,9 +42,9 @@ def test_trainer_arguments_and_load_dtype() -> None:
 
 def test_stage_configs_carry_device_and_precision() -> None:
     from qihuang.config import from_mapping
-    from qihuang.preference import DPOConfig
+    from qihuang.finetune.preference import DPOConfig
+    from qihuang.finetune.sft import SFTConfig
     from qihuang.pretrain import PretrainConfig
-    from qihuang.sft import SFTConfig
 
     for cls in (SFTConfig, DPOConfig, PretrainConfig):
         cfg = from_mapping(cls, {"device": "cuda", "precision": "bf16"}, where=cls.__name__)

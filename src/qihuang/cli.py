@@ -10,14 +10,14 @@ import click
 from qihuang.config import ConfigError
 from qihuang.corpus.cli import corpus_cli
 from qihuang.evaluate.cli import eval_cli
+from qihuang.finetune.preference import dpo_cli
+from qihuang.finetune.sft import sft_cli
 from qihuang.index import index_cli
 from qihuang.instruct.cli import instruct_cli
 from qihuang.merge import export_cli, merge_cli
 from qihuang.models import ModelError
-from qihuang.preference import dpo_cli
 from qihuang.pretrain import pretrain_cli
 from qihuang.serve.cli import chat_cli, search_cli, serve_cli
-from qihuang.sft import sft_cli
 from qihuang.tokenizer import tokenizer_cli
 
 

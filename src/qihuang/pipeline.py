@@ -14,13 +14,13 @@ from typing import Any
 from qihuang.config import ConfigError, check_ranges, from_mapping, load_yaml, to_mapping
 from qihuang.corpus import CorpusConfig, build_corpus
 from qihuang.evaluate import EvalConfig, evaluate_models
+from qihuang.finetune.preference import DPOConfig, dpo
+from qihuang.finetune.sft import SFTConfig, sft
 from qihuang.index import IndexConfig, build_index
 from qihuang.instruct import InstructConfig, build_instructions
 from qihuang.models import DEFAULT_MODEL, prepare_model
-from qihuang.preference import DPOConfig, dpo
 from qihuang.pretrain import PretrainConfig, pretrain
 from qihuang.runs import StageDir, atomic_open, changed_fields, run_stage, stage_dir, write_json
-from qihuang.sft import SFTConfig, sft
 from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
 
 STAGES = ("corpus", "index", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat")

@@ -11,11 +11,11 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
+from qihuang.config import ConfigError, check_ranges, data_file
+from qihuang.finetune.data import read_records
 from qihuang.placement import Device, Precision
 from qihuang.placement import resolve as resolve_placement
-from qihuang.config import ConfigError, check_ranges, data_file
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
-from qihuang.sftdata import read_records
 from qihuang.template import (
     Message, TemplateError, chat_defaults, encode_prompt, encode_text, render, to_messages,
 )
@@ -222,8 +222,8 @@ def preference_metrics(ref: list[tuple[float, float]], policy: list[tuple[float,
 
 def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     """Write out.path/'model' (merged)."""
-    from qihuang.merge import copy_model, load_start_model, save_trained
-    from qihuang.trainer_callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
+    from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
+    from qihuang.finetune.outputs import copy_model, load_start_model, save_trained
 
     out.path.mkdir(parents=True, exist_ok=True)
     if not cfg.enabled:

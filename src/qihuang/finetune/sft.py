@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -10,15 +9,15 @@ from typing import Any, Literal
 import click
 
 from qihuang.cliutil import config_options
+from qihuang.config import ConfigError, check_ranges
+from qihuang.finetune.data import (
+    Example, LoadReport, PackedCollator, curriculum, label_tokens, load_examples, mix, split_validation, to_dataset,
+)
+from qihuang.finetune.outputs import load_start_model, save_trained
 from qihuang.placement import Device, Placement, Precision
 from qihuang.placement import resolve as resolve_placement
-from qihuang.config import ConfigError, check_ranges
 from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
-from qihuang.sftdata import (
-    Example, LoadReport, curriculum, label_tokens, load_examples, mix, split_validation,
-)
-from qihuang.merge import load_start_model, save_trained
-from qihuang.template import IGNORE_INDEX, Message, prompt_and_answer
+from qihuang.template import Message, prompt_and_answer
 from qihuang.textmetrics import rouge_l
 
 
@@ -181,22 +180,6 @@ def build_data(cfg: SFTConfig, tokenizer: Any, out_dir: Path) -> tuple[list[Exam
     return train, val, summary
 
 
-def to_dataset(examples: list[Example], packing: bool, max_length: int, stages: int) -> Any:
-    """A datasets.Dataset of input_ids/labels; packed (best-fit decreasing, `seq_lengths` per row) within each
-    curriculum stage so packing does not undo the easy → hard order."""
-    from datasets import Dataset, concatenate_datasets
-    from trl.data_utils import pack_dataset
-
-    ds = Dataset.from_list([e.row() for e in examples])
-    if not packing:
-        return ds
-    n_chunks = max(1, stages)
-    size = math.ceil(len(examples) / n_chunks)
-    parts = [pack_dataset(ds.select(range(i, min(i + size, len(ds)))), max_length, "bfd")
-             for i in range(0, len(ds), size)]
-    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-
-
 def _layer_linears(model: Any) -> list[str]:
     """Leaf names of the linear modules inside the transformer layers (what "all-linear" means there)."""
     import torch
@@ -220,46 +203,6 @@ def _lora_config(cfg: SFTConfig, tokenizer: Any, model: Any) -> Any:
         kwargs.update(layers_to_transform=list(range(n_layers - cfg.lora_layers, n_layers)), layers_pattern="layers")
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", **kwargs)
-
-
-class PackedCollator:
-    """Right-pads rows into a batch. Packed rows (with `seq_lengths`) get position ids restarting at each dialogue
-    and no attention mask, so transformers builds a block-diagonal causal mask (no attention across dialogues);
-    plain rows get an attention mask. Records the real (non-padding) tokens of each batch in `batch_tokens`
-    (the data loader may collate one batch ahead, so count only the batches actually trained on)."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-        self.batch_tokens: list[int] = []
-
-    @property
-    def tokens(self) -> int:
-        return sum(self.batch_tokens)
-
-    def trained_tokens(self, micro_batches: int) -> int:
-        """Real tokens in the first `micro_batches` batches collated since the last reset."""
-        return sum(self.batch_tokens[:micro_batches])
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        packed = "seq_lengths" in examples[0]
-        extra = torch.zeros((len(examples), width), dtype=torch.long)
-        self.batch_tokens.append(sum(len(e["input_ids"]) for e in examples))
-        for i, e in enumerate(examples):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.tensor(e["input_ids"])
-            labels[i, :n] = torch.tensor(e["labels"])
-            if packed:
-                extra[i, :n] = torch.cat([torch.arange(k) for k in e["seq_lengths"]])
-                starts = torch.tensor([0, *e["seq_lengths"]]).cumsum(0)[:-1]
-                labels[i, starts] = IGNORE_INDEX  # first token of a dialogue has no in-dialogue context
-            else:
-                extra[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "position_ids" if packed else "attention_mask": extra}
 
 
 LOSS_CHUNK_TOKENS = 1024
@@ -363,7 +306,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
     from qihuang import chat_templates
-    from qihuang.trainer_callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
+    from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
-"""SFT data: read dialogue files (JSON or JSONL in any shape `qihuang.template.to_messages` knows), validate,
-encode with the chat template, mix sources by ratio, order by curriculum, and list every reject with its reason."""
+"""SFT data: read dialogue files (JSON or JSONL in any shape `qihuang.template.to_messages` knows), validate, encode
+with the chat template, mix by ratio, order by curriculum, pack and batch, and list every reject with its reason."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -168,3 +169,59 @@ def split_validation(examples: list[Example], fraction: float, seed: int = 0,
 def label_tokens(examples: Sequence[Example]) -> int:
     """Number of tokens that carry loss."""
     return sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
+
+
+def to_dataset(examples: list[Example], packing: bool, max_length: int, stages: int) -> Any:
+    """A datasets.Dataset of input_ids/labels; packed (best-fit decreasing, `seq_lengths` per row) within each
+    curriculum stage so packing does not undo the easy → hard order."""
+    from datasets import Dataset, concatenate_datasets
+    from trl.data_utils import pack_dataset
+
+    ds = Dataset.from_list([e.row() for e in examples])
+    if not packing:
+        return ds
+    n_chunks = max(1, stages)
+    size = math.ceil(len(examples) / n_chunks)
+    parts = [pack_dataset(ds.select(range(i, min(i + size, len(ds)))), max_length, "bfd")
+             for i in range(0, len(ds), size)]
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+class PackedCollator:
+    """Right-pads rows into a batch. Packed rows (with `seq_lengths`) get position ids restarting at each dialogue
+    and no attention mask, so transformers builds a block-diagonal causal mask (no attention across dialogues);
+    plain rows get an attention mask. Records the real (non-padding) tokens of each batch in `batch_tokens`
+    (the data loader may collate one batch ahead, so count only the batches actually trained on)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.batch_tokens: list[int] = []
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.batch_tokens)
+
+    def trained_tokens(self, micro_batches: int) -> int:
+        """Real tokens in the first `micro_batches` batches collated since the last reset."""
+        return sum(self.batch_tokens[:micro_batches])
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        packed = "seq_lengths" in examples[0]
+        extra = torch.zeros((len(examples), width), dtype=torch.long)
+        self.batch_tokens.append(sum(len(e["input_ids"]) for e in examples))
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            if packed:
+                extra[i, :n] = torch.cat([torch.arange(k) for k in e["seq_lengths"]])
+                starts = torch.tensor([0, *e["seq_lengths"]]).cumsum(0)[:-1]
+                labels[i, starts] = IGNORE_INDEX  # first token of a dialogue has no in-dialogue context
+            else:
+                extra[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "position_ids" if packed else "attention_mask": extra}

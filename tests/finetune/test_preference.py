@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qihuang.config import ConfigError
-from qihuang.preference import DPOConfig, check_pair, dpo, load_pairs, preference_metrics
+from qihuang.finetune.preference import DPOConfig, check_pair, dpo, load_pairs, preference_metrics
 from qihuang.runs import StageDir, read_jsonl, run_stage
 from qihuang.template import TemplateError
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from qihuang.config import ConfigError
+from qihuang.finetune.data import Example, curriculum, load_examples, mix, to_dataset
+from qihuang.finetune.sft import SFTConfig, _lora_config, _source_limits, build_data, sft
 from qihuang.runs import StageDir, read_jsonl, run_stage
-from qihuang.sft import SFTConfig, _lora_config, _source_limits, build_data, sft, to_dataset
-from qihuang.sftdata import Example, curriculum, load_examples, mix
 from qihuang.template import IGNORE_INDEX
 
 QA = [("何谓阴阳", "阴阳者天地之道也"), ("五行相生", "木生火火生土"), ("桂枝汤主治", "太阳中风汗出恶风"),
@@ -91,7 +91,7 @@ def test_mix_ratios_and_curriculum(tmp_path: Path, tok: Any) -> None:
 def test_packing_resets_positions_without_cross_attention(tmp_path: Path, tok: Any, tiny_model_dir: Path) -> None:
     import torch
     from qihuang.models import load_model
-    from qihuang.sft import PackedCollator
+    from qihuang.finetune.data import PackedCollator
 
     examples = load_examples(_write(tmp_path / "a.jsonl", _dialogues(6)), tok, 128)
     ds = to_dataset(examples, packing=True, max_length=128, stages=0)
@@ -222,7 +222,7 @@ def test_full_fine_tuning_moves_every_weight_kind(tmp_path: Path, tiny_model_dir
 def test_time_budget_stops_training() -> None:
     from types import SimpleNamespace
 
-    from qihuang.trainer_callbacks import TimeBudget
+    from qihuang.finetune.callbacks import TimeBudget
 
     budget = TimeBudget(minutes=0.5)
     budget.t0 -= 31
@@ -244,7 +244,7 @@ def test_time_budget_fits_the_lr_schedule_to_the_steps_it_allows() -> None:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from qihuang.trainer_callbacks import TimeBudget
+    from qihuang.finetune.callbacks import TimeBudget
     from qihuang.training.schedule import lr_at
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
@@ -300,7 +300,8 @@ def test_scored_loss_equals_the_models_own(tiny_model_dir: Path) -> None:
     import torch
 
     from qihuang.models import load_model
-    from qihuang.sft import PackedCollator, scored_loss
+    from qihuang.finetune.data import PackedCollator
+    from qihuang.finetune.sft import scored_loss
 
     model, _ = load_model(str(tiny_model_dir))
     model.config.use_cache = False  # as in training: a cache would disable the packed (block-diagonal) mask

@@ -1,0 +1,1 @@
+"""Fine-tuning stages (#6): SFT and DPO, their dialogue data, trainer callbacks, and the models they write."""

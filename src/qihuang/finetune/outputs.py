@@ -1,0 +1,71 @@
+"""What the fine-tuning stages load and write (#6): the start model, adapter + merged model with the lineage record
+that `qihuang.merge.merge_run` follows, and pass-through copies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from qihuang.runs import atomic_path, write_json
+
+
+def load_start_model(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, start record) from a merged HF dir or an adapter dir (merged onto its base by
+    `models.load_model`, the one loader), in `dtype`."""
+    from qihuang.models import adapter_base, load_model, prepare_model
+
+    model_dir = Path(model_dir)
+    base = adapter_base(model_dir)
+    model, tok = load_model(model_dir, dtype=dtype)
+    if base is None:
+        return model, tok, {"model_dir": str(model_dir), "kind": "merged"}
+    return model, tok, {"model_dir": str(model_dir), "kind": "adapter", "base": str(prepare_model(base))}
+
+
+def save_outputs(model: Any, tokenizer: Any, out_dir: Path, stage: str, base: dict[str, Any], method: str,
+                 data: list[str], system_prompt: str | None = None) -> dict[str, str | None]:
+    """Write out_dir/adapter (if a PEFT model) and out_dir/model (merged, tokenizer + chat template, and the
+    trained default system prompt in qihuang_template.json) atomically, and out_dir/lineage.json (stage, start
+    model, adapter, method, data) that `qihuang.merge.merge_run` follows."""
+    from peft import PeftModel
+
+    from qihuang.template import DEFAULTS_FILE
+
+    adapter = None
+    if isinstance(model, PeftModel):
+        with atomic_path(out_dir / "adapter") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        adapter = "adapter"
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    with atomic_path(out_dir / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if system_prompt:
+            write_json(tmp / DEFAULTS_FILE, {"system_prompt": system_prompt})
+    write_json(out_dir / "lineage.json", {"stage": stage, "base": base.get("model_dir"), "start": base,
+                                          "adapter": adapter, "model": "model", "method": method, "data": data})
+    return {"model": str(out_dir / "model"), "adapter": str(out_dir / adapter) if adapter else None}
+
+
+def save_trained(trainer: Any, tokenizer: Any, out_dir: Path, **kwargs: Any) -> dict[str, str | None]:
+    """`save_outputs` for a Hugging Face trainer's model: unwrapped from its DDP wrapper and written by the main
+    process only (under `accelerate launch` every process runs the stage; the others wait until it is written).
+    Returns the same paths on every process."""
+    from peft import PeftModel
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    paths: dict[str, str | None] = {"model": str(out_dir / "model"),
+                                    "adapter": str(out_dir / "adapter") if isinstance(model, PeftModel) else None}
+    if trainer.is_world_process_zero():
+        paths = save_outputs(model, tokenizer, out_dir, **kwargs)
+    trainer.accelerator.wait_for_everyone()
+    return paths
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """Copy a model directory atomically (pass-through stages)."""
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp)
