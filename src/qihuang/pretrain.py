@@ -18,6 +18,8 @@ from qihuang.placement import resolve as resolve_placement
 from qihuang.runs import StageDir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from qihuang.training.loop import LoopSettings
 
 EXTENSION_FILE = "qihuang_extension.json"
@@ -255,19 +257,123 @@ def loop_settings(cfg: PretrainConfig) -> LoopSettings:
         fit_schedule_to_time=cfg.fit_schedule)
 
 
+def _training_data(cfg: PretrainConfig, tok: Any, train: Path, metrics: Any) -> tuple[Any, dict[str, int]]:
+    """The packed training blocks (passages mixed with general text) and the characters of each kind;
+    deterministic from the seed: identical on every rank and every rerun."""
+    from qihuang.config import data_file
+    from qihuang.training.data import mix_documents, pack_documents, read_general, read_texts
+
+    domain = read_texts(train)
+    general: list[str] = []
+    if cfg.general_ratio > 0:
+        try:
+            general_path = cfg.general_file or data_file(DEFAULT_GENERAL)
+        except ConfigError as exc:  # only the default can be missing: an explicit general_file must exist
+            general_path = None
+            metrics.log(event="warning", message=f"no general-text mix: {exc}")
+        general = read_general(general_path) if general_path else []
+    docs, chars = mix_documents(domain, general, cfg.general_ratio, cfg.seed, cfg.max_train_chars)
+    return pack_documents(tok, docs, cfg.seq_len, cfg.seed), chars
+
+
+def _evaluator(cfg: PretrainConfig, tok: Any, eval_texts: list[str]) -> Callable[..., dict[str, Any]]:
+    """evaluate(model, tokenizer=tok): held-out bits/char, tokens per character and seconds ({} without text)."""
+    from qihuang.training.bpc import bits_per_char
+
+    def evaluate(m: Any, t: Any = tok) -> dict[str, Any]:
+        if not eval_texts:
+            return {}
+        r = bits_per_char(m, t, eval_texts, seq_len=cfg.eval_seq_len)
+        return {"bpc": round(r["bpc"], 5), "eval_tokens_per_char": round(r["tokens_per_char"], 4),
+                "eval_seconds": r["seconds"]}
+
+    return evaluate
+
+
+def _load_for_training(cfg: PretrainConfig, model_dir: Path, extension: dict[str, Any],
+                       evaluate: Callable[..., dict[str, Any]], accelerator: Any, out: StageDir,
+                       metrics: Any) -> tuple[Any, dict[str, Any]]:
+    """The model in training mode (cfg.mode applied) and the held-out scores before training: {"before": ...,
+    "base": ... (the model before vocabulary extension)}, computed by the main process and cached in
+    bpc_before.json so that a resumed run does not pay them twice."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qihuang.runs import write_json
+
+    before_file = out.path / "bpc_before.json"
+    before: dict[str, Any] = json.loads(before_file.read_text()) if before_file.exists() else {}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if not before and accelerator.is_main_process:
+        before = {"before": evaluate(model)}
+        base_dir = extension.get("base_model")
+        if cfg.eval_base and base_dir and Path(base_dir, "config.json").exists():
+            bm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            before["base"] = evaluate(bm, AutoTokenizer.from_pretrained(base_dir))
+            del bm
+        write_json(before_file, before)
+        if before["before"]:
+            metrics.log(step=0, **before["before"])
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        before = json.loads(before_file.read_text()) if before_file.exists() else {}
+    model = prepare_for_training(cfg, model, extension)
+    model.train()
+    return model, before
+
+
+def _train_seconds(cfg: PretrainConfig, before: dict[str, Any], stage_t0: float) -> float | None:
+    """The training loop's share of max_minutes: what is left after the time spent so far (data, model load and,
+    on a first run, the evaluations before training), the final evaluation and 10 s to save; None: no budget."""
+    if cfg.max_minutes is None:
+        return None
+    final_eval = float(before.get("before", {}).get("eval_seconds", 0.0))
+    spent = time.time() - stage_t0
+    return max(cfg.max_minutes * 60 - spent - final_eval - 10.0, 0.0)
+
+
+def _final_model(cfg: PretrainConfig, model: Any) -> Any:
+    """The trained model for saving: LoRA merged, the frozen-layers hook removed, in eval mode."""
+    final = model.merge_and_unload() if cfg.mode == "lora" else model
+    if getattr(final, "_qihuang_detach", None) is not None:
+        final._qihuang_detach.remove()
+    final.eval()
+    return final
+
+
+def _save_model(model: Any, tok: Any, extension: dict[str, Any], target: Path) -> None:
+    """Model, tokenizer and the vocabulary-extension record into `target`, atomically."""
+    from qihuang.runs import atomic_path
+
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if extension:
+            (tmp / EXTENSION_FILE).write_text(json.dumps(extension, ensure_ascii=False, indent=1), "utf-8")
+
+
+def _bpc_summary(before: dict[str, Any], after: dict[str, Any], eval_texts: list[str]) -> dict[str, Any]:
+    """Held-out bits/char before and after training (and of the base model) for the stage summary."""
+    summary: dict[str, Any] = {"bpc_before": before.get("before", {}).get("bpc"), "bpc_after": after.get("bpc")}
+    if "base" in before:
+        summary["bpc_base"] = before["base"].get("bpc")
+        summary["tokens_per_char_base"] = before["base"].get("eval_tokens_per_char")
+    ref = summary.get("bpc_base") or summary["bpc_before"]
+    if ref and summary["bpc_after"]:
+        summary["bpc_reduction_vs_base"] = round(1 - summary["bpc_after"] / ref, 4)
+    summary["eval_chars"] = len("".join(eval_texts))
+    return summary
+
+
 def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, out: StageDir) -> dict[str, Any]:
     """Train on `train` passages (+ general mix), write the (merged) model into out.path/'model'."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from qihuang.config import data_file
     from qihuang.models import check_tokenizer_files
-    from qihuang.runs import atomic_path, write_json
-    from qihuang.training.bpc import bits_per_char
-    from qihuang.training.data import mix_documents, pack_documents, read_general, read_texts
-    from qihuang.training.loop import train_loop
+    from qihuang.training.loop import train_loop  # looked up at run time (benchmarks/grad_norm_tensors.py wraps it)
     from qihuang.training.metrics import plot_loss
 
     stage_t0 = time.time()
@@ -281,54 +387,12 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     model_dir = Path(model_dir)
     tok = AutoTokenizer.from_pretrained(str(check_tokenizer_files(model_dir)))
     extension = _load_extension(model_dir)
-
-    # data (deterministic from the seed: identical on every rank and every rerun)
-    domain = read_texts(train)
-    general: list[str] = []
-    if cfg.general_ratio > 0:
-        try:
-            general_path = cfg.general_file or data_file(DEFAULT_GENERAL)
-        except ConfigError as exc:  # only the default can be missing: an explicit general_file must exist
-            general_path = None
-            metrics.log(event="warning", message=f"no general-text mix: {exc}")
-        general = read_general(general_path) if general_path else []
-    docs, chars = mix_documents(domain, general, cfg.general_ratio, cfg.seed, cfg.max_train_chars)
-    data = pack_documents(tok, docs, cfg.seq_len, cfg.seed)
+    data, chars = _training_data(cfg, tok, train, metrics)
     eval_texts = _heldout_texts(heldout, cfg.eval_chars) if cfg.eval_chars else []
-
-    def evaluate(m: Any, t: Any = tok) -> dict[str, Any]:
-        if not eval_texts:
-            return {}
-        r = bits_per_char(m, t, eval_texts, seq_len=cfg.eval_seq_len)
-        return {"bpc": round(r["bpc"], 5), "eval_tokens_per_char": round(r["tokens_per_char"], 4),
-                "eval_seconds": r["seconds"]}
-
-    # held-out bits/char before training (cached so that a resumed run does not pay it twice)
-    before_file = out.path / "bpc_before.json"
-    before: dict[str, Any] = json.loads(before_file.read_text()) if before_file.exists() else {}
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    if not before and main:
-        before = {"before": evaluate(model)}
-        base_dir = extension.get("base_model")
-        if cfg.eval_base and base_dir and Path(base_dir, "config.json").exists():
-            bm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-            before["base"] = evaluate(bm, AutoTokenizer.from_pretrained(base_dir))
-            del bm
-        write_json(before_file, before)
-        if before["before"]:
-            metrics.log(step=0, **before["before"])
-    accelerator.wait_for_everyone()
-    if not main:
-        before = json.loads(before_file.read_text()) if before_file.exists() else {}
-
-    model = prepare_for_training(cfg, model, extension)
-    model.train()
+    evaluate = _evaluator(cfg, tok, eval_texts)
+    model, before = _load_for_training(cfg, model_dir, extension, evaluate, accelerator, out, metrics)
     settings = loop_settings(cfg)
-    train_seconds = None
-    if cfg.max_minutes is not None:
-        final_eval = float(before.get("before", {}).get("eval_seconds", 0.0))
-        spent = time.time() - stage_t0  # data, model load and (first run) the evaluations before training
-        train_seconds = max(cfg.max_minutes * 60 - spent - final_eval - 10.0, 0.0)
+    train_seconds = _train_seconds(cfg, before, stage_t0)
     result = train_loop(model, data, settings, accelerator, out.path / "checkpoints", metrics, train_seconds,
                         evaluate if cfg.eval_every else None)
     accelerator.free_memory()  # the prepared optimizer's moments: not needed to evaluate and save the model
@@ -338,25 +402,10 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
                                "global_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
                                "processes": accelerator.num_processes, "device": str(accelerator.device)}
     if main:
-        final = model.merge_and_unload() if cfg.mode == "lora" else model
-        if getattr(final, "_qihuang_detach", None) is not None:
-            final._qihuang_detach.remove()
-        final.eval()
+        final = _final_model(cfg, model)
         after = evaluate(final)
-        with atomic_path(out.path / "model") as tmp:
-            final.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            if extension:
-                (tmp / EXTENSION_FILE).write_text(json.dumps(extension, ensure_ascii=False, indent=1), "utf-8")
-        summary["bpc_before"] = before.get("before", {}).get("bpc")
-        summary["bpc_after"] = after.get("bpc")
-        if "base" in before:
-            summary["bpc_base"] = before["base"].get("bpc")
-            summary["tokens_per_char_base"] = before["base"].get("eval_tokens_per_char")
-        ref = summary.get("bpc_base") or summary["bpc_before"]
-        if ref and summary["bpc_after"]:
-            summary["bpc_reduction_vs_base"] = round(1 - summary["bpc_after"] / ref, 4)
-        summary["eval_chars"] = len("".join(eval_texts))
+        _save_model(final, tok, extension, out.path / "model")
+        summary.update(_bpc_summary(before, after, eval_texts))
         summary["evals"] = result["evals"]
         metrics.log(step=result["steps"], final=True, **after)
         plot_loss(metrics.read(), out.path / "loss.png")

@@ -8,9 +8,10 @@ import functools
 import json
 import multiprocessing
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from qihuang.config import ConfigError
 from qihuang.corpus.card import write_card
@@ -22,15 +23,14 @@ from qihuang.corpus.ingest import (
     SUFFIXES, book_key, ingest_file, iter_header_lines, printable_name, survey, title_from_name, valid_name,
 )
 from qihuang.corpus.normalise import normalise_book
-from qihuang.corpus.overlap import TextOverlap, text_fingerprints
+from qihuang.corpus.overlap import text_fingerprints
 from qihuang.corpus.passages import book_passages, layout
 from qihuang.corpus.records import RejectedFile
 from qihuang.corpus.settings import CorpusConfig, resolve_source
 from qihuang.corpus.split import Candidate, check_heldout, is_heldout, processing_order, select
+from qihuang.corpus.tally import Tally, summarise
 from qihuang.progress import bar
-from qihuang.runs import StageDir, atomic_open, atomic_path
-
-EXAMPLES_PER_REASON = 3
+from qihuang.runs import MetricsLog, StageDir, atomic_open, atomic_path
 
 
 def _candidate(path: Path, name: str, categorise: Categoriser) -> Candidate:
@@ -158,14 +158,51 @@ def _results(jobs: list[tuple[Any, ...]], workers: int) -> Any:
 def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
     """Write train.jsonl / heldout.jsonl / rejects.jsonl / card.{md,json,png} (and books/) into `out.path`."""
     t0 = time.time()
+    source, files, refused = _survey(cfg)
+    out.path.mkdir(parents=True, exist_ok=True)
+    metrics = out.metrics()
+    file_rows, cands = _candidates(source, files, refused, Categoriser(cfg.category_rules, cfg.category_map))
+    sel = _select(cands, cfg)
+    file_rows += [{"file": c.name, "status": "skipped", "reason": "not_selected",
+                   "message": f"{c.name}: not among the max_books={cfg.max_books} selected", "title": c.title,
+                   "category": c.category} for c in sel.others]
+    dedup = Deduper(cfg.near_dup_threshold, cfg.minhash_perm, cfg.seed) if cfg.dedup else None
+    tally = Tally()
+    with contextlib.ExitStack() as stack:
+        outs = _open_outputs(stack, out.path, cfg)
+        for row in file_rows:
+            if row["status"] != "skipped":
+                outs.rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
+        jobs = _jobs(sel, cfg, outs)
+        pbar = stack.enter_context(bar(len(jobs), "corpus", "book"))
+        for res in _results(jobs, cfg.workers):
+            pbar.update(1)
+            if res["library_only"]:
+                _library_only(res, outs.lib, tally.counts)
+            elif not res["ok"]:
+                file_rows.append(_file_rejected(res, outs.rej, metrics))
+            else:
+                row = _ingest(res, outs, tally, dedup)
+                file_rows.append(row)
+                metrics.log(event="book", file=row["file"], passages=row["passages"], seconds=row["seconds"])
+    summary = summarise(cfg, source, file_rows, tally, sel.missing_heldout, len(sel.others), dedup, time.time() - t0)
+    return _finish(summary, file_rows, out, metrics)
+
+
+def _survey(cfg: CorpusConfig) -> tuple[Path, list[Path], list[tuple[Path, str, str]]]:
+    """The source folder (or file), its input files and the files refused on sight; ConfigError if none."""
     source = resolve_source(cfg)
     files, refused = survey(source)
     if not files:
         raise ConfigError(f"{source}: no input files found (expected {', '.join(SUFFIXES)}); "
                           "pass --source DIR or download the books with `qihuang corpus fetch`")
-    out.path.mkdir(parents=True, exist_ok=True)
-    metrics = out.metrics()
-    categorise = Categoriser(cfg.category_rules, cfg.category_map)
+    return source, files, refused
+
+
+def _candidates(source: Path, files: list[Path], refused: list[tuple[Path, str, str]],
+                categorise: Categoriser) -> tuple[list[dict[str, Any]], list[Candidate]]:
+    """Reject rows of the refused files and those with a bad name or type (or a clashing book name); the rest
+    become candidates (title, year, category from their headers)."""
     base = source if source.is_dir() else source.parent
     file_rows = [_refused_row(str(p.relative_to(base)), reason, message) for p, reason, message in refused]
     cands: list[Candidate] = []
@@ -184,169 +221,117 @@ def build_corpus(cfg: CorpusConfig, out: StageDir) -> dict[str, Any]:
             continue
         keys[book_key(name)] = name
         cands.append(_candidate(p, name, categorise))
+    return file_rows, cands
+
+
+@dataclass
+class _Selection:
+    """The books to build from, in processing order; the candidates left out; held-out names matching no file."""
+
+    chosen: list[Candidate]
+    others: list[Candidate]
+    missing_heldout: list[str]
+
+
+def _select(cands: list[Candidate], cfg: CorpusConfig) -> _Selection:
+    """Held-out books plus up to max_books others, canonical copies first (see `qihuang.corpus.split`)."""
     missing_heldout = check_heldout(cands, cfg.heldout_books, strict=False)
     chosen = processing_order(select(cands, cfg.heldout_books, cfg.max_books), cfg.heldout_books)
     chosen_ids = {id(c) for c in chosen}
-    skipped = len(cands) - len(chosen)
-    file_rows += [{"file": c.name, "status": "skipped", "reason": "not_selected",
-                   "message": f"{c.name}: not among the max_books={cfg.max_books} selected", "title": c.title,
-                   "category": c.category} for c in cands if id(c) not in chosen_ids]
+    return _Selection(chosen, [c for c in cands if id(c) not in chosen_ids], missing_heldout)
+
+
+@dataclass
+class _Outputs:
+    """The output files of one build, open for writing (each replaces its target only when the build completes)."""
+
+    train: IO[Any]
+    held: IO[Any]
+    rej: IO[Any]
+    lib: IO[Any] | None
+    books_dir: Path | None
+
+
+def _open_outputs(stack: contextlib.ExitStack, path: Path, cfg: CorpusConfig) -> _Outputs:
+    """Open train/heldout/rejects (and library) JSONL and the books/ folder atomically inside `stack`."""
+    train = stack.enter_context(atomic_open(path / "train.jsonl"))
+    held = stack.enter_context(atomic_open(path / "heldout.jsonl"))
+    rej = stack.enter_context(atomic_open(path / "rejects.jsonl"))
+    lib = stack.enter_context(atomic_open(path / "library.jsonl")) if cfg.library else None
+    books_dir: Path | None = None
+    if cfg.write_books:
+        books_dir = stack.enter_context(atomic_path(path / "books"))
+        books_dir.mkdir(parents=True, exist_ok=True)
+    return _Outputs(train, held, rej, lib, books_dir)
+
+
+def _jobs(sel: _Selection, cfg: CorpusConfig, outs: _Outputs) -> list[tuple[Any, ...]]:
+    """`process_book` jobs: the chosen books, then (with a library) the others, read for library.jsonl only."""
     opts = _opts(cfg)
-    dedup = Deduper(cfg.near_dup_threshold, cfg.minhash_perm, cfg.seed) if cfg.dedup else None
-    counts: Counter[str] = Counter()
-    parse_stats: Counter[str] = Counter()
-    reject_reasons: Counter[str] = Counter()
-    examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    overlap: Counter[tuple[str, str]] = Counter()
-    per_cat: dict[str, Counter[str]] = defaultdict(Counter)
-    per_dyn: dict[str, Counter[str]] = defaultdict(Counter)
-    leaks: Counter[str] = Counter(backslash_x=0, pianming_tag=0, mulu_tag=0)
-    heldout_files: set[str] = set()
-    overlap_text = TextOverlap()
-    with contextlib.ExitStack() as stack:
-        train = stack.enter_context(atomic_open(out.path / "train.jsonl"))
-        held = stack.enter_context(atomic_open(out.path / "heldout.jsonl"))
-        rej = stack.enter_context(atomic_open(out.path / "rejects.jsonl"))
-        lib = stack.enter_context(atomic_open(out.path / "library.jsonl")) if cfg.library else None
-        books_dir: Path | None = None
-        if cfg.write_books:
-            books_dir = stack.enter_context(atomic_path(out.path / "books"))
-            books_dir.mkdir(parents=True, exist_ok=True)
-        for row in file_rows:
-            if row["status"] == "skipped":
-                continue
-            rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
-        jobs = [(c.path, c.name, c.title, c.category, is_heldout(c, cfg.heldout_books), opts,
-                 str(books_dir) if books_dir else None) for c in chosen]
-        if lib is not None:
-            jobs += [(c.path, c.name, c.title, c.category, False, {**opts, "library_only": True}, None)
-                     for c in cands if id(c) not in chosen_ids]
-        pbar = stack.enter_context(bar(len(jobs), "corpus", "book"))
-        for res in _results(jobs, cfg.workers):
-            pbar.update(1)
-            if res["library_only"]:
-                _library_only(res, lib, counts)
-                continue
-            if not res["ok"]:
-                row = {"file": res["file"], "status": "rejected", "reason": res["reason"], "message": res["message"]}
-                file_rows.append(row)
-                rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
-                metrics.log(event="file_rejected", **row)
-                continue
-            meta = res["book"]
-            counts["library_books"] += lib is not None
-            parse_stats.update(res["stats"])
-            is_held = meta["heldout"]
-            if is_held:
-                heldout_files.add(meta["file"])
-            sink = held if is_held else train
-            bc: Counter[str] = Counter()
-            overlap_text.add(meta["file"], *res["fingerprints"])
-            for line, reason, preview in res["rejects"]:
-                reject_reasons[reason] += 1
-                bc["rejected"] += 1
-                if len(examples[reason]) < EXAMPLES_PER_REASON:
-                    examples[reason].append({"text": preview})
-                rej.write(line + "\n")
-            for line, pid, digest, sig, n, preview, leak in res["passages"]:
-                if lib is not None:
-                    lib.write(line + "\n")
-                    counts["library_passages"] += 1
-                dup = dedup.check(pid, meta["file"], digest, sig) if dedup else None
-                if dup is not None:
-                    reject_reasons[dup["reason"]] += 1
-                    bc["duplicates"] += 1
-                    if dup["twin_book"] != meta["file"]:
-                        overlap[(meta["file"], dup["twin_book"])] += n
-                    if not is_held and dup["twin_book"] in heldout_files:
-                        counts["train_dups_of_heldout"] += 1
-                    if len(examples[dup["reason"]]) < EXAMPLES_PER_REASON:
-                        examples[dup["reason"]].append({"text": f"{pid} (twin {dup['twin']}): {preview}"})
-                    extra = json.dumps({"kind": "passage", **dup}, ensure_ascii=False)
-                    rej.write(line[:-1] + ", " + extra[1:] + "\n")
-                    continue
-                leaks["backslash_x"] += leak[0]
-                leaks["pianming_tag"] += leak[1]
-                leaks["mulu_tag"] += leak[2]
-                sink.write(line + "\n")
-                bc["passages"] += 1
-                bc["chars"] += n
-                split = "heldout" if is_held else "train"
-                counts[f"{split}_passages"] += 1
-                counts[f"{split}_chars"] += n
-                for table, key in ((per_cat, meta["category"]), (per_dyn, meta["dynasty"] or "?")):
-                    table[key]["passages"] += 1
-                    table[key]["chars"] += n
-            for table, key in ((per_cat, meta["category"]), (per_dyn, meta["dynasty"] or "?")):
-                table[key]["books"] += 1
-            row = {**meta, "status": "ingested", "passages": bc["passages"], "passage_chars": bc["chars"],
-                   "duplicates": bc["duplicates"], "rejected_passages": bc["rejected"]}
-            file_rows.append(row)
-            metrics.log(event="book", file=meta["file"], passages=bc["passages"], seconds=meta["seconds"])
-    summary = _summary(cfg, source, file_rows, counts, parse_stats, reject_reasons, examples, overlap, per_cat,
-                       per_dyn, leaks, missing_heldout, skipped, dedup, time.time() - t0)
-    summary["text_overlap"] = overlap_text.report()
-    if cfg.library:
-        summary.update(library_passages=counts["library_passages"], library_books=counts["library_books"],
-                       library_books_rejected=counts["library_rejected"])
+    jobs: list[tuple[Any, ...]] = [
+        (c.path, c.name, c.title, c.category, is_heldout(c, cfg.heldout_books), opts,
+         str(outs.books_dir) if outs.books_dir else None) for c in sel.chosen]
+    if outs.lib is not None:
+        jobs += [(c.path, c.name, c.title, c.category, False, {**opts, "library_only": True}, None)
+                 for c in sel.others]
+    return jobs
+
+
+def _file_rejected(res: dict[str, Any], rej: IO[Any], metrics: MetricsLog) -> dict[str, Any]:
+    """A chosen file that could not be read: its reject row, written and logged."""
+    row = {"file": res["file"], "status": "rejected", "reason": res["reason"], "message": res["message"]}
+    rej.write(json.dumps({"kind": "file", **row}, ensure_ascii=False) + "\n")
+    metrics.log(event="file_rejected", **row)
+    return row
+
+
+def _ingest(res: dict[str, Any], outs: _Outputs, tally: Tally, dedup: Deduper | None) -> dict[str, Any]:
+    """One parsed book: rejected passages to rejects.jsonl, then each passage to the library, and to rejects
+    (a duplicate) or its split; the book's card row."""
+    meta = res["book"]
+    tally.book(res, outs.lib is not None)
+    for line, reason, preview in res["rejects"]:
+        tally.rejected(reason, preview)
+        outs.rej.write(line + "\n")
+    bc = _passages(res, outs, tally, dedup)
+    tally.book_done(meta)
+    return {**meta, "status": "ingested", "passages": bc["passages"], "passage_chars": bc["chars"],
+            "duplicates": bc["duplicates"], "rejected_passages": len(res["rejects"])}
+
+
+def _passages(res: dict[str, Any], outs: _Outputs, tally: Tally, dedup: Deduper | None) -> Counter[str]:
+    """Write a book's accepted passages: to the library, then to rejects (duplicates) or the book's split."""
+    meta = res["book"]
+    sink = outs.held if meta["heldout"] else outs.train
+    bc: Counter[str] = Counter()
+    for line, pid, digest, sig, n, preview, leak in res["passages"]:
+        if outs.lib is not None:
+            outs.lib.write(line + "\n")
+            tally.counts["library_passages"] += 1
+        dup = dedup.check(pid, meta["file"], digest, sig) if dedup else None
+        if dup is not None:
+            tally.duplicate(meta, n, dup, f"{pid} (twin {dup['twin']}): {preview}")
+            extra = json.dumps({"kind": "passage", **dup}, ensure_ascii=False)
+            outs.rej.write(line[:-1] + ", " + extra[1:] + "\n")
+            bc["duplicates"] += 1
+            continue
+        tally.kept(meta, n, leak)
+        sink.write(line + "\n")
+        bc["passages"] += 1
+        bc["chars"] += n
+    return bc
+
+
+def _finish(summary: dict[str, Any], file_rows: list[dict[str, Any]], out: StageDir,
+            metrics: MetricsLog) -> dict[str, Any]:
+    """Write the card, log the totals; ConfigError when no book could be used; the stage summary."""
     write_card(out.path, summary, file_rows)
     metrics.log(event="done", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     metrics.close()
     if not summary["books_ingested"]:
-        raise ConfigError(f"{source}: none of the {len(file_rows)} input files could be used; "
+        raise ConfigError(f"{summary['source']}: none of the {len(file_rows)} input files could be used; "
                           f"see {out.path / 'card.md'} for the reasons")
     return {k: summary[k] for k in ("books_ingested", "books_rejected", "books_skipped", "train_passages",
                                     "heldout_passages", "train_chars", "heldout_chars", "duplicates_removed",
                                     "passages_rejected", "replacement_chars", "heldout_books")
             if k in summary} | {k: summary[k] for k in ("library_passages", "library_books") if k in summary}
-
-
-def _summary(cfg: CorpusConfig, source: Path, rows: list[dict[str, Any]], counts: Counter[str],
-             parse_stats: Counter[str], reasons: Counter[str], examples: dict[str, list[dict[str, Any]]],
-             overlap: Counter[tuple[str, str]], per_cat: dict[str, Counter[str]], per_dyn: dict[str, Counter[str]],
-             leaks: Counter[str], missing_heldout: list[str], skipped: int, dedup: Deduper | None,
-             seconds: float) -> dict[str, Any]:
-    """The card's numbers (card.json)."""
-    ingested = [r for r in rows if r["status"] == "ingested"]
-    chars = {r["file"]: r["passage_chars"] + 0 for r in ingested}
-    book_chars = {r["file"]: r["chars"] for r in ingested}
-    overlap_rows = [
-        {"book": a, "twin_book": b, "chars": n, "share_of_book": round(n / max(1, book_chars.get(a, 1)), 4),
-         "share_of_twin": round(n / max(1, book_chars.get(b, 1)), 4)}
-        for (a, b), n in overlap.most_common(25)
-    ]
-    dups = (dedup.stats["exact_duplicate"] + dedup.stats["near_duplicate"]) if dedup else 0
-    return {
-        "source": str(source),
-        "books_seen": len(rows),
-        "books_ingested": len(ingested),
-        "books_rejected": sum(1 for r in rows if r["status"] == "rejected"),
-        "books_skipped": skipped,
-        "train_passages": counts["train_passages"],
-        "heldout_passages": counts["heldout_passages"],
-        "train_chars": counts["train_chars"],
-        "heldout_chars": counts["heldout_chars"],
-        "cleaned_chars": sum(book_chars.values()),
-        "passage_chars_kept": sum(chars.values()),
-        "duplicates_removed": dups,
-        "train_duplicates_of_heldout": counts["train_dups_of_heldout"],
-        "exact_duplicates": dedup.stats["exact_duplicate"] if dedup else 0,
-        "near_duplicates": dedup.stats["near_duplicate"] if dedup else 0,
-        "passages_rejected": sum(reasons.values()),
-        "rejects_by_reason": dict(reasons.most_common()),
-        "reject_examples": examples,
-        "replacement_chars": parse_stats["replacement_chars"],
-        "replacements": [{"file": r["file"], "byte_offsets": r["replacements"]} for r in ingested if r["replacements"]],
-        "files_rejected": [{k: r[k] for k in ("file", "reason", "message")} for r in rows if r["status"] == "rejected"],
-        "per_category": {k: dict(v) for k, v in sorted(per_cat.items())},
-        "per_dynasty": {k: dict(v) for k, v in sorted(per_dyn.items(), key=lambda kv: -kv[1]["chars"])},
-        "cross_book_overlap": overlap_rows,
-        "parse": dict(parse_stats.most_common()),
-        "body_leaks": dict(leaks),
-        "heldout_books": sorted(r["title"] for r in ingested if r["heldout"]),
-        "heldout_missing": missing_heldout,
-        "config": {"passage_chars": cfg.passage_chars, "max_books": cfg.max_books, "t2s": cfg.t2s,
-                   "punctuation": cfg.punctuation, "notes": cfg.notes, "near_dup_threshold": cfg.near_dup_threshold,
-                   "dedup": cfg.dedup},
-        "seconds": round(seconds, 2),
-    }

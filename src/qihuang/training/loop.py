@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qihuang.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from qihuang.training.checkpoint import list_checkpoints
 from qihuang.training.data import PackedData
+from qihuang.training.loopstate import Clock, LoopCheckpoints, LoopState, ScheduleFit
 from qihuang.training.loss import CausalLMLoss
 from qihuang.training.metrics import TensorBoard, flops_per_token, peak_tflops
 from qihuang.training.schedule import SpikeGuard, lr_at, steps_in_budget
@@ -110,166 +111,247 @@ def _optimizer(model: Any, params: list[Any], s: LoopSettings, device: Any) -> A
     return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
 
 
+@dataclass
+class _Report:
+    """Where the loop reports (metrics.jsonl and TensorBoard on the main process, the progress bar) and the
+    figures behind its MFU estimate."""
+
+    metrics: Any
+    tb: TensorBoard
+    pbar: Any
+    main: bool
+    flops_per_token: float
+    peak_tflops: float | None
+
+    def event(self, **values: Any) -> None:
+        """An event row in metrics.jsonl (main process)."""
+        if self.main:
+            self.metrics.log(**values)
+
+
+@dataclass(frozen=True)
+class _ModelSize:
+    """Parameters, trainable parameters and training FLOPs per token of the model."""
+
+    params: int
+    trainable: int
+    flops_per_token: float
+
+    @classmethod
+    def of(cls, model: Any, trainable: list[Any], seq_len: int) -> _ModelSize:
+        n_params = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in trainable)
+        cfg = getattr(model, "config", None) or model.get_base_model().config
+        return cls(n_params, n_train, flops_per_token(n_params, n_train, cfg.num_hidden_layers, cfg.hidden_size,
+                                                      seq_len))
+
+
+@dataclass
+class _Outcome:
+    """One optimizer step: mean loss per target token, LR, gradient norm before clipping, the guard's decision."""
+
+    loss: float
+    lr: float
+    grad_norm: float | None
+    decision: str
+
+
 def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, ckpt_root: Path, metrics: Any,
                train_seconds: float | None, evaluate: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train `model` in place; resumes from `ckpt_root` if it holds a checkpoint. Returns counters."""
-    import torch
-
     main = accelerator.is_main_process
-    world = accelerator.num_processes
-    rank = accelerator.process_index
     params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in params)
-    cfg = getattr(model, "config", None) or model.get_base_model().config
-    fpt = flops_per_token(n_params, n_train, cfg.num_hidden_layers, cfg.hidden_size, s.seq_len)
+    size = _ModelSize.of(model, params, s.seq_len)  # before accelerate.prepare (ZeRO-3 would shard)
     peak = peak_tflops(accelerator.device, s.peak_tflops)
     opt = _optimizer(model, params, s, accelerator.device)
-    loss_mod = CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile)
-    loss_mod, opt = accelerator.prepare(loss_mod, opt)
+    loss_mod, opt = accelerator.prepare(CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile), opt)
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
-    st: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "lr_scale": 1.0, "evals": [],
-                          "schedule_steps": s.schedule_steps, "schedule_fitted": False}
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
-
-    def restore(rollback: bool = False) -> bool:
-        meta = load_latest(accelerator, ckpt_root, warn)
-        if meta is None:
-            return False
-        for k in ("step", "tokens", "train_seconds", "lr_scale", "evals"):
-            st[k] = meta[k]
-        st["schedule_steps"] = meta.get("schedule_steps", s.schedule_steps)
-        st["schedule_fitted"] = meta.get("schedule_fitted", False)
-        guard.load(meta["guard"], keep_counters=rollback)
-        return True
-
-    resumed_from = st["step"] if restore() else None
+    ckpts = LoopCheckpoints(accelerator, ckpt_root, s.keep_checkpoints, warn)
+    loaded = ckpts.load(guard, s.schedule_steps)
+    resumed_from = loaded.step if loaded is not None else None
+    state = loaded if loaded is not None else LoopState(schedule_steps=s.schedule_steps)
     if resumed_from is not None and main:
-        metrics.log(event="resumed", step=st["step"])
+        metrics.log(event="resumed", step=state.step)
     tb = TensorBoard(ckpt_root.parent / "tensorboard", s.tensorboard and main, warn)
-    G = s.batch_size * s.grad_accum * world
+    G = s.batch_size * s.grad_accum * accelerator.num_processes
     fault = int(os.environ.get(FAULT_ENV, "0") or 0)
-    session_t0 = time.time()
-    base_seconds = st["train_seconds"]
-    last_ckpt_t = time.time()
-    win_t, win_tokens = time.time(), 0
+    clock = Clock(state.train_seconds)
     opt.zero_grad(set_to_none=True)
-    # (step at which to fit the schedule, time the timing window opened, step it opened at): steps 2..8 timed
-    fit_at: list[Any] | None = None
-    if s.fit_schedule_to_time and train_seconds is not None and not st["schedule_fitted"]:
-        fit_at = [st["step"] + 8, None, st["step"] + 1]
-
-    def checkpoint() -> None:
-        nonlocal last_ckpt_t
-        meta = {k: st[k] for k in ("tokens", "lr_scale", "evals", "schedule_steps", "schedule_fitted")}
-        meta["train_seconds"] = base_seconds + time.time() - session_t0
-        meta["guard"] = guard.state()
-        save_checkpoint(accelerator, ckpt_root, st["step"], meta, keep=s.keep_checkpoints, warn=warn)
-        last_ckpt_t = time.time()
-
+    fit = (ScheduleFit.starting_at(state.step)
+           if s.fit_schedule_to_time and train_seconds is not None and not state.schedule_fitted else None)
+    report = _Report(metrics, tb, _progress_bar(state, main), main, size.flops_per_token, peak)
     stop_reason = "max_steps"
-    from qihuang.progress import bar
-
-    pbar = bar(st["schedule_steps"] if main else 0, "pretrain", "step", initial=st["step"])
-    while st["step"] < s.max_steps:
-        elapsed = base_seconds + time.time() - session_t0
-        if train_seconds is not None and elapsed >= train_seconds:
+    while state.step < s.max_steps:
+        if train_seconds is not None and clock.elapsed() >= train_seconds:
             stop_reason = "time_budget"
             break
-        step = st["step"]
-        ids = data.sample_ids(step * G, G)
+        ids = data.sample_ids(state.step * G, G)
         n_valid = data.n_targets(ids)
-        if fit_at is not None and step == fit_at[0] and not st["schedule_fitted"]:
-            per_step = (time.time() - fit_at[1]) / max(fit_at[0] - fit_at[2], 1)
-            left = (train_seconds or 0.0) - (base_seconds + time.time() - session_t0)
-            fitted = steps_in_budget(step, per_step, left)
-            if world > 1:  # every rank must follow the same schedule: the slowest one's
-                fitted = int(accelerator.gather(torch.tensor([fitted], device=accelerator.device)).min())
-            st["schedule_steps"] = max(min(fitted, s.schedule_steps), s.warmup_steps + 1, step + 1)
-            st["schedule_fitted"] = True
-            if main:
-                metrics.log(event="schedule_fitted", step=step, schedule_steps=st["schedule_steps"],
-                            seconds_per_step=round(per_step, 3))
-        lr = lr_at(step, s.learning_rate, s.warmup_steps, st["schedule_steps"], s.min_lr_ratio) * st["lr_scale"]
-        for g in opt.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)
-        nll_sum = torch.zeros((), device=accelerator.device)
-        try:
-            for a in range(s.grad_accum):
-                lo = (a * world + rank) * s.batch_size
-                batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.batch_size]).items()}
-                sync = contextlib.nullcontext() if a == s.grad_accum - 1 else accelerator.no_sync(loss_mod)
-                with sync, accelerator.autocast():
-                    nll = loss_mod(**batch)
-                    accelerator.backward(nll * world / n_valid)
-                nll_sum += nll.detach().float()
-        except torch.OutOfMemoryError:
-            opt.zero_grad(set_to_none=True)
-            with accelerator.autocast():
-                fits = largest_fitting_batch_size(loss_mod, data, accelerator.device, s.batch_size)
-            hint = (f"the largest that fits is {fits}: rerun with --batch-size {fits} --grad-accum "
-                    f"{max(s.grad_accum * s.batch_size // fits, 1)} for the same global batch"
-                    if fits else "even batch_size=1 does not fit: lower seq_len, use LoRA or grad_checkpoint")
-            raise MicroBatchTooLarge(f"batch_size={s.batch_size} at seq_len={s.seq_len} ran out of memory; "
-                                     + hint) from None
-        loss = float(accelerator.reduce(nll_sum, reduction="sum")) / n_valid
-        # the norm before clipping (clip=0: max_norm=inf only measures it; DeepSpeed clips inside and gives None);
-        # a skipped step's gradient is dropped
-        norm = accelerator.clip_grad_norm_(params, s.clip if s.clip > 0 else float("inf"))
-        grad_norm = float(norm) if norm is not None else None
-        decision = guard.check(loss, grad_norm)
-        if decision == "ok":
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        if decision == "rollback":
-            scale = st["lr_scale"] * s.rollback_lr_factor
-            if list_checkpoints(ckpt_root):
-                restore(rollback=True)
-                session_t0, base_seconds = time.time(), st["train_seconds"]
-            st["lr_scale"] = scale
-            if main:
-                metrics.log(event="rollback", step=st["step"], lr_scale=scale, loss=loss)
+        if fit is not None and state.step == fit.at and not state.schedule_fitted:
+            _fit_schedule(fit, state, s, accelerator, train_seconds or 0.0, clock, report)
+        lr = _set_lr(opt, state, s)
+        nll_sum = _accumulate(loss_mod, opt, data, ids, n_valid, s, accelerator)
+        outcome = _optimizer_step(nll_sum, n_valid, lr, params, opt, guard, s.clip, accelerator)
+        if outcome.decision == "rollback":
+            state = _rollback(state, outcome.loss, s, ckpts, guard, clock, report)
             continue
-        st["step"] += 1
-        pbar.total = st["schedule_steps"]
-        pbar.update(1)
-        if fit_at is not None and st["step"] == fit_at[2]:
-            fit_at[1] = time.time()  # the first step (warm-up of kernels, allocations) is not timed
-        st["tokens"] += G * s.seq_len
-        win_tokens += G * s.seq_len
-        if main and (st["step"] % s.log_every == 0 or st["step"] == s.max_steps):
-            dt = max(time.time() - win_t, 1e-9)
-            tps = win_tokens / dt
-            row = {"step": st["step"], "loss": round(loss, 5), "lr": lr, "tokens": st["tokens"],
-                   "tokens_per_s": round(tps, 1), "skipped": guard.skipped, "decision": decision}
-            if grad_norm is not None:
-                row["grad_norm"] = round(grad_norm, 4)
-            if peak:
-                row["mfu"] = round(tps * fpt / (peak * 1e12), 4)
-            metrics.log(**row)
-            tb.log(st["step"], row)
-            pbar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}", refresh=False)
-            win_t, win_tokens = time.time(), 0
-        if evaluate and s.eval_every > 0 and st["step"] % s.eval_every == 0 and st["step"] < s.max_steps:
-            if main:
-                res = evaluate(accelerator.unwrap_model(loss_mod).model)
-                st["evals"].append({"step": st["step"], **res})
-                metrics.log(step=st["step"], **res)
-                tb.log(st["step"], res)
-            accelerator.wait_for_everyone()
-            win_t = time.time()
-        due_steps = s.checkpoint_every_steps > 0 and st["step"] % s.checkpoint_every_steps == 0
-        due_time = s.checkpoint_every_minutes > 0 and time.time() - last_ckpt_t >= s.checkpoint_every_minutes * 60
-        if (due_steps or due_time) and st["step"] < s.max_steps:
-            checkpoint()
-        if fault and st["step"] == fault:
+        _count_step(state, G * s.seq_len, fit, clock, report.pbar)
+        if main and (state.step % s.log_every == 0 or state.step == s.max_steps):
+            _log_step(state, outcome, guard.skipped, clock, report)
+        if evaluate and s.eval_every > 0 and state.step % s.eval_every == 0 and state.step < s.max_steps:
+            _evaluate(evaluate, loss_mod, state, accelerator, report)
+            clock.win_t = time.time()
+        if _checkpoint_due(s, state.step, clock):
+            ckpts.save(state, guard, clock)
+        if fault and state.step == fault:
             os.kill(os.getpid(), signal.SIGKILL)
     tb.close()
-    pbar.close()
-    total_seconds = base_seconds + time.time() - session_t0
-    return {"steps": st["step"], "tokens": st["tokens"], "train_seconds": round(total_seconds, 2),
-            "tokens_per_s": round(st["tokens"] / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
-            "grad_skipped_steps": guard.grad_skipped, "rollbacks": guard.rollbacks, "lr_scale": st["lr_scale"],
-            "stop_reason": stop_reason, "resumed_from_step": resumed_from, "evals": st["evals"],
-            "flops_per_token": fpt, "schedule_steps": st["schedule_steps"], "trainable_params": n_train,
-            "params": n_params}
+    report.pbar.close()
+    return _result(state, guard, clock, size, stop_reason, resumed_from)
+
+
+def _progress_bar(state: LoopState, main: bool) -> Any:
+    """Steps out of the schedule's length (a silent bar on the other processes)."""
+    from qihuang.progress import bar
+
+    return bar(state.schedule_steps if main else 0, "pretrain", "step", initial=state.step)
+
+
+def _fit_schedule(fit: ScheduleFit, state: LoopState, s: LoopSettings, accelerator: Any, budget: float,
+                  clock: Clock, report: _Report) -> None:
+    """Shorten the cosine schedule to the steps the time budget allows (on every rank: the slowest one's)."""
+    import torch
+
+    per_step = fit.seconds_per_step()
+    fitted = steps_in_budget(state.step, per_step, budget - clock.elapsed())
+    if accelerator.num_processes > 1:  # every rank must follow the same schedule
+        fitted = int(accelerator.gather(torch.tensor([fitted], device=accelerator.device)).min())
+    state.schedule_steps = max(min(fitted, s.schedule_steps), s.warmup_steps + 1, state.step + 1)
+    state.schedule_fitted = True
+    report.event(event="schedule_fitted", step=state.step, schedule_steps=state.schedule_steps,
+                 seconds_per_step=round(per_step, 3))
+
+
+def _set_lr(opt: Any, state: LoopState, s: LoopSettings) -> float:
+    """Set this step's LR (warm-up, cosine, rollback scale; × each group's lr_mult); the base LR."""
+    lr = lr_at(state.step, s.learning_rate, s.warmup_steps, state.schedule_steps, s.min_lr_ratio) * state.lr_scale
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+    return lr
+
+
+def _accumulate(loss_mod: Any, opt: Any, data: PackedData, ids: Any, n_valid: int, s: LoopSettings,
+                accelerator: Any) -> Any:
+    """Forward and backward of this process's micro-batches of the step (gradients synchronised on the last);
+    their summed NLL. Out of memory: MicroBatchTooLarge, naming the largest micro-batch that fits."""
+    import torch
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    nll_sum = torch.zeros((), device=accelerator.device)
+    try:
+        for a in range(s.grad_accum):
+            lo = (a * world + rank) * s.batch_size
+            batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.batch_size]).items()}
+            sync = contextlib.nullcontext() if a == s.grad_accum - 1 else accelerator.no_sync(loss_mod)
+            with sync, accelerator.autocast():
+                nll = loss_mod(**batch)
+                accelerator.backward(nll * world / n_valid)
+            nll_sum += nll.detach().float()
+    except torch.OutOfMemoryError:
+        opt.zero_grad(set_to_none=True)
+        raise _too_large(loss_mod, data, s, accelerator) from None
+    return nll_sum
+
+
+def _too_large(loss_mod: Any, data: PackedData, s: LoopSettings, accelerator: Any) -> MicroBatchTooLarge:
+    """The error for a micro-batch that ran out of memory, with the largest one that fits (probed)."""
+    with accelerator.autocast():
+        fits = largest_fitting_batch_size(loss_mod, data, accelerator.device, s.batch_size)
+    hint = (f"the largest that fits is {fits}: rerun with --batch-size {fits} --grad-accum "
+            f"{max(s.grad_accum * s.batch_size // fits, 1)} for the same global batch"
+            if fits else "even batch_size=1 does not fit: lower seq_len, use LoRA or grad_checkpoint")
+    return MicroBatchTooLarge(f"batch_size={s.batch_size} at seq_len={s.seq_len} ran out of memory; " + hint)
+
+
+def _optimizer_step(nll_sum: Any, n_valid: int, lr: float, params: list[Any], opt: Any, guard: SpikeGuard,
+                    clip: float, accelerator: Any) -> _Outcome:
+    """Reduce the loss over the processes, clip, let the guard decide; apply the step if it is ok."""
+    loss = float(accelerator.reduce(nll_sum, reduction="sum")) / n_valid
+    # the norm before clipping (clip=0: max_norm=inf only measures it; DeepSpeed clips inside and gives None);
+    # a skipped step's gradient is dropped
+    norm = accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    grad_norm = float(norm) if norm is not None else None
+    decision = guard.check(loss, grad_norm)
+    if decision == "ok":
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return _Outcome(loss, lr, grad_norm, decision)
+
+
+def _rollback(state: LoopState, loss: float, s: LoopSettings, ckpts: LoopCheckpoints, guard: SpikeGuard,
+              clock: Clock, report: _Report) -> LoopState:
+    """Too many skipped steps in a row: back to the last checkpoint (if there is one) with a lower LR."""
+    scale = state.lr_scale * s.rollback_lr_factor
+    if list_checkpoints(ckpts.root):
+        state = ckpts.load(guard, s.schedule_steps, rollback=True) or state  # None: the checkpoints vanished
+        clock.restart(state.train_seconds)
+    state.lr_scale = scale
+    report.event(event="rollback", step=state.step, lr_scale=scale, loss=loss)
+    return state
+
+
+def _count_step(state: LoopState, tokens: int, fit: ScheduleFit | None, clock: Clock, pbar: Any) -> None:
+    """One more step done: counters, progress bar, the schedule fit's timing window."""
+    state.step += 1
+    pbar.total = state.schedule_steps
+    pbar.update(1)
+    if fit is not None:
+        fit.stepped(state.step)
+    state.tokens += tokens
+    clock.win_tokens += tokens
+
+
+def _log_step(state: LoopState, outcome: _Outcome, skipped: int, clock: Clock, report: _Report) -> None:
+    """The step's metrics row (loss, LR, throughput since the last row, MFU), also to TensorBoard and the bar."""
+    tps = clock.tokens_per_s()
+    row = {"step": state.step, "loss": round(outcome.loss, 5), "lr": outcome.lr, "tokens": state.tokens,
+           "tokens_per_s": round(tps, 1), "skipped": skipped, "decision": outcome.decision}
+    if outcome.grad_norm is not None:
+        row["grad_norm"] = round(outcome.grad_norm, 4)
+    if report.peak_tflops:
+        row["mfu"] = round(tps * report.flops_per_token / (report.peak_tflops * 1e12), 4)
+    report.metrics.log(**row)
+    report.tb.log(state.step, row)
+    report.pbar.set_postfix(loss=f"{outcome.loss:.3f}", tok_s=f"{tps:.0f}", refresh=False)
+    clock.open_window()
+
+
+def _evaluate(evaluate: Callable[[Any], dict[str, Any]], loss_mod: Any, state: LoopState, accelerator: Any,
+              report: _Report) -> None:
+    """Periodic evaluation on the main process (kept in the counters for the summary); the others wait."""
+    if report.main:
+        res = evaluate(accelerator.unwrap_model(loss_mod).model)
+        state.evals.append({"step": state.step, **res})
+        report.metrics.log(step=state.step, **res)
+        report.tb.log(state.step, res)
+    accelerator.wait_for_everyone()
+
+
+def _checkpoint_due(s: LoopSettings, step: int, clock: Clock) -> bool:
+    """Every checkpoint_every_steps steps or checkpoint_every_minutes minutes; never after the last step."""
+    due_steps = s.checkpoint_every_steps > 0 and step % s.checkpoint_every_steps == 0
+    due_time = s.checkpoint_every_minutes > 0 and time.time() - clock.last_ckpt_t >= s.checkpoint_every_minutes * 60
+    return (due_steps or due_time) and step < s.max_steps
+
+
+def _result(state: LoopState, guard: SpikeGuard, clock: Clock, size: _ModelSize, stop_reason: str,
+            resumed_from: int | None) -> dict[str, Any]:
+    """What train_loop returns: counters, throughput, why it stopped."""
+    total_seconds = clock.elapsed()
+    return {"steps": state.step, "tokens": state.tokens, "train_seconds": round(total_seconds, 2),
+            "tokens_per_s": round(state.tokens / max(total_seconds, 1e-9), 1), "skipped_steps": guard.skipped,
+            "grad_skipped_steps": guard.grad_skipped, "rollbacks": guard.rollbacks, "lr_scale": state.lr_scale,
+            "stop_reason": stop_reason, "resumed_from_step": resumed_from, "evals": state.evals,
+            "flops_per_token": size.flops_per_token, "schedule_steps": state.schedule_steps,
+            "trainable_params": size.trainable, "params": size.params}
