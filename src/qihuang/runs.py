@@ -240,24 +240,36 @@ def changed_fields(out: StageDir, config: Any, ignore: frozenset[str] = frozense
     return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
 
+def is_main_process() -> bool:
+    """False in the processes other than the first of a distributed launch (`accelerate launch`, `torchrun`: their
+    RANK > 0), which train but leave the stage's files to the first; True in a plain single process."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def run_stage(out: StageDir, config: Any, work: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
-    """Run one stage into `out` unless it is already done: record config, time it, write summary and `done`."""
+    """Run one stage into `out` unless it is already done: record config, time it, write summary and `done`. Under a
+    distributed launch every process runs `work`, the main one alone writes config, summary and `done`."""
     if out.is_done() and not force:
         summary = out.summary()
         summary["skipped"] = True
         return summary
-    if force and out.done_file.exists():
+    main = is_main_process()
+    if main and force and out.done_file.exists():
         out.done_file.unlink()
         # a killed run resumes from its checkpoints; a finished one being rebuilt must not (they belong to the
         # build being replaced: the demo's forced SFT once resumed at step 11 and trained twice its budget)
         shutil.rmtree(out.path / "checkpoints", ignore_errors=True)
-    out.begin(config)
+    if main:
+        out.begin(config)
+    else:
+        out.path.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     summary = work() or {}
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["process_peak_rss_mb"] = peak_rss_mb()
     release_memory()
-    out.finish(summary)
+    if main:
+        out.finish(summary)
     return summary
 
 

@@ -104,3 +104,35 @@ def test_full_dpo_uses_a_frozen_reference_copy(tmp_path: Path, tiny_model_dir: P
     s = run_stage(out, cfg, lambda: dpo(cfg, tiny_model_dir, out))
     assert s["adapter"] is None and s["trainable"]["trainable"] == s["trainable"]["total"]
     assert s["reward_margin_after"] > 0 and s["reward_accuracy_after"] > s["reward_accuracy_before"]
+
+
+@pytest.mark.slow
+def test_dpo_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo), 1 pair per process and 2 accumulation steps, against one
+    process with 4 pairs a step: the same pairs make each step's global batch, so the per-step DPO losses and the
+    saved weights agree up to float32 rounding; only the main process logs and writes."""
+    from tests.finetune.helpers import (
+        accelerate_launch, assert_loads, assert_same_losses, assert_same_weights, cpu_config, flags, step_losses,
+    )
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _pairs(40)), encoding="utf-8")
+    common = dict(max_steps=6, learning_rate=1e-2, max_length=128, heldout_fraction=0.2, lora_r=8, lora_dropout=0.0,
+                  save_steps=5, device="cpu")
+    single = StageDir(tmp_path / "single")
+    cfg = DPOConfig(data=[data], batch_size=4, **common)  # type: ignore[arg-type]
+    s = run_stage(single, cfg, lambda: dpo(cfg, tiny_model_dir, single))
+    ddp = tmp_path / "ddp"
+    args = ["dpo", "--model", str(tiny_model_dir), "--out", str(ddp), "--data", str(data),
+            *flags({**common, "batch_size": 1, "grad_accum": 2})]
+    run = accelerate_launch(cpu_config(tmp_path / "ddp.yaml", 2), args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    d = json.loads((ddp / "summary.json").read_text())
+    assert (d["processes"], d["global_batch"], s["processes"], s["global_batch"]) == (2, 4, 1, 4)
+    assert d["steps"] == s["steps"] == 6 and d["reward_accuracy_after"] == s["reward_accuracy_after"]
+    single_losses = step_losses(single.path)
+    assert single_losses[6] < single_losses[1]  # the steps compared do train
+    assert_same_losses(single_losses, step_losses(ddp), rel=1e-5)
+    assert_same_weights(single.path / "model", ddp / "model")
+    assert (ddp / "done").exists() and (ddp / "adapter" / "adapter_config.json").exists()
+    assert_loads(ddp / "model")

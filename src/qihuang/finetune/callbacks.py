@@ -10,17 +10,19 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from qihuang.finetune.distributed import agree
 from qihuang.runs import MetricsLog
 from qihuang.training.schedule import lr_at, steps_in_budget
 
 class LogToMetrics(TrainerCallback):  # type: ignore[misc]
-    """Copy the trainer's log lines (loss, lr, eval_loss, ...) into the stage's metrics.jsonl."""
+    """Copy the trainer's log lines (loss, lr, eval_loss, ...) into the stage's metrics.jsonl (from the main process:
+    under `accelerate launch` every process logs the same, gathered, values)."""
 
     def __init__(self, log: MetricsLog) -> None:
         self.log = log
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-        if logs:
+        if logs and state.is_world_process_zero:
             self.log.log(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))})
 
 
@@ -52,14 +54,18 @@ class TimeBudget(TrainerCallback):  # type: ignore[misc]
         now = time.time()
         if self.minutes is None:
             return control
+        fitted = None
         if state.global_step == 1:
             self.t1 = now
         elif self.fit_schedule and self.t1 is not None and kw.get("lr_scheduler") is not None:
             per_step = (now - self.t1) / (state.global_step - 1)
             left = self.minutes * 60 - (now - self.t0)
             fitted = steps_in_budget(state.global_step, per_step, left)
+        # under `accelerate launch` each process has its own clock: all follow the fewest steps and stop together
+        over, fitted = agree(now - self.t0 > self.minutes * 60, fitted)
+        if fitted is not None:
             self._fit(kw["lr_scheduler"], max(min(fitted, int(state.max_steps)), state.global_step + 1))
-        if now - self.t0 > self.minutes * 60:
+        if over:
             self.hit = True
             control.should_training_stop = True
             control.should_save = True

@@ -190,12 +190,14 @@ def to_dataset(examples: list[Example], packing: bool, max_length: int, stages: 
 class PackedCollator:
     """Right-pads rows into a batch. Packed rows (with `seq_lengths`) get position ids restarting at each dialogue
     and no attention mask, so transformers builds a block-diagonal causal mask (no attention across dialogues);
-    plain rows get an attention mask. Records the real (non-padding) tokens of each batch in `batch_tokens`
-    (the data loader may collate one batch ahead, so count only the batches actually trained on)."""
+    plain rows get an attention mask. Records the real (non-padding) tokens of each batch in `batch_tokens` while
+    `counting` (the data loader may collate one batch ahead, so count only the batches actually trained on; the
+    trainer turns counting off while it evaluates)."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
         self.batch_tokens: list[int] = []
+        self.counting = True
 
     @property
     def tokens(self) -> int:
@@ -213,7 +215,8 @@ class PackedCollator:
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         packed = "seq_lengths" in examples[0]
         extra = torch.zeros((len(examples), width), dtype=torch.long)
-        self.batch_tokens.append(sum(len(e["input_ids"]) for e in examples))
+        if self.counting:
+            self.batch_tokens.append(sum(len(e["input_ids"]) for e in examples))
         for i, e in enumerate(examples):
             n = len(e["input_ids"])
             ids[i, :n] = torch.tensor(e["input_ids"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from qihuang.config import ConfigError, check_ranges, data_file
 from qihuang.finetune.data import read_records
 from qihuang.placement import Device, Precision
 from qihuang.placement import resolve as resolve_placement
-from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
+from qihuang.runs import StageDir, is_main_process, run_stage, write_json, write_jsonl
 from qihuang.template import (
     Message, TemplateError, chat_defaults, encode_prompt, encode_text, render, to_messages,
 )
@@ -67,7 +68,6 @@ class DPOConfig:
     max_minutes: float | None = None
     """Time budget for training in minutes."""
     fit_schedule: bool = True
-    """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (as SFT and pretrain)."""
     """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (as SFT and pretrain)."""
     chat_template: str = "auto"
     """Chat template: auto (the model's own), chatml, llama2, ziya (HuangDI's `<human>:`/`<bot>:`) or a .jinja
@@ -220,33 +220,10 @@ def preference_metrics(ref: list[tuple[float, float]], policy: list[tuple[float,
             "logp_margin": round(sum(pc - pr for pc, pr in policy) / n, 4)}
 
 
-def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
-    """Write out.path/'model' (merged)."""
-    from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
-    from qihuang.finetune.outputs import copy_model, load_start_model, save_trained
-
-    out.path.mkdir(parents=True, exist_ok=True)
-    if not cfg.enabled:
-        copy_model(Path(model_dir), out.path / "model")
-        write_json(out.path / "lineage.json", {"stage": "dpo", "base": str(model_dir), "adapter": None,
-                                               "model": "model", "method": "passthrough", "data": []})
-        return {"enabled": False, "model": str(out.path / "model"), "passthrough_of": str(model_dir)}
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import DPOConfig as TrlDPOConfig
-    from trl import DPOTrainer
-
-    from qihuang import chat_templates
-    from qihuang.progress import enabled as progress_enabled
-
-    set_seed(cfg.seed)
-    placement = resolve_placement(cfg.device, cfg.precision, "dpo")
-    model, tokenizer, start = load_start_model(Path(model_dir), placement.load_dtype(cfg.method))
-    model = placement.place(model)
-    chat_templates.apply(tokenizer, cfg.chat_template)
-    system = cfg.system_prompt or chat_defaults(model_dir).get("system_prompt")
+def _split_pairs(cfg: DPOConfig, tokenizer: Any, system: str | None, out: StageDir
+                 ) -> tuple[list[Pair], list[Pair], list[dict[str, Any]], list[Path]]:
+    """(training pairs, held-out pairs, rejects, data files): checked, shuffled with the seed, held out (eval_data or
+    a split), rejects listed in out.path/rejects.jsonl; ConfigError when no pair is left to train on."""
     paths = list(cfg.data) or [data_file(DEFAULT_PAIRS)]
     pairs, rejects = load_pairs(paths, tokenizer, cfg.max_length, system)
     random.Random(cfg.seed).shuffle(pairs)
@@ -257,21 +234,32 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         n_held = round(len(pairs) * cfg.heldout_fraction)
         held, pairs = pairs[:n_held], pairs[n_held:]
     train = pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
-    held = held[: cfg.eval_pairs]
-    write_jsonl(out.path / "rejects.jsonl", rejects)
+    if is_main_process():
+        write_jsonl(out.path / "rejects.jsonl", rejects)
     if not train:
         raise ConfigError(f"dpo data: no usable pair in {[str(p) for p in paths]} ({len(rejects)} rejected)")
-    reasons: dict[str, int] = {}
-    for r in rejects:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    ref_scores = score_pairs(model, tokenizer, held, cfg.max_length) if held else []
+    return train, held[: cfg.eval_pairs], rejects, paths
+
+
+def _dpo_trainer(cfg: DPOConfig, model: Any, tokenizer: Any, train: list[Pair], out: StageDir, placement: Any
+                 ) -> Any:
+    """trl's DPOTrainer on `placement`: LoRA (reference = adapter off) or full (reference = a frozen copy of the
+    start model, which may have been merged in memory); metrics and the time budget as callbacks."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig as TrlDPOConfig
+    from trl import DPOTrainer
+
+    from qihuang.finetune.callbacks import LogToMetrics, TimeBudget
+    from qihuang.progress import enabled as progress_enabled
+
     args = TrlDPOConfig(
-        output_dir=str(out.path / "checkpoints"), **placement.trainer_args(), gradient_checkpointing=False, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1, beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
-        truncation_mode="keep_start", logging_steps=max(1, min(10, cfg.save_steps // 5)), save_strategy="steps",
-        save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, report_to=[],
-        disable_tqdm=not progress_enabled(),
+        output_dir=str(out.path / "checkpoints"), **placement.trainer_args(), gradient_checkpointing=False,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, beta=cfg.beta,
+        loss_type=[cfg.loss_type], max_length=cfg.max_length, truncation_mode="keep_start",
+        logging_steps=max(1, min(10, cfg.save_steps // 5)), save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=1, seed=cfg.seed, report_to=[], disable_tqdm=not progress_enabled(),
         dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.05,
     )
     model.config.use_cache = False
@@ -280,15 +268,53 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         targets: Any = "all-linear" if cfg.lora_targets == ["all-linear"] else list(cfg.lora_targets)
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=targets, task_type="CAUSAL_LM")
-    # full fine-tuning: the reference is a frozen copy of the start model (which may have been merged in memory)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.method == "full" else None
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
-                         train_dataset=Dataset.from_list([p.row() for p in train]),
-                         processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, 0.05)])
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).exists() else None
+    return DPOTrainer(model=model, ref_model=ref_model, args=args,
+                      train_dataset=Dataset.from_list([p.row() for p in train]),
+                      processing_class=tokenizer, peft_config=peft_config,
+                      callbacks=[LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, 0.05)])
+
+
+def _passthrough(model_dir: Path, out: StageDir) -> dict[str, Any]:
+    """The disabled stage: the input model copied through unchanged (by the main process)."""
+    from qihuang.finetune.outputs import copy_model
+
+    if is_main_process():
+        copy_model(Path(model_dir), out.path / "model")
+        write_json(out.path / "lineage.json", {"stage": "dpo", "base": str(model_dir), "adapter": None,
+                                               "model": "model", "method": "passthrough", "data": []})
+    return {"enabled": False, "model": str(out.path / "model"), "passthrough_of": str(model_dir)}
+
+
+def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
+    """Write out.path/'model' (merged). Under `accelerate launch` every process trains (DDP) and the main one
+    scores the held-out pairs and writes the outputs."""
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from qihuang import chat_templates
+    from qihuang.finetune.callbacks import plot_losses, trainable_summary
+    from qihuang.finetune.distributed import from_main, warn_mode
+    from qihuang.finetune.outputs import load_start_model, save_trained
+
+    out.path.mkdir(parents=True, exist_ok=True)
+    if not cfg.enabled:
+        return _passthrough(model_dir, out)
+    set_seed(cfg.seed)
+    placement = resolve_placement(cfg.device, cfg.precision, "dpo")
+    model, tokenizer, start = load_start_model(Path(model_dir), placement.load_dtype(cfg.method))
+    model = placement.place(model)
+    chat_templates.apply(tokenizer, cfg.chat_template)
+    system = cfg.system_prompt or chat_defaults(model_dir).get("system_prompt")
+    train, held, rejects, paths = _split_pairs(cfg, tokenizer, system, out)
+    scored = held if is_main_process() else []  # the held-out scores only go into the main process's summary
+    ref_scores = score_pairs(model, tokenizer, scored, cfg.max_length) if scored else []
+    trainer = _dpo_trainer(cfg, model, tokenizer, train, out, placement)
+    warn_mode(trainer, out.metrics())
+    ckpt_dir = out.path / "checkpoints"
+    last = from_main(get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None)
     result = trainer.train(resume_from_checkpoint=last)
-    policy_scores = score_pairs(trainer.model, tokenizer, held, cfg.max_length) if held else []
+    policy_scores = score_pairs(trainer.model, tokenizer, scored, cfg.max_length) if scored else []
     before = preference_metrics(ref_scores, ref_scores, cfg.beta)
     after = preference_metrics(ref_scores, policy_scores, cfg.beta)
     trainable = trainable_summary(trainer.model)
@@ -298,14 +324,17 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         plot_losses(trainer.state.log_history, out.path / "loss.png", "DPO")
     summary = {
         "enabled": True, "start": start, "method": cfg.method, "data": [str(p) for p in paths], **saved,
-        "train_pairs": len(train), "heldout_pairs": len(held), "rejected": reasons, "n_rejected": len(rejects),
+        "train_pairs": len(train), "heldout_pairs": len(held), "rejected": dict(Counter(r["reason"] for r in rejects)),
+        "n_rejected": len(rejects),
         **{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()},
         "train_reward_accuracy_last": _last(trainer.state.log_history, "rewards/accuracies"),
         "steps": trainer.state.global_step, "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
         "resumed_from": last, "beta": cfg.beta, "trainable": trainable, "device": placement.device,
-        "precision": placement.precision,
+        "precision": placement.precision, "processes": trainer.accelerator.num_processes,
+        "global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
-    out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    if is_main_process():
+        out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     return summary
 
 

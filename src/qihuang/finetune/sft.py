@@ -13,10 +13,11 @@ from qihuang.config import ConfigError, check_ranges
 from qihuang.finetune.data import (
     Example, LoadReport, PackedCollator, curriculum, label_tokens, load_examples, mix, split_validation, to_dataset,
 )
+from qihuang.finetune.loss import plain_loss_trainer
 from qihuang.finetune.outputs import load_start_model, save_trained
 from qihuang.placement import Device, Placement, Precision
 from qihuang.placement import resolve as resolve_placement
-from qihuang.runs import StageDir, run_stage, write_json, write_jsonl
+from qihuang.runs import StageDir, is_main_process, run_stage, write_json, write_jsonl
 from qihuang.template import Message, prompt_and_answer
 from qihuang.textmetrics import rouge_l
 
@@ -172,7 +173,8 @@ def build_data(cfg: SFTConfig, tokenizer: Any, out_dir: Path) -> tuple[list[Exam
     train = curriculum(train, cfg.curriculum_stages, cfg.seed)
     if not train:
         raise ConfigError(f"data: no usable training dialogue (rejected: {dict(report.reasons)})")
-    write_jsonl(out_dir / "rejects.jsonl", report.rejects)
+    if is_main_process():
+        write_jsonl(out_dir / "rejects.jsonl", report.rejects)
     scored = sum(e.difficulty is not None for e in train)
     summary = {**report.summary(), "train_dialogues": len(train), "val_dialogues": len(val),
                "train_tokens": sum(len(e.input_ids) for e in train), "train_label_tokens": label_tokens(train),
@@ -203,50 +205,6 @@ def _lora_config(cfg: SFTConfig, tokenizer: Any, model: Any) -> Any:
         kwargs.update(layers_to_transform=list(range(n_layers - cfg.lora_layers, n_layers)), layers_pattern="layers")
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", **kwargs)
-
-
-LOSS_CHUNK_TOKENS = 1024
-"""Scored tokens whose logits are computed at once in the SFT loss (recomputed in backward)."""
-
-
-def scored_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-    """The causal-LM loss of a batch as the model's own (summed over scored tokens, divided by
-    `num_items_in_batch` or by their count), computed from the decoder's hidden states with the LM head applied
-    only to the scored positions, in chunks (`training.loss.causal_lm_nll`): SFT scores the answers, a small
-    share of each retrieval prompt, so the [tokens x vocabulary] logits are never built — less memory and less
-    compute than the model's forward."""
-    import torch
-
-    from qihuang.training.loss import IGNORE, causal_lm_nll
-
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
-    text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(text_config, "final_logit_softcapping", None):  # Gemma: the head's output is transformed first
-        extra = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
-        return model(input_ids=inputs["input_ids"], labels=inputs["labels"], **kwargs, **extra).loss
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
-    hidden = decoder(input_ids=inputs["input_ids"], use_cache=False, **kwargs).last_hidden_state
-    labels = inputs["labels"]
-    targets = torch.full_like(labels, IGNORE)
-    targets[:, :-1] = labels[:, 1:]
-    total = causal_lm_nll(head, hidden, targets, LOSS_CHUNK_TOKENS)
-    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
-    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
-
-
-def plain_loss_trainer(base: type) -> type:
-    """`base` (trl's SFTTrainer) with the model's own loss (`scored_loss`): trl's fused LM-head loss reads
-    `lm_head.weight` directly and so misses (and crashes on) peft's trainable-token rows for an extended
-    vocabulary, and its entropy / token-accuracy logging costs as much as the step itself on CPU."""
-
-    class PlainLossSFTTrainer(base):  # type: ignore[misc, valid-type]
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            loss = scored_loss(model, inputs, num_items_in_batch)
-            return (loss, {"loss": loss}) if return_outputs else loss
-
-    return PlainLossSFTTrainer
 
 
 def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any, ckpt_dir: Path,
@@ -299,14 +257,42 @@ def _rouge(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], s
     return round(sum(rouge_l(a, ref) for a, (_, ref) in zip(answers, pairs)) / len(pairs), 4)
 
 
+def _probe_losses(trainer: Any, probe_ds: Any, use_val: bool) -> dict[str, float | None]:
+    """Validation loss (None without validation data) and the loss on a probe of training dialogues."""
+    return {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
+            "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+
+
+def _train(trainer: Any, cfg: SFTConfig, ckpt_dir: Path, use_val: bool) -> tuple[Any, str | None, int]:
+    """(train result, checkpoint resumed from, real tokens trained on by all processes): resumed from the last
+    checkpoint that the main process sees, early stopping only around training (not the before/after probes), and
+    under `accelerate launch` the model wrapped for DDP after the evaluations before training."""
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from qihuang.finetune.distributed import from_main, total, wrap_after_evaluate
+
+    last = from_main(get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None)
+    wrap_after_evaluate(trainer)
+    if use_val and cfg.early_stopping_patience > 0:
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer.qihuang_collator.batch_tokens = []
+    first_step = trainer.state.global_step
+    result = trainer.train(resume_from_checkpoint=last)
+    steps_run = trainer.state.global_step - (int(last.rsplit("-", 1)[1]) if last else first_step)
+    tokens = total(trainer.qihuang_collator.trained_tokens(steps_run * cfg.grad_accum))
+    trainer.remove_callback(EarlyStoppingCallback)
+    return result, last, tokens
+
+
 def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     """Write out.path/'model' (merged) and out.path/'adapter'."""
     import torch
-    from transformers import EarlyStoppingCallback, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import set_seed
 
     from qihuang import chat_templates
     from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
+    from qihuang.finetune.distributed import warn_mode
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)
@@ -318,26 +304,17 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     val_ds = to_dataset(val, cfg.packing, cfg.max_length, 0) if val else None
     probe = train[: min(max(len(val), 8), 64)]
     probe_ds = to_dataset(probe, cfg.packing, cfg.max_length, 0)
-    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples else []
+    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples and is_main_process() else []  # the others would repeat it
     ckpt_dir = out.path / "checkpoints"
     use_val = val_ds is not None
     callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, cfg.warmup)]
     trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks, placement)
+    warn_mode(trainer, out.metrics())
     base_model = trainer.model
     rouge_before = _rouge(base_model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
-    before = {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
-              "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
-    if use_val and cfg.early_stopping_patience > 0:  # only around training, not the before/after probes
-        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer.qihuang_collator.batch_tokens = []
-    first_step = trainer.state.global_step
-    result = trainer.train(resume_from_checkpoint=last)
-    steps_run = trainer.state.global_step - (int(last.rsplit("-", 1)[1]) if last else first_step)
-    tokens = trainer.qihuang_collator.trained_tokens(steps_run * cfg.grad_accum)
-    trainer.remove_callback(EarlyStoppingCallback)
-    after = {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
-             "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+    before = _probe_losses(trainer, probe_ds, use_val)
+    result, last, tokens = _train(trainer, cfg, ckpt_dir, use_val)
+    after = _probe_losses(trainer, probe_ds, use_val)
     rouge_after = _rouge(trainer.model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
     state = trainer.state
     runtime = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
@@ -357,10 +334,12 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         "stopped_early": state.global_step < state.max_steps, "train_seconds": round(runtime, 1),
         "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1), "packing": cfg.packing,
         "trainable": trainable, "threads": torch.get_num_threads(), "device": placement.device,
-        "precision": placement.precision,
+        "precision": placement.precision, "processes": trainer.accelerator.num_processes,
+        "global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
-    out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    write_json(out.path / "sft_summary.json", summary)
+    if is_main_process():
+        out.metrics().log(event="summary", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        write_json(out.path / "sft_summary.json", summary)
     return summary
 
 

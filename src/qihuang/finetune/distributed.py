@@ -1,0 +1,96 @@
+"""What the SFT and DPO stages need to train as one under `accelerate launch` (DDP): the model wrapped for training
+after an evaluation, decisions taken once for all processes (resume point, time budget), and the model found
+inside its wrapper. In a single process every helper is the identity."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def from_main(value: T) -> T:
+    """The main process's `value` on every process (a picklable object: a checkpoint path, a decision)."""
+    if _world() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def agree(over: bool, fitted: int | None) -> tuple[bool, int | None]:
+    """(any process over its time budget, the fewest steps any process's budget allows): what every process of a
+    time-budgeted run follows, so that they stop at the same step on the same LR schedule. `fitted` must be None on
+    all processes or on none."""
+    if _world() == 1:
+        return over, fitted
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather
+
+    mine = torch.tensor([[float(over), float(fitted if fitted is not None else 0)]], dtype=torch.float64,
+                        device=PartialState().device)
+    every = gather(mine).reshape(-1, 2)
+    return bool(every[:, 0].max() > 0), (int(every[:, 1].min()) if fitted is not None else None)
+
+
+def wrap_after_evaluate(trainer: Any) -> None:
+    """Let `trainer.train()` wrap the model in DDP after a `trainer.evaluate()`. The evaluation has accelerate
+    prepare the model for evaluation (no wrapper) and mark it prepared, and the training's prepare then hands it back
+    unwrapped (accelerate 1.15, transformers 5.24): the processes' gradients were never averaged, each process
+    trained its own copy on its own shard of the data and the main one saved its copy. FSDP and DeepSpeed wrap at
+    evaluation already; one process has nothing to wrap."""
+    model = trainer.model
+    if (trainer.accelerator.num_processes == 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+            or trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False)):
+        return
+    model._is_accelerate_prepared = False
+    trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
+
+
+def inner(model: Any) -> Any:
+    """The model inside a DistributedDataParallel wrapper (the model itself when not wrapped)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def total(count: int) -> int:
+    """`count` summed over the processes (tokens each one trained on)."""
+    if _world() == 1:
+        return count
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather
+
+    return int(gather(torch.tensor([count], dtype=torch.int64, device=PartialState().device)).sum())
+
+
+def mode_warning(trainer: Any) -> str | None:
+    """Why the trainer does not run the sharding that `accelerate launch` was asked for (None when it does):
+    accelerate (1.15) selects FSDP only on an accelerator, so on the CPU an FSDP config silently trains in plain
+    DDP (MULTI_CPU, gloo), every process holding the whole model."""
+    import os
+
+    asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(env, "false").lower() == "true"]
+    runs = trainer.accelerator.distributed_type
+    if not asked or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return None
+    return f"accelerate launch asked for {asked[0]} but the trainer runs {runs.value} (replicated model, no sharding)"
+
+
+def warn_mode(trainer: Any, metrics: Any) -> None:
+    """Log `mode_warning` (if any) to the stage's metrics from the main process, and as a Python warning."""
+    import warnings
+
+    message = mode_warning(trainer)
+    if message and trainer.is_world_process_zero():
+        warnings.warn(message, stacklevel=2)
+        metrics.log(event="warning", message=message)
