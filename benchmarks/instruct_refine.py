@@ -18,6 +18,7 @@ Ends with: RESULT instruct_refine <pairs/s> pairs/s baseline=<pairs/s> ratio=<x>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import resource
@@ -28,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from qihuang.instruct.records import Pair  # noqa: E402
-from qihuang.instruct.refine import RefineParams, check_pair, normalize, refine  # noqa: E402
+from qihuang.instruct.refine import check_pair, normalize, refine  # noqa: E402
+from qihuang.instruct.settings import RefineSettings  # noqa: E402
 from qihuang.textmetrics import char_ngrams, content_chars, ngram_coverage  # noqa: E402
 
 
@@ -97,15 +99,16 @@ def synth_pairs(passages: dict[str, str], total: int, rng: random.Random) -> lis
     return pairs
 
 
-def baseline(pairs: list[Pair], contexts: dict[str, str], rp: RefineParams, sample: int, n_total: int
+def baseline(pairs: list[Pair], contexts: dict[str, str], rp: RefineSettings, sample: int, n_total: int
              ) -> tuple[float, str]:
     """Naive single-process refine on `sample` pairs; extrapolated pairs/s at n_total (see module docstring)."""
     sub = pairs[:sample]
     t0 = time.perf_counter()
     kept_sets: list[set[str]] = []
+    no_grounding = dataclasses.replace(rp, grounding_threshold=0.0)  # grounding is in [0, 1]: every pair passes
     for p in sub:
         ctx = contexts[p.passage_id]
-        ok, _ = check_pair(p, ctx, RefineParams(**{**rp.__dict__, "grounding_threshold": -1.0}))
+        ok, _ = check_pair(p, ctx, no_grounding)
         if ok:  # grounding again with the DP LCS the naive way
             a, c = content_chars(p.answer), content_chars(ctx)
             g = 0.5 * ngram_coverage(p.answer, ctx, 2, cache=False) + 0.5 * lcs_length_dp(a, c) / max(1, len(a))
@@ -144,7 +147,7 @@ def main() -> None:
     passages = synth_passages(args.passages, rng)
     pairs = synth_pairs(passages, args.pairs, rng)
     print(f"synthesized {len(pairs):,} pairs over {len(passages):,} passages in {time.perf_counter() - t0:.1f}s")
-    rp = RefineParams()
+    rp = RefineSettings()
     base_rate, note = baseline(pairs, passages, rp, args.baseline_sample, len(pairs))
     print(note)
     r0s, r0c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -89,6 +89,29 @@ def test_every_field_documented() -> None:
     assert all(f.name in docs for f in dataclasses.fields(InstructConfig))
 
 
+def test_refine_and_teacher_settings_are_the_config() -> None:
+    """The refine thresholds and teacher settings are declared once (RefineSettings, TeacherSettings) and inherited:
+    recipe keys and flags stay flat, their --help is the field's docstring, and the machinery takes the config."""
+    from qihuang.config import field_docs
+    from qihuang.instruct.settings import RefineSettings, TeacherSettings
+
+    cfg = from_mapping(InstructConfig, {"grounding_threshold": 0.4, "teacher_url": "http://127.0.0.1:9/v1",
+                                        "temperature": 0.2, "max_tokens": 99})
+    assert isinstance(cfg, RefineSettings) and isinstance(cfg, TeacherSettings)
+    assert cfg.grounding_threshold == 0.4 and cfg.params == {"temperature": 0.2, "max_tokens": 99}
+    own = {f.name for f in dataclasses.fields(InstructConfig)}
+    for part in (RefineSettings, TeacherSettings):
+        names = {f.name for f in dataclasses.fields(part)}
+        assert names <= own and not names & set(InstructConfig.__annotations__)  # inherited, not redeclared
+        assert all(field_docs(part)[n] == field_docs(InstructConfig)[n] for n in names)
+    help_text = CliRunner().invoke(instruct_cli, ["refine", "--help"]).output
+    assert "--grounding-threshold" in help_text and "--teacher-url" in help_text
+    with pytest.raises(ConfigError, match="instruct.grounding_threshold"):
+        RefineSettings(grounding_threshold=1.5)
+    with pytest.raises(ConfigError, match="instruct.rpm"):
+        InstructConfig(rpm=0)
+
+
 def test_max_pairs_and_type_targets(tmp_path: Path, passages_file: Path, base_cfg: InstructConfig) -> None:
     cfg = dataclasses.replace(base_cfg, max_pairs=12, heldout_fraction=0.0, general_ratio=0.0,
                               type_targets=["原文填空=0.5"], pairs_per_passage=6)

@@ -7,10 +7,11 @@ from collections import Counter
 import pytest
 
 from qihuang.instruct.records import Pair
-from qihuang.instruct.refine import RefineParams, allocate, balance, check_pair, refine
+from qihuang.instruct.refine import allocate, balance, check_pair, refine
+from qihuang.instruct.settings import RefineSettings
 
 CTX = "《拟诊法心法》论脉浮\n浮脉者，举之有余，按之不足，如水漂木也。浮而有力为表实，浮而无力为表虚。浮紧者伤寒，浮缓者伤风。"
-RP = RefineParams()
+RP = RefineSettings()
 
 
 def mk(q: str, a: str, t: str = "名词概念", pid: str = "p1", cat: str = "诊法") -> Pair:

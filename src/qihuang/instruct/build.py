@@ -14,7 +14,7 @@ from qihuang.instruct.card import write_card
 from qihuang.instruct.integrate import heldout_records, integrate, load_general, mix, split_heldout, to_alpaca
 from qihuang.instruct.offline import Lexicon, generate_offline
 from qihuang.instruct.records import Pair, Passage, load_passages
-from qihuang.instruct.refine import RefineParams, balance, reasons, refine
+from qihuang.instruct.refine import balance, reasons, refine
 from qihuang.instruct.settings import InstructConfig
 from qihuang.retrieval import PassageIndex
 from qihuang.runs import MetricsLog, StageDir, read_jsonl, write_jsonl
@@ -31,12 +31,6 @@ def resolve_data(path: str | Path) -> Path:
             raise ConfigError(f"data file {p} does not exist")
         return p
     return data_file(str(path))
-
-
-def refine_params(cfg: InstructConfig) -> RefineParams:
-    return RefineParams(min_answer=cfg.min_answer, max_answer=cfg.max_answer, max_question=cfg.max_question,
-                        grounding_threshold=cfg.grounding_threshold, grounding_n=cfg.grounding_n,
-                        dedup_threshold=cfg.dedup_threshold)
 
 
 def _check_ids(passages: list[Passage], path: Path) -> dict[str, Passage]:
@@ -99,7 +93,7 @@ def refine_step(cfg: InstructConfig, passages: list[Passage], out_dir: Path, log
     pairs = [Pair.from_dict(d) for d in read_jsonl(gen_path)]
     rejects = list(read_jsonl(out_dir / GEN_REJECTS)) if (out_dir / GEN_REJECTS).exists() else []
     t0 = time.time()
-    kept, rej = refine(pairs, contexts.get, refine_params(cfg), workers=cfg.workers)
+    kept, rej = refine(pairs, contexts.get, cfg, workers=cfg.workers)
     rejects += rej
     log.log(step="refine", pairs_in=len(pairs), kept=len(kept), seconds=round(time.time() - t0, 2))
     if cfg.teacher_judge:

@@ -15,11 +15,11 @@ import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from qihuang.instruct.records import Pair, reject
+from qihuang.instruct.settings import RefineSettings
 from qihuang.minhash import NearDupIndex
 from qihuang.textmetrics import char_ngrams, content_chars, lcs_length, passage_index
 
@@ -35,21 +35,6 @@ TYPE_WEIGHT: dict[str, float] = {
     "原文释义": 0.7, "治法": 0.8, "病机证候": 0.9, "比较辨析": 1.0, "追问": 0.6,
 }
 """Base difficulty per task type (used by `difficulty`); unknown types count 0.5."""
-
-
-@dataclass
-class RefineParams:
-    """Thresholds of the refine step (built from InstructConfig)."""
-
-    min_question: int = 4
-    max_question: int = 300
-    min_answer: int = 2
-    max_answer: int = 1500
-    min_cjk: float = 0.5
-    grounding_threshold: float = 0.3
-    grounding_n: int = 2
-    dedup_threshold: float = 0.85
-    num_perm: int = 64
 
 
 def check_schema(p: Pair) -> Check:
@@ -76,7 +61,7 @@ def check_brackets(p: Pair) -> Check:
 _LATIN = re.compile(r"[A-Za-z0-9]")
 
 
-def _check(p: Pair, context: str | None, rp: RefineParams) -> tuple[str, str, str]:
+def _check(p: Pair, context: str | None, rp: RefineSettings) -> tuple[str, str, str]:
     """(reason or "", cleaned question, cleaned answer): all checks, each string cleaned once (hot path)."""
     ok, reason = check_schema(p)
     if not ok:
@@ -118,7 +103,7 @@ def _check(p: Pair, context: str | None, rp: RefineParams) -> tuple[str, str, st
     return "", qc, ac
 
 
-def check_pair(p: Pair, context: str | None, rp: RefineParams) -> Check:
+def check_pair(p: Pair, context: str | None, rp: RefineSettings) -> Check:
     """All per-pair checks in order (schema, language, length, copy, boilerplate, brackets, grounding);
     the first failure's reason. Sets `p.grounding` and `p.difficulty` when it gets that far."""
     reason, _, _ = _check(p, context, rp)
@@ -146,7 +131,7 @@ def signatures(cleaned: list[tuple[str, str]], num_perm: int) -> np.ndarray:
     return minhash_rows(hashes, num_perm, seed=1)
 
 
-Chunk = tuple[list[Pair], dict[str, str], RefineParams]
+Chunk = tuple[list[Pair], dict[str, str], RefineSettings]
 
 
 Result = tuple[list[tuple[str, str, float | None, float | None]], np.ndarray]
@@ -171,7 +156,7 @@ def _work(args: Chunk) -> Result:
 
 
 def _chunks(pairs: Iterable[Pair], context_of: Callable[[str], str | None], size: int,
-            rp: RefineParams) -> Iterator[Chunk]:
+            rp: RefineSettings) -> Iterator[Chunk]:
     buf: list[Pair] = []
     for p in pairs:
         buf.append(p)
@@ -200,7 +185,7 @@ def _bounded_map(pool: ProcessPoolExecutor | None, jobs: Iterator[Chunk], ahead:
         yield j, f.result()
 
 
-def refine(pairs: Iterable[Pair], context_of: Callable[[str], str | None], rp: RefineParams, workers: int = 1,
+def refine(pairs: Iterable[Pair], context_of: Callable[[str], str | None], rp: RefineSettings, workers: int = 1,
            chunk: int = 2000, on_progress: Callable[[int], None] | None = None) -> tuple[list[Pair], list[dict]]:
     """Filter pairs; returns (kept, rejects). Duplicates keep the first occurrence in input order."""
     kept: list[Pair] = []

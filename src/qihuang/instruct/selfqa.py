@@ -20,7 +20,6 @@ from qihuang.instruct.teacher import (
     ResponseCache,
     TeacherClient,
     TeacherError,
-    TeacherSettings,
     TeacherUnreachable,
     cache_key,
 )
@@ -28,15 +27,6 @@ from qihuang.runs import MetricsLog
 
 _TYPE_ALIASES = {"白话翻译": "原文释义", "翻译": "原文释义", "释义": "原文释义", "方剂组成与功效": "方剂组成",
                  "药物性味归经与主治": "药物性味", "病机": "病机证候", "证候": "病机证候", "概念": "名词概念"}
-
-
-def settings_from(cfg: InstructConfig) -> TeacherSettings:
-    assert cfg.teacher_url
-    return TeacherSettings(
-        base_url=cfg.teacher_url, model=cfg.teacher_model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-        rpm=cfg.rpm, tpm=cfg.tpm, timeout=cfg.timeout, max_retries=cfg.max_retries, backoff=cfg.backoff,
-        params={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
-    )
 
 
 def _task_type(t: str | None) -> str:
@@ -116,7 +106,7 @@ async def _drive(passages: list[Passage], client: TeacherClient, work: Callable[
 
 async def _selfqa(cfg: InstructConfig, passages: list[Passage], cache: ResponseCache, log: MetricsLog | None
                   ) -> tuple[list[Pair], list[dict[str, Any]], dict[str, Any]]:
-    client = TeacherClient(settings_from(cfg), cache)
+    client = TeacherClient(cfg, cache)
 
     async def work(_: int, p: Passage) -> tuple[list[Pair], list[dict[str, Any]]]:
         msgs = selfqa_messages(p, cfg.pairs_per_passage)
@@ -176,7 +166,7 @@ def judge_pairs(cfg: InstructConfig, pairs: list[Pair], pmap: dict[str, Passage]
     cache = ResponseCache(Path(cfg.cache_dir or out_dir / "teacher_cache") / "judge")
 
     async def go() -> tuple[list[Any], str | None]:
-        client = TeacherClient(settings_from(cfg), cache)
+        client = TeacherClient(cfg, cache)
         sources = [pmap[p.passage_id] for p in todo]
         verdicts: dict[int, bool | None] = {}
 

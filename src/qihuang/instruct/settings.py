@@ -1,9 +1,16 @@
-"""`InstructConfig`: every knob of the instruct stage (generators, teacher, refine thresholds, mixing)."""
+"""`InstructConfig`: every knob of the instruct stage (generators, teacher, refine thresholds, mixing).
+
+The refine thresholds (`RefineSettings`) and the teacher's connection and pacing (`TeacherSettings`) are declared
+once, here, and `InstructConfig` inherits them: recipes and flags keep their flat keys (`grounding_threshold`,
+`--teacher-url`), and `refine()` / `TeacherClient` receive the config itself (or a bare `RefineSettings()` /
+`TeacherSettings(...)` in tests and benchmarks), so a new setting is one field with its docstring.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from qihuang import rag
 from qihuang.config import ConfigError, check_ranges
@@ -12,8 +19,82 @@ OFFLINE_GENERATORS = ("attribution", "section_book", "clauses", "formula", "herb
 
 
 @dataclass
-class InstructConfig:
-    """How instruction data is generated, refined, integrated and mixed."""
+class RefineSettings:
+    """Thresholds of the refine step (`qihuang.instruct.refine`)."""
+
+    grounding_threshold: float = 0.3
+    """Minimum grounding score (n-gram + LCS support of the answer by its passage) to keep a pair; a faithful
+    modern paraphrase of a classical passage scores about 0.3–0.6, an off-passage answer below 0.15."""
+    grounding_n: int = 2
+    """Character n-gram size of the grounding score."""
+    dedup_threshold: float = 0.85
+    """MinHash Jaccard threshold above which a pair is a near duplicate of an earlier one."""
+    min_answer: int = 2
+    """Minimum answer length (content characters)."""
+    max_answer: int = 1500
+    """Maximum answer length (content characters)."""
+    max_question: int = 300
+    """Maximum question length (content characters)."""
+    min_question: ClassVar[int] = 4
+    """Minimum question length (content characters); fixed, not a setting."""
+    min_cjk: ClassVar[float] = 0.5
+    """Minimum share of Chinese characters in the cleaned question and answer; fixed, not a setting."""
+    num_perm: ClassVar[int] = 64
+    """MinHash permutations of the near-duplicate check; fixed, not a setting."""
+
+    def __post_init__(self) -> None:
+        check_ranges("instruct", self, grounding_threshold=(0.0, 1.0, False), dedup_threshold=(0.0, 1.0, False),
+                     grounding_n=(1, None, False))
+        if self.min_answer > self.max_answer:
+            raise ConfigError(f"min_answer ({self.min_answer}) > max_answer ({self.max_answer})")
+
+
+@dataclass
+class TeacherSettings:
+    """Connection and pacing of the teacher (`qihuang.instruct.teacher.TeacherClient`)."""
+
+    teacher_url: str | None = None
+    """Base URL of an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1); unset: offline only."""
+    teacher_model: str = "gpt-4o-mini"
+    """Teacher model name."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the teacher's API key (never logged)."""
+    concurrency: int = 32
+    """Teacher requests in flight at most."""
+    rpm: int = 3000
+    """Teacher requests per minute at most."""
+    tpm: int = 2_000_000
+    """Teacher tokens per minute at most (estimated before, corrected after each request)."""
+    timeout: float = 60.0
+    """Seconds before a teacher request times out (then retried)."""
+    max_retries: int = 5
+    """Retries per request on timeouts, connection errors, 429 and 5xx."""
+    backoff: float = 1.0
+    """Base seconds of exponential back-off (doubled each retry, with jitter)."""
+    temperature: float = 0.7
+    """Teacher sampling temperature."""
+    max_tokens: int = 1500
+    """Teacher completion token limit."""
+    max_backoff: ClassVar[float] = 30.0
+    """Longest back-off between retries in seconds (a server's Retry-After is capped to it too); fixed."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Sampling parameters sent with every request (and part of the response cache key)."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def __post_init__(self) -> None:
+        positive = (1, None, False)
+        check_ranges("instruct", self, concurrency=positive, rpm=positive, tpm=positive, max_tokens=positive,
+                     max_retries=(0, None, False), timeout=(0, None, True), backoff=(0, None, False))
+        if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
+            raise ConfigError(f"teacher_url must start with http:// or https://, got {self.teacher_url!r}")
+
+
+@dataclass
+class InstructConfig(RefineSettings, TeacherSettings):
+    """How instruction data is generated, refined, integrated and mixed (the refine thresholds and the teacher's
+    settings are inherited from `RefineSettings` and `TeacherSettings`)."""
 
     seed: int = 0
     """Random seed (template choice, held-out split, dialogue grouping, mixing)."""
@@ -29,19 +110,6 @@ class InstructConfig:
     empty to disable."""
     heldout_fraction: float = 0.05
     """Share of passages whose pairs go to heldout_qa.jsonl (never to train)."""
-    grounding_threshold: float = 0.3
-    """Minimum grounding score (n-gram + LCS support of the answer by its passage) to keep a pair; a faithful
-    modern paraphrase of a classical passage scores about 0.3–0.6, an off-passage answer below 0.15."""
-    grounding_n: int = 2
-    """Character n-gram size of the grounding score."""
-    dedup_threshold: float = 0.85
-    """MinHash Jaccard threshold above which a pair is a near duplicate of an earlier one."""
-    min_answer: int = 2
-    """Minimum answer length (content characters)."""
-    max_answer: int = 1500
-    """Maximum answer length (content characters)."""
-    max_question: int = 300
-    """Maximum question length (content characters)."""
     type_targets: list[str] = field(default_factory=list)
     """Target proportions by task type as TYPE=SHARE (e.g. 方剂组成=0.2); unnamed types share the rest."""
     max_type_share: float = 0.3
@@ -75,28 +143,6 @@ class InstructConfig:
     training books: held-out books are never shown in training)."""
     workers: int = 1
     """Worker processes for refine."""
-    teacher_url: str | None = None
-    """Base URL of an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1); unset: offline only."""
-    teacher_model: str = "gpt-4o-mini"
-    """Teacher model name."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the teacher's API key (never logged)."""
-    concurrency: int = 32
-    """Teacher requests in flight at most."""
-    rpm: int = 3000
-    """Teacher requests per minute at most."""
-    tpm: int = 2_000_000
-    """Teacher tokens per minute at most (estimated before, corrected after each request)."""
-    timeout: float = 60.0
-    """Seconds before a teacher request times out (then retried)."""
-    max_retries: int = 5
-    """Retries per request on timeouts, connection errors, 429 and 5xx."""
-    backoff: float = 1.0
-    """Base seconds of exponential back-off (doubled each retry, with jitter)."""
-    temperature: float = 0.7
-    """Teacher sampling temperature."""
-    max_tokens: int = 1500
-    """Teacher completion token limit."""
     price_in: float = 0.15
     """Price per million prompt tokens (for the cost report)."""
     price_out: float = 0.6
@@ -112,22 +158,17 @@ class InstructConfig:
             raise ConfigError(f"generators: unknown {unknown}; known: {list(OFFLINE_GENERATORS)}")
         if not self.generators and not self.teacher_url:
             raise ConfigError("generators is empty and teacher_url is unset: nothing would generate pairs")
+        RefineSettings.__post_init__(self)
+        TeacherSettings.__post_init__(self)
         unit, positive = (0.0, 1.0, False), (1, None, False)
-        check_ranges("instruct", self, heldout_fraction=unit, grounding_threshold=unit, dedup_threshold=unit,
-                      rag_ratio=unit, rag_missing_ratio=unit, rag_offtopic_ratio=unit,
-                      max_type_share=(0.0, 1.0, True), max_category_share=(0.0, 1.0, True),
-                      passages_k=(1, 10, False), passage_chars=(20, None, False), pairs_per_passage=positive,
-                      max_turns=positive, concurrency=positive, rpm=positive, tpm=positive, grounding_n=positive,
-                      workers=positive, max_tokens=positive, max_retries=(0, None, False), timeout=(0, None, True),
-                      backoff=(0, None, False))
+        check_ranges("instruct", self, heldout_fraction=unit, rag_ratio=unit, rag_missing_ratio=unit,
+                     rag_offtopic_ratio=unit, max_type_share=(0.0, 1.0, True), max_category_share=(0.0, 1.0, True),
+                     passages_k=(1, 10, False), passage_chars=(20, None, False), pairs_per_passage=positive,
+                     max_turns=positive, workers=positive)
         if not 0.0 <= self.general_ratio < 1.0:  # half-open: check_ranges' upper bound is inclusive
             raise ConfigError(f"general_ratio must be in [0, 1), got {self.general_ratio}")
-        if self.min_answer > self.max_answer:
-            raise ConfigError(f"min_answer ({self.min_answer}) > max_answer ({self.max_answer})")
         if self.teacher_judge and not self.teacher_url:
             raise ConfigError("teacher_judge needs teacher_url")
-        if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
-            raise ConfigError(f"teacher_url must start with http:// or https://, got {self.teacher_url!r}")
         self.targets()  # validates type_targets
 
     def targets(self) -> dict[str, float]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from qihuang.instruct.settings import TeacherSettings
+
 
 class TeacherError(RuntimeError):
     """A request failed for good (after retries, or with a non-retryable status); `kind` names the fault."""
@@ -135,23 +137,6 @@ class Usage:
         self.faults[kind] = self.faults.get(kind, 0) + 1
 
 
-@dataclass
-class TeacherSettings:
-    """Connection and pacing settings of a TeacherClient."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 32
-    rpm: int = 3000
-    tpm: int = 2_000_000
-    timeout: float = 60.0
-    max_retries: int = 5
-    backoff: float = 1.0
-    max_backoff: float = 30.0
-    params: dict[str, Any] = field(default_factory=dict)
-
-
 class TeacherClient:
     """`await client.complete(messages)` → (content, usage, cached). Raises TeacherError after retries."""
 
@@ -159,7 +144,10 @@ class TeacherClient:
     """Connections per httpx pool."""
 
     def __init__(self, s: TeacherSettings, cache: ResponseCache) -> None:
+        if not s.teacher_url:
+            raise ValueError("TeacherClient needs teacher_url")
         self.s = s
+        self.base_url: str = s.teacher_url
         self.cache = cache
         self.usage = Usage()
         self.sem = asyncio.Semaphore(s.concurrency)
@@ -175,13 +163,14 @@ class TeacherClient:
         n = max(1, s.concurrency // self.POOL)
         per = 2 * -(-s.concurrency // n)  # round-robin spreads evenly; headroom avoids queueing on a busy pool
         limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
-        verify: ssl.SSLContext | bool = ssl.create_default_context() if s.base_url.startswith("https") else False
-        self.pools = [httpx.AsyncClient(base_url=s.base_url.rstrip("/") + "/", headers=headers, limits=limits,
+        https = self.base_url.startswith("https")
+        verify: ssl.SSLContext | bool = ssl.create_default_context() if https else False
+        self.pools = [httpx.AsyncClient(base_url=self.base_url.rstrip("/") + "/", headers=headers, limits=limits,
                                         timeout=httpx.Timeout(s.timeout), verify=verify) for _ in range(n)]
         self._next = 0
 
     def __repr__(self) -> str:  # never show the key
-        return f"TeacherClient({self.s.base_url!r}, model={self.s.model!r})"
+        return f"TeacherClient({self.base_url!r}, model={self.s.teacher_model!r})"
 
     async def aclose(self) -> None:
         for pool in self.pools:
@@ -194,7 +183,7 @@ class TeacherClient:
         return d
 
     async def _once(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, int]]:
-        body = {"model": self.s.model, "messages": messages, **self.s.params}
+        body = {"model": self.s.teacher_model, "messages": messages, **self.s.params}
         est = sum(len(m["content"]) for m in messages) + int(self.s.params.get("max_tokens", 512)) // 2
         await self.req_bucket.take(1)
         await self.tok_bucket.take(est)
@@ -222,7 +211,7 @@ class TeacherClient:
         return content, usage
 
     async def complete(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, int], bool]:
-        key = cache_key(self.s.model, messages, self.s.params)
+        key = cache_key(self.s.teacher_model, messages, self.s.params)
         hit = self.cache.get(key)
         if hit is not None:
             self.usage.cached += 1
@@ -243,7 +232,7 @@ class TeacherClient:
                 except httpx.TimeoutException:
                     last = _Retry("timeout", f"timed out after {self.s.timeout:g}s")
                 except httpx.ConnectError as exc:
-                    last = _Retry("connect", f"cannot connect to {self.s.base_url} ({exc.__class__.__name__})")
+                    last = _Retry("connect", f"cannot connect to {self.base_url} ({exc.__class__.__name__})")
                 except httpx.TransportError as exc:
                     last = _Retry("connection_lost", f"connection broken mid-response ({exc.__class__.__name__})")
                 except TeacherError:
