@@ -38,19 +38,18 @@ def ours(model_dir: str, texts: list[str], seq: int, mb: int, warm: int, steps: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qihuang.training.data import pack_documents
-    from qihuang.pretrain import PretrainConfig, loop_settings
+    from qihuang.pretrain import PretrainConfig
     from qihuang.training.loop import train_loop
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     data = pack_documents(tok, texts, seq, seed=0)
-    s = loop_settings(PretrainConfig(seq_len=seq, batch_size=mb, grad_accum=1, learning_rate=lr, warmup_steps=0,
-                                     min_lr_ratio=0.1, weight_decay=0.0, clip=1.0, max_steps=warm + steps,
-                                     schedule_steps=warm + steps, max_minutes=None, fit_schedule=False,
-                                     checkpoint_every_steps=0, checkpoint_every_minutes=0.0, keep_checkpoints=1,
-                                     eval_every=0, log_every=1, ce_chunk_tokens=0, compile=False, doc_mask=True,
-                                     tensorboard=False))
+    s = PretrainConfig(seq_len=seq, batch_size=mb, grad_accum=1, learning_rate=lr, warmup_steps=0, min_lr_ratio=0.1,
+                       weight_decay=0.0, clip=1.0, max_steps=warm + steps, schedule_steps=warm + steps,
+                       max_minutes=None, fit_schedule=False, checkpoint_every_steps=0, checkpoint_every_minutes=0.0,
+                       keep_checkpoints=1, eval_every=0, log_every=1, ce_chunk_tokens=0, compile=False, doc_mask=True,
+                       tensorboard=False)
 
     class Rows:
         rows: list[dict[str, Any]] = []

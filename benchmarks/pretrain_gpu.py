@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from qihuang.pretrain import PretrainConfig, loop_settings, prepare_for_training  # noqa: E402
+from qihuang.pretrain import PretrainConfig, prepare_for_training  # noqa: E402
 from qihuang.training.data import PackedData  # noqa: E402
 from qihuang.training.loop import train_loop  # noqa: E402
 
@@ -181,14 +181,13 @@ def run_variant(shape_name: str, name: str, kw: dict[str, Any], dry: bool, seq: 
     model.train()
     mb, ga = kw["mb"], kw["ga"]
     data = synthetic_data(cfg.vocab_size, seq, (warm + steps) * mb * ga + 1)
-    s = loop_settings(pcfg)
     acc = Accelerator(cpu=dry, mixed_precision="no" if dry else "bf16")
     rows = Rows()
     if not dry:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        train_loop(model, data, s, acc, Path(tmp) / "checkpoints", rows, None)
+        train_loop(model, data, pcfg, acc, Path(tmp) / "checkpoints", rows, None)
     timed = [r for r in rows.rows if "tokens_per_s" in r and r["step"] > warm]
     secs = sum(mb * ga * seq / r["tokens_per_s"] for r in timed)
     tps = len(timed) * mb * ga * seq / secs

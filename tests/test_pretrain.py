@@ -138,15 +138,12 @@ def test_embed_lr_mult_zero_freezes_embeddings(extended: Path, data: tuple[Path,
 def test_embedding_lr_multiplier_groups(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from qihuang.training.loop import LoopSettings, _optimizer
+    from qihuang.training.loop import _optimizer
+    from qihuang.training.settings import LoopSettings
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    s = LoopSettings(seq_len=8, batch_size=1, grad_accum=1, learning_rate=1e-3, warmup_steps=0, min_lr_ratio=0.1,
-                     weight_decay=0.1, clip=1.0, max_steps=1, schedule_steps=1, spike_factor=0.0, spike_grad_factor=0.0,
-                     spike_max_in_row=3,
-                     rollback_lr_factor=0.5, checkpoint_every_steps=0, checkpoint_every_minutes=0, keep_checkpoints=1,
-                     eval_every=0, log_every=1, ce_chunk_tokens=0, compile=False, doc_mask=True, peak_tflops=None,
-                     tensorboard=False, embed_lr_mult=5.0)
+    s = LoopSettings(seq_len=8, batch_size=1, learning_rate=1e-3, warmup_steps=0, weight_decay=0.1, max_steps=1,
+                     embed_lr_mult=5.0)  # the rest: the documented defaults
     opt = _optimizer(model, list(model.parameters()), s, torch.device("cpu"))
     emb = model.get_input_embeddings().weight
     group = next(g for g in opt.param_groups if any(p is emb for p in g["params"]))
@@ -162,7 +159,8 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
 
     from qihuang.runs import MetricsLog
     from qihuang.training.data import PackedData
-    from qihuang.training.loop import LoopSettings, train_loop
+    from qihuang.training.loop import train_loop
+    from qihuang.training.settings import LoopSettings
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     rng = np.random.default_rng(0)
@@ -175,11 +173,8 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
         return torch.full_like(grad, float("nan")) if calls["n"] == 4 else grad
 
     model.model.layers[0].mlp.down_proj.weight.register_hook(poison)
-    s = LoopSettings(seq_len=16, batch_size=2, grad_accum=1, learning_rate=1e-3, warmup_steps=0, min_lr_ratio=0.1,
-                     weight_decay=0.0, clip=1.0, max_steps=6, schedule_steps=6, spike_factor=0.0,
-                     spike_grad_factor=0.0, spike_max_in_row=3, rollback_lr_factor=0.5, checkpoint_every_steps=0,
-                     checkpoint_every_minutes=0, keep_checkpoints=1, eval_every=0, log_every=1, ce_chunk_tokens=0,
-                     compile=False, doc_mask=True, peak_tflops=None, tensorboard=False)
+    s = LoopSettings(seq_len=16, batch_size=2, learning_rate=1e-3, warmup_steps=0, max_steps=6, spike_factor=0.0,
+                     checkpoint_every_steps=0, checkpoint_every_minutes=0, keep_checkpoints=1)
     before = model.model.layers[1].mlp.up_proj.weight.detach().clone()
     log = MetricsLog(tmp_path / "metrics.jsonl")
     out = train_loop(model, data, s, Accelerator(cpu=True), tmp_path / "ckpt", log, None)
@@ -255,6 +250,28 @@ def test_config_checks() -> None:
         PretrainConfig(mode="lora", freeze_layers=2)
     with pytest.raises(ConfigError):
         PretrainConfig(max_steps=10, warmup_steps=10)
+
+
+def test_loop_settings_are_the_config() -> None:
+    """The loop's settings are declared once (LoopSettings, documented) and PretrainConfig inherits them: keys and
+    flags stay flat, and train_loop takes the config itself (no field-by-field copy)."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from qihuang.config import field_docs
+    from qihuang.pretrain import pretrain_cli
+    from qihuang.training.settings import LoopSettings
+
+    names = {f.name for f in dataclasses.fields(LoopSettings)}
+    assert names <= {f.name for f in dataclasses.fields(PretrainConfig)}
+    assert not names & set(PretrainConfig.__annotations__)  # inherited, not redeclared
+    assert all(field_docs(LoopSettings)[n] == field_docs(PretrainConfig)[n] for n in names)
+    assert PretrainConfig(max_steps=70).schedule_length == 70
+    assert PretrainConfig(max_steps=70, schedule_steps=90).schedule_length == 90
+    assert "Peak learning rate." in CliRunner().invoke(pretrain_cli, ["--help"]).output
+    with pytest.raises(ConfigError, match="pretrain.log_every"):
+        LoopSettings(log_every=0)
 
 
 @pytest.mark.slow

@@ -16,54 +16,26 @@ from qihuang.config import ConfigError, check_ranges
 from qihuang.placement import Device, Precision
 from qihuang.placement import resolve as resolve_placement
 from qihuang.runs import StageDir
+from qihuang.training.settings import LoopSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from qihuang.training.loop import LoopSettings
 
 EXTENSION_FILE = "qihuang_extension.json"
 DEFAULT_GENERAL = "general_sft/alpaca_zh_47k.json"
 
 
 @dataclass
-class PretrainConfig:
-    """Continual pretraining budget and hyper-parameters."""
+class PretrainConfig(LoopSettings):
+    """Continual pretraining budget and hyper-parameters (the training loop's own settings are inherited from
+    `LoopSettings`, and the config itself is what `train_loop` receives)."""
 
-    max_steps: int = 100
-    """Stop after this many optimizer steps."""
     max_minutes: float | None = None
     """Wall-time budget of the whole stage, evaluations included (training stops early to fit it)."""
-    schedule_steps: int | None = None
-    """Length of the cosine schedule in steps (default: max_steps)."""
-    fit_schedule: bool = True
-    """With max_minutes: after 7 timed steps, shorten the cosine schedule to the steps the time budget allows,
-    so the LR is annealed by the end (the fitted length is kept in checkpoints for exact resume)."""
-    seq_len: int = 256
-    """Tokens per packed training sequence."""
-    batch_size: int = 4
-    """Sequences per forward/backward pass (per process: the micro-batch)."""
-    grad_accum: int = 1
-    """Batches (of batch_size) accumulated per optimizer step."""
-    learning_rate: float = 3e-4
-    """Peak learning rate."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
-    min_lr_ratio: float = 0.1
-    """Cosine floor as a fraction of the peak LR."""
-    weight_decay: float = 0.0
-    """AdamW weight decay (matrices only)."""
-    clip: float = 1.0
-    """Gradient-norm clipping (0: off)."""
     mode: Literal["full", "lora", "embeddings"] = "full"
     """full fine-tuning, LoRA adapters (merged into the saved model), or embeddings: only the token embeddings and
     LM head learn (the body is frozen; backward still runs through it, but computes no weight gradients: ~1.2×
     the tokens/s of full on 2 CPU cores) — the first stage of vocabulary adaptation (Chinese-LLaMA, Ziya)."""
-    embed_lr_mult: float = 1.0
-    """LR multiplier for the token embeddings / LM head (no weight decay there). On the 2-core demo both ×3 and
-    ×0.3 did worse than ×1 (benchmarks/RESULTS.md, session 2). 0 (full mode) freezes them: no gradients and
-    no optimizer state for their rows — 12 bytes a parameter less (SmolLM2-135M: 28.3M tied rows, −0.34 GB) and
-    no LM-head weight gradient to compute (~25% faster CPU steps)."""
     freeze_layers: int = 0
     """full mode: freeze the bottom N decoder layers (no backward through them; embeddings then learn from the
     output side only, through tied weights)."""
@@ -81,38 +53,12 @@ class PretrainConfig:
     """General text (Alpaca JSON/JSONL, ShareGPT JSONL); default: general_sft/alpaca_zh_47k.json of the data root."""
     max_train_chars: int | None = 3_000_000
     """Use at most this many characters of passages (sampled with the seed); none: all."""
-    checkpoint_every_steps: int = 50
-    """Checkpoint every N optimizer steps (0: off)."""
-    checkpoint_every_minutes: float = 10.0
-    """Also checkpoint when this many minutes passed since the last one (0: off)."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept (older ones deleted)."""
-    eval_every: int = 0
-    """Evaluate held-out bits/char every N steps (0: only before and after)."""
     eval_chars: int = 5000
     """Characters of held-out text scored for bits/char."""
     eval_seq_len: int = 512
     """Window (tokens) of the bits/char evaluation."""
     eval_base: bool = True
     """Also score the model before vocabulary extension (bpc_base), when the input records one."""
-    spike_factor: float = 3.0
-    """Skip a step whose loss exceeds this × its moving average (0: off)."""
-    spike_grad_factor: float = 0.0
-    """Also skip a step whose gradient norm (before clipping) exceeds this × the moving average of accepted
-    steps' norms (0: off)."""
-    spike_max_in_row: int = 3
-    """That many skipped steps in a row roll back to the last checkpoint with a lower LR."""
-    rollback_lr_factor: float = 0.5
-    """LR multiplier applied at each rollback."""
-    log_every: int = 1
-    """Log metrics every N steps."""
-    ce_chunk_tokens: int = 0
-    """Compute the LM head + loss in chunks of this many tokens, recomputed in backward (0: in one piece)."""
-    compile: bool = False
-    """torch.compile each decoder layer and the loss (pays off on GPU; costs 20–50 s on CPU)."""
-    doc_mask: bool = True
-    """Keep attention inside each packed document (false: plain causal attention over the block, fastest
-    kernels; positions still restart per document)."""
     grad_checkpoint: float = 0.0
     """Fraction of decoder layers (from the bottom) recomputed in backward to save memory (0: none, 1: all)."""
     device: Device = "auto"
@@ -122,32 +68,15 @@ class PretrainConfig:
     """Mixed precision: auto (bf16 autocast on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16, fp16."""
     threads: int = 0
     """CPU threads for torch (0: leave as set)."""
-    peak_tflops: float | None = None
-    """Peak TFLOP/s for the MFU estimate (default: known GPUs only)."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars (needs the `tensorboard` extra: pip install -e '.[tensorboard]'; asked for
-    without it → a warning on stderr and in metrics.jsonl, training goes on)."""
     seed: int = 0
     """Seed of data order, sampling and initialisation."""
 
     def __post_init__(self) -> None:
-        check_ranges("pretrain", self, max_steps=(1, None, False), max_minutes=(0, None, True),
-                     seq_len=(8, None, False), batch_size=(1, None, False), grad_accum=(1, None, False),
-                     learning_rate=(0, None, True), min_lr_ratio=(0, 1, False), general_ratio=(0, 1, False, True),
-                     embed_lr_mult=(0, None, False), lora_r=(1, None, False), freeze_layers=(0, None, False),
-                     grad_checkpoint=(0, 1, False),
-                     eval_chars=(0, None, False), eval_seq_len=(8, None, False), log_every=(1, None, False),
-                     keep_checkpoints=(1, None, False), threads=(0, None, False), weight_decay=(0, None, False),
-                     rollback_lr_factor=(0, 1, True), clip=(0, None, False), spike_factor=(0, None, False),
-                     spike_grad_factor=(0, None, False), spike_max_in_row=(1, None, False),
-                     checkpoint_every_steps=(0, None, False), checkpoint_every_minutes=(0, None, False),
-                     eval_every=(0, None, False), ce_chunk_tokens=(0, None, False), warmup_steps=(0, None, False),
-                     lora_alpha=(0, None, True), lora_dropout=(0, 0.999, False), max_train_chars=(1, None, False),
-                     peak_tflops=(0, None, True))
-        if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
-            raise ConfigError("pretrain.schedule_steps must be >= max_steps")
-        if self.warmup_steps >= (self.schedule_steps or self.max_steps) and self.max_steps > 1:
-            raise ConfigError("pretrain.warmup_steps must be < the schedule length (max_steps)")
+        LoopSettings.__post_init__(self)
+        check_ranges("pretrain", self, max_minutes=(0, None, True), general_ratio=(0, 1, False, True),
+                     lora_r=(1, None, False), freeze_layers=(0, None, False), grad_checkpoint=(0, 1, False),
+                     eval_chars=(0, None, False), eval_seq_len=(8, None, False), threads=(0, None, False),
+                     lora_alpha=(0, None, True), lora_dropout=(0, 0.999, False), max_train_chars=(1, None, False))
         if self.mode != "full" and self.freeze_layers:
             raise ConfigError("pretrain.freeze_layers applies to mode=full only")
         if self.mode == "embeddings" and self.embed_lr_mult == 0:
@@ -237,24 +166,6 @@ def freeze_embeddings(model: Any) -> None:
 def _load_extension(model_dir: Path) -> dict[str, Any]:
     p = Path(model_dir) / EXTENSION_FILE
     return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
-
-
-def loop_settings(cfg: PretrainConfig) -> LoopSettings:
-    """The training loop's settings for a pretrain config: the one place its fields are handed to the loop (the
-    benchmarks build theirs here too)."""
-    from qihuang.training.loop import LoopSettings
-
-    return LoopSettings(
-        seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay, clip=cfg.clip,
-        max_steps=cfg.max_steps, schedule_steps=cfg.schedule_steps or cfg.max_steps, spike_factor=cfg.spike_factor,
-        spike_grad_factor=cfg.spike_grad_factor, spike_max_in_row=cfg.spike_max_in_row,
-        rollback_lr_factor=cfg.rollback_lr_factor,
-        checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_minutes=cfg.checkpoint_every_minutes,
-        keep_checkpoints=cfg.keep_checkpoints, eval_every=cfg.eval_every, log_every=cfg.log_every,
-        ce_chunk_tokens=cfg.ce_chunk_tokens, compile=cfg.compile, doc_mask=cfg.doc_mask, peak_tflops=cfg.peak_tflops,
-        tensorboard=cfg.tensorboard, embed_lr_mult=cfg.embed_lr_mult,
-        fit_schedule_to_time=cfg.fit_schedule)
 
 
 def _training_data(cfg: PretrainConfig, tok: Any, train: Path, metrics: Any) -> tuple[Any, dict[str, int]]:
@@ -391,9 +302,8 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     eval_texts = _heldout_texts(heldout, cfg.eval_chars) if cfg.eval_chars else []
     evaluate = _evaluator(cfg, tok, eval_texts)
     model, before = _load_for_training(cfg, model_dir, extension, evaluate, accelerator, out, metrics)
-    settings = loop_settings(cfg)
     train_seconds = _train_seconds(cfg, before, stage_t0)
-    result = train_loop(model, data, settings, accelerator, out.path / "checkpoints", metrics, train_seconds,
+    result = train_loop(model, data, cfg, accelerator, out.path / "checkpoints", metrics, train_seconds,
                         evaluate if cfg.eval_every else None)
     accelerator.free_memory()  # the prepared optimizer's moments: not needed to evaluate and save the model
 

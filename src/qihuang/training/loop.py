@@ -18,6 +18,7 @@ from qihuang.training.loopstate import Clock, LoopCheckpoints, LoopState, Schedu
 from qihuang.training.loss import CausalLMLoss
 from qihuang.training.metrics import TensorBoard, flops_per_token, peak_tflops
 from qihuang.training.schedule import SpikeGuard, lr_at, steps_in_budget
+from qihuang.training.settings import LoopSettings
 
 FAULT_ENV = "QIHUANG_FAULT_AT_STEP"
 """Testing aid: kill -9 this process right after the given optimizer step (exact-resume test)."""
@@ -45,43 +46,6 @@ def largest_fitting_batch_size(loss_mod: Any, data: PackedData, device: Any, sta
             if getattr(device, "type", "cpu") == "cuda":
                 torch.cuda.empty_cache()
     return 0
-
-
-@dataclass
-class LoopSettings:
-    """What the loop needs (filled from PretrainConfig)."""
-
-    seq_len: int
-    batch_size: int
-    """Sequences per forward/backward pass (per process): the micro-batch."""
-    grad_accum: int
-    learning_rate: float
-    """Peak learning rate."""
-    warmup_steps: int
-    min_lr_ratio: float
-    weight_decay: float
-    clip: float
-    max_steps: int
-    schedule_steps: int
-    spike_factor: float
-    spike_max_in_row: int
-    spike_grad_factor: float
-    rollback_lr_factor: float
-    checkpoint_every_steps: int
-    checkpoint_every_minutes: float
-    keep_checkpoints: int
-    eval_every: int
-    log_every: int
-    ce_chunk_tokens: int
-    compile: bool
-    doc_mask: bool
-    peak_tflops: float | None
-    tensorboard: bool
-    embed_lr_mult: float = 1.0
-    """LR multiplier of the token-embedding / LM-head matrices (new vocabulary rows learn from few occurrences)."""
-    fit_schedule_to_time: bool = False
-    """With a time budget: after a few timed steps, shorten the cosine schedule to the steps the budget allows
-    (stored in checkpoints, so a resumed run keeps the same schedule), so that the LR is annealed at the end."""
 
 
 def embedding_params(model: Any) -> set[int]:
@@ -168,9 +132,9 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
     ckpts = LoopCheckpoints(accelerator, ckpt_root, s.keep_checkpoints, warn)
-    loaded = ckpts.load(guard, s.schedule_steps)
+    loaded = ckpts.load(guard, s.schedule_length)
     resumed_from = loaded.step if loaded is not None else None
-    state = loaded if loaded is not None else LoopState(schedule_steps=s.schedule_steps)
+    state = loaded if loaded is not None else LoopState(schedule_steps=s.schedule_length)
     if resumed_from is not None and main:
         metrics.log(event="resumed", step=state.step)
     tb = TensorBoard(ckpt_root.parent / "tensorboard", s.tensorboard and main, warn)
@@ -179,7 +143,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     clock = Clock(state.train_seconds)
     opt.zero_grad(set_to_none=True)
     fit = (ScheduleFit.starting_at(state.step)
-           if s.fit_schedule_to_time and train_seconds is not None and not state.schedule_fitted else None)
+           if s.fit_schedule and train_seconds is not None and not state.schedule_fitted else None)
     report = _Report(metrics, tb, _progress_bar(state, main), main, size.flops_per_token, peak)
     stop_reason = "max_steps"
     while state.step < s.max_steps:
@@ -227,7 +191,7 @@ def _fit_schedule(fit: ScheduleFit, state: LoopState, s: LoopSettings, accelerat
     fitted = steps_in_budget(state.step, per_step, budget - clock.elapsed())
     if accelerator.num_processes > 1:  # every rank must follow the same schedule
         fitted = int(accelerator.gather(torch.tensor([fitted], device=accelerator.device)).min())
-    state.schedule_steps = max(min(fitted, s.schedule_steps), s.warmup_steps + 1, state.step + 1)
+    state.schedule_steps = max(min(fitted, s.schedule_length), s.warmup_steps + 1, state.step + 1)
     state.schedule_fitted = True
     report.event(event="schedule_fitted", step=state.step, schedule_steps=state.schedule_steps,
                  seconds_per_step=round(per_step, 3))
@@ -294,7 +258,7 @@ def _rollback(state: LoopState, loss: float, s: LoopSettings, ckpts: LoopCheckpo
     """Too many skipped steps in a row: back to the last checkpoint (if there is one) with a lower LR."""
     scale = state.lr_scale * s.rollback_lr_factor
     if list_checkpoints(ckpts.root):
-        state = ckpts.load(guard, s.schedule_steps, rollback=True) or state  # None: the checkpoints vanished
+        state = ckpts.load(guard, s.schedule_length, rollback=True) or state  # None: the checkpoints vanished
         clock.restart(state.train_seconds)
     state.lr_scale = scale
     report.event(event="rollback", step=state.step, lr_scale=scale, loss=loss)
