@@ -1,4 +1,4 @@
-"""Merge a run's adapters in recorded order with a logits check, a model card, and a GGUF export that reads back."""
+"""Merge a run's adapters in recorded order with a logits check and a model card (GGUF export: test_gguf.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qihuang.finetune.outputs import load_start_model, save_outputs
-from qihuang.merge import export_gguf, merge_run, verify_gguf
+from qihuang.merge import merge_run
 from qihuang.template import encode_prompt, render_prompt
 
 MSGS = [{"role": "user", "content": "何谓阴阳？"}]
@@ -81,51 +81,3 @@ def test_start_from_adapter_dir_equals_merged(run_dir: Path) -> None:
     with torch.no_grad():
         logits = model.eval()(input_ids=torch.tensor([encode_prompt(tok, MSGS)])).logits
     assert torch.allclose(logits, _logits(run_dir / "sft" / "model", tok), atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def small_vocab_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """A tiny LLaMA with a 400-token byte-level BPE and the SmolLM2 chat template (GGUF read-back stays fast)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from qihuang.models import TINY_SHAPE, load_tokenizer
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    texts = ["黄帝问曰：余闻上古之人，春秋皆度百岁。", "阴阳者，天地之道也，万物之纲纪。", "Hello, world! 123"] * 20
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.chat_template = load_tokenizer(tiny_model_dir).chat_template
-    tok.add_tokens(["岐黄"])  # a non-special added token, as vocabulary extension (#4) makes
-    torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **TINY_SHAPE)
-    out = tmp_path_factory.mktemp("small") / "model"
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_gguf_export_reads_back(small_vocab_model: Path, tmp_path: Path, outtype: str) -> None:
-    from gguf import GGUFReader
-
-    model_dir = small_vocab_model
-    target = tmp_path / f"m-{outtype}.gguf"
-    info = export_gguf(model_dir, target, outtype)
-    reader = GGUFReader(str(target))
-    names = {t.name for t in reader.tensors}
-    assert {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight", "output_norm.weight"} <= names
-    assert info["tensors"] == len(reader.tensors)
-    assert "tokenizer.chat_template" in reader.fields and len(reader.fields["tokenizer.ggml.merges"].data) > 0
-    types = reader.fields["tokenizer.ggml.token_type"]
-    assert int(types.parts[types.data[-1]][0]) == 4  # the added non-special token is USER_DEFINED
-    check = verify_gguf(model_dir, target)
-    assert check["ok"] and check["same_tokenization"]
-    assert check["max_abs_diff"] < (1e-4 if outtype == "f32" else 5e-2)

@@ -1,5 +1,6 @@
 """Adapters → standalone models (#6): merge a run's adapters in recorded order (pretrain → sft → dpo, as each stage's
-lineage.json names them) with a logits check, write a model card, and export GGUF for llama.cpp."""
+lineage.json names them) with a logits check, write a model card; the `export` command writes GGUF for llama.cpp
+(`qihuang.gguf_export`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class MergeError(RuntimeError):
     """A run cannot be merged or exported; the message names the stage or file."""
 
 
-def _probe_logits(model: Any, tokenizer: Any) -> Any:
+def probe_logits(model: Any, tokenizer: Any) -> Any:
+    """Logits of the model on the PROBE chat prompts (rendered with the tokenizer's template), concatenated."""
     import torch
 
     from qihuang.template import encode_prompt
@@ -35,7 +37,8 @@ def _probe_logits(model: Any, tokenizer: Any) -> Any:
     return torch.cat(outs)
 
 
-def _compare(a: Any, b: Any) -> dict[str, float]:
+def compare_logits(a: Any, b: Any) -> dict[str, float]:
+    """Max abs difference and top-1 (argmax) agreement of two logits tensors of the same shape."""
     return {"max_abs_diff": float((a - b).abs().max()),
             "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
 
@@ -92,16 +95,16 @@ def merge_run(run_dir: Path, out: Path | None = None, atol: float = 1e-3) -> dic
             step["note"] = f"trained on {lin['base']}, applied on top of {prev_model}"
         if lin.get("adapter"):
             peft_model = attach_adapter(model, tokenizer, d / lin["adapter"])
-            on_base = _probe_logits(peft_model, tokenizer)
+            on_base = probe_logits(peft_model, tokenizer)
             model = peft_model.merge_and_unload()
-            step.update(kind="adapter", **_compare(on_base, _probe_logits(model, tokenizer)))
+            step.update(kind="adapter", **compare_logits(on_base, probe_logits(model, tokenizer)))
             step["ok"] = step["max_abs_diff"] <= atol
         else:
             model = AutoModelForCausalLM.from_pretrained(str(d / lin["model"]), dtype=torch.float32)
             step.update(kind="full", ok=True)
         prev_model = str(d / lin.get("model", "model"))
         steps.append(step)
-    final = _probe_logits(model, tokenizer)
+    final = probe_logits(model, tokenizer)
     model.config.use_cache = True
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
@@ -109,9 +112,9 @@ def merge_run(run_dir: Path, out: Path | None = None, atol: float = 1e-3) -> dic
         if (tok_dir / DEFAULTS_FILE).exists():
             shutil.copy(tok_dir / DEFAULTS_FILE, tmp / DEFAULTS_FILE)
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
-    check = _compare(final, _probe_logits(reloaded, tokenizer))
+    check = compare_logits(final, probe_logits(reloaded, tokenizer))
     stage_model = Path(chain[-1]["dir"]) / "model"
-    vs_stage = (_compare(final, _probe_logits(AutoModelForCausalLM.from_pretrained(str(stage_model),
+    vs_stage = (compare_logits(final, probe_logits(AutoModelForCausalLM.from_pretrained(str(stage_model),
                 dtype=torch.float32), tokenizer)) if (stage_model / "config.json").exists() else None)
     report = {"run": str(run_dir), "out": str(out), "base": str(start), "steps": steps, "reload": check,
               "vs_last_stage_model": vs_stage, "atol": atol,
@@ -148,97 +151,6 @@ def model_card(run_dir: Path, report: dict[str, Any]) -> str:
               "The base model's own chat template (in `tokenizer_config.json` / `chat_template.jinja`) was used for "
               "training; build serving prompts with `qihuang.template.render_prompt` so they match byte for byte.", ""]
     return "\n".join(lines)
-
-
-def _permute(w: Any, n_head: int) -> Any:
-    """HF rotate-half q/k layout → the interleaved layout llama.cpp expects (as its converter does)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def export_gguf(model_dir: Path, target: Path, outtype: str = "f16") -> dict[str, Any]:
-    """Write a LLaMA-architecture HF model (weights, BPE tokenizer, chat template) as a GGUF file."""
-    import gguf
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    cfg, tok = model.config, AutoTokenizer.from_pretrained(str(model_dir))
-    if cfg.model_type != "llama":
-        raise MergeError(f"{model_dir}: GGUF export supports LLaMA-architecture models, got {cfg.model_type}")
-    n_head, n_kv, vocab = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    rope = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e4)
-    with atomic_path(Path(target)) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
-        w.add_name(Path(model_dir).name)
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_rope_dimension_count(head_dim)
-        w.add_head_count(n_head)
-        w.add_head_count_kv(n_kv)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        w.add_rope_freq_base(float(rope))
-        w.add_vocab_size(vocab)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
-        added = tok.added_tokens_decoder
-        tokens, types = [], []
-        for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
-            tokens.append(t)
-            types.append(gguf.TokenType.NORMAL if i not in added else
-                         gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
-        for i in range(len(tokens), vocab):
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("smollm" if len(tok) >= 49152 and "Ġ" in tok.get_vocab() else "default")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        gguf.SpecialVocab(str(model_dir), load_merges=True, n_vocab=vocab).add_to_gguf(w, quiet=True)
-        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-        n = 0
-        for name, t in model.state_dict().items():
-            if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                continue
-            gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
-            if gname is None:
-                raise MergeError(f"{model_dir}: no GGUF name for tensor {name}")
-            data = t.detach().numpy()
-            if name.endswith("q_proj.weight"):
-                data = _permute(data, n_head)
-            elif name.endswith("k_proj.weight"):
-                data = _permute(data, n_kv)
-            data = data.astype(np.float16 if outtype == "f16" and data.ndim > 1 else np.float32)
-            w.add_tensor(gname, np.ascontiguousarray(data))
-            n += 1
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-    return {"tensors": n, "bytes": Path(target).stat().st_size, "outtype": outtype}
-
-
-def verify_gguf(model_dir: Path, path: Path) -> dict[str, Any]:
-    """Read the GGUF back (GGUFReader: architecture, tensors, vocabulary) and load it with transformers
-    (`gguf_file=`): compare tokenisation and logits with the HF model."""
-    import torch
-    from gguf import GGUFReader
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    reader = GGUFReader(str(path))
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    g_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    g_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    cmp = _compare(_probe_logits(hf, tok), _probe_logits(g_model, tok))
-    same_ids = all(tok(t, add_special_tokens=False)["input_ids"] == g_tok(t, add_special_tokens=False)["input_ids"]
-                   for t in ("黄帝问曰：余闻上古之人", "Hello, world! 123"))
-    return {"architecture": arch, "tensors": len(reader.tensors), "vocab": n_tokens, "same_tokenization": same_ids,
-            **cmp, "ok": arch == "llama" and cmp["top1_agreement"] >= 0.98 and n_tokens == hf.config.vocab_size}
 
 
 def _resolve_model_dir(path: Path) -> Path:
@@ -280,10 +192,13 @@ def export_cli(path: Path, gguf_out: str | None, outtype: str, verify: bool) -> 
     """Export a model directory or run (merged/, dpo/model, sft/model) to GGUF for llama.cpp."""
     if gguf_out is None:
         raise click.UsageError("choose a format: --gguf [FILE]")
+    from qihuang.gguf_export import export_gguf, verify_gguf
+
     model_dir = _resolve_model_dir(path)
     target = Path(gguf_out) if gguf_out else model_dir / f"model-{outtype}.gguf"
     info = export_gguf(model_dir, target, outtype)
-    click.echo(f"wrote {target} ({info['tensors']} tensors, {info['bytes'] / 1e6:.1f} MB)")
+    click.echo(f"wrote {target} ({info['tensors']} tensors, {info['bytes'] / 1e6:.1f} MB, "
+               f"tokenizer {info['tokenizer_model']}/{info['tokenizer_pre']} from {info['vocab_source']})")
     if verify:
         check = verify_gguf(model_dir, target)
         click.echo(f"verify: {json.dumps(check)}")
