@@ -18,8 +18,12 @@ def _rank(rank: int, port: int, out: Any) -> None:
                       WORLD_SIZE="2", OMP_NUM_THREADS="1")
     from accelerate import PartialState
 
-    PartialState(cpu=True)
+    import torch.distributed as dist
+
+    state = PartialState(cpu=True)
     out.put((rank, from_main(f"rank-{rank}"), agree(rank == 1, 10 + rank), agree(False, None), total(rank + 1)))
+    state.wait_for_everyone()  # neither process tears gloo down while the other still talks to it (SIGABRT)
+    dist.destroy_process_group()
 
 
 def test_two_processes_follow_one_decision() -> None:

@@ -71,6 +71,21 @@ def test_batched_rows_decode_what_each_decodes_alone(pair: tuple[Any, Any]) -> N
     assert batched.batcher.steps - steps_before < tokens / 3  # one forward served many rows
 
 
+def test_prompts_arriving_together_are_prefilled_in_bounded_groups(pair: tuple[Any, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from qihuang.serve import batching
+
+    one, batched = pair
+    alone = [one.complete([{"role": "user", "content": q}], max_new_tokens=24) for q in QUESTIONS]
+    widest = max(len(one.prompts.encode(one.prompts.render([{"role": "user", "content": q}]))) for q in QUESTIONS)
+    monkeypatch.setattr(batching, "PREFILL_TOKENS", 2 * widest)  # at most two prompts a prefill forward
+    seen: list[int] = []
+    real = batched.batcher._prefill_group
+    monkeypatch.setattr(batched.batcher, "_prefill_group", lambda fresh: (seen.append(len(fresh)), real(fresh)))
+    assert _ask_together(batched, QUESTIONS) == alone
+    assert sum(seen) == len(QUESTIONS) and max(seen) <= 2 and len(seen) >= 4
+
+
 def test_a_cancelled_row_leaves_and_the_others_go_on(pair: tuple[Any, Any]) -> None:
     one, batched = pair
     alone = [one.complete([{"role": "user", "content": q}], max_new_tokens=16) for q in QUESTIONS[:4]]
