@@ -13,13 +13,13 @@ from typing import Any
 from qihuang.decoding import Repetition
 
 _END = object()
+"""Put on a request's queue after its last token."""
 
 PREFILL_TOKENS = 4096
 """At most this many (left-padded) prompt tokens a prefill forward: the prompts that arrive together are prefilled
-in groups and joined to the batch one group after another. The demo eval's 16 retrieval prompts of ~750 tokens in
-one forward raised its peak memory by ~0.85 GB over 8 (`benchmarks/eval_decode.py --batch-size 16` vs 8: 2.69 vs
-1.84 GB)."""
-"""Put on a request's queue after its last token."""
+in groups and joined to the batch one group after another. Decoding 32 demo retrieval questions 16 rows at a time
+(~750-token prompts) peaked at 2,217 MB with one prefill forward for all 16 and 2,018 MB in groups, in the same time
+(65.9 vs 62.6 s; benchmarks/RESULTS.md, session 9)."""
 
 
 @dataclass(eq=False)
