@@ -7,14 +7,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import click
 
 from qihuang.cliutil import config_options
 from qihuang.config import ConfigError, check_ranges, data_file
 from qihuang.finetune.data import read_records
-from qihuang.placement import Device, Precision
+from qihuang.finetune.settings import FinetuneSettings
 from qihuang.placement import resolve as resolve_placement
 from qihuang.runs import StageDir, is_main_process, run_stage, write_json, write_jsonl
 from qihuang.template import (
@@ -25,8 +25,10 @@ DEFAULT_PAIRS = "preference/dpo_zh_500.jsonl"
 
 
 @dataclass
-class DPOConfig:
-    """DPO data, method and budget."""
+class DPOConfig(FinetuneSettings):
+    """DPO data, method and budget (the settings it shares with SFT: `FinetuneSettings`)."""
+
+    stage: ClassVar[str] = "dpo"
 
     enabled: bool = True
     """Run the DPO stage (false: pass the input model through unchanged)."""
@@ -47,56 +49,20 @@ class DPOConfig:
     max_length: int = 512
     """Max tokens of prompt + answer; pairs whose prompt alone takes over half are rejected, longer answers are
     cut at the end (trl keep_start)."""
-    method: Literal["lora", "full"] = "lora"
-    """LoRA adapter (reference = adapter off) or full fine-tuning (reference = frozen copy)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA alpha."""
-    lora_dropout: float = 0.05
-    """LoRA dropout."""
-    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
-    """LoRA target modules (or all-linear)."""
     beta: float = 0.1
     """DPO beta (strength of the pull toward the reference)."""
     loss_type: str = "sigmoid"
     """trl DPO loss type (sigmoid = the original DPO loss, ipo, hinge, ...)."""
-    epochs: float = 1.0
-    """Passes over the pairs (max_steps overrides)."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps."""
-    max_minutes: float | None = None
-    """Time budget for training in minutes."""
-    fit_schedule: bool = True
-    """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (as SFT and pretrain)."""
-    chat_template: str = "auto"
-    """Chat template: auto (the model's own), chatml, llama2, ziya (HuangDI's `<human>:`/`<bot>:`) or a .jinja
-    file; saved with the trained model's tokenizer (`qihuang.chat_templates`)."""
-    batch_size: int = 4
-    """Pairs per step."""
-    grad_accum: int = 1
-    """Gradient accumulation steps."""
     learning_rate: float = 5e-5
-    """Peak learning rate."""
+    """Peak learning rate (lower than SFT's: DPO moves a model that already answers)."""
     save_steps: int = 50
     """Checkpoint every this many steps (resume after a kill)."""
-    device: Device = "auto"
-    """Where to train: auto (CUDA when a GPU is visible, else the CPU), cpu or cuda (`qihuang.placement`)."""
-    precision: Precision = "auto"
-    """Mixed precision: auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16. A LoRA
-    base on CUDA is loaded in that half precision."""
-    seed: int = 0
-    """Random seed."""
 
     def __post_init__(self) -> None:
-        from qihuang.chat_templates import resolve
-
-        resolve(self.chat_template)  # an unknown name or a missing file fails at load, not after data prep
+        super().__post_init__()
         check_ranges("dpo", self, beta=(0, None, True), heldout_fraction=(0, 0.5, False, True),
-                     max_length=(32, None, False), max_steps=(0, None, True), max_minutes=(0, None, True),
-                     lora_r=(0, None, True), batch_size=(0, None, True), grad_accum=(0, None, True),
-                     epochs=(0, None, True), learning_rate=(0, None, True), lora_dropout=(0, 0.999, False),
-                     save_steps=(1, None, False), eval_pairs=(0, None, False), max_pairs=(1, None, False))
+                     max_length=(32, None, False), save_steps=(1, None, False), eval_pairs=(0, None, False),
+                     max_pairs=(1, None, False))
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import click
 
@@ -15,7 +15,8 @@ from qihuang.finetune.data import (
 )
 from qihuang.finetune.loss import plain_loss_trainer
 from qihuang.finetune.outputs import load_start_model, save_trained
-from qihuang.placement import Device, Placement, Precision
+from qihuang.finetune.settings import FinetuneSettings
+from qihuang.placement import Placement
 from qihuang.placement import resolve as resolve_placement
 from qihuang.runs import StageDir, is_main_process, run_stage, write_json, write_jsonl
 from qihuang.template import Message, prompt_and_answer
@@ -39,8 +40,10 @@ def answer_questions(model: Any, tokenizer: Any, prompts: list[list[Message]], m
 
 
 @dataclass
-class SFTConfig:
-    """SFT data, method and budget."""
+class SFTConfig(FinetuneSettings):
+    """SFT data, method and budget (the settings it shares with DPO: `FinetuneSettings`)."""
+
+    stage: ClassVar[str] = "sft"
 
     data: list[Path] = field(default_factory=list)
     """Training files (qihuang dialogues, Alpaca, ShareGPT or OpenAI messages JSON/JSONL)."""
@@ -63,16 +66,6 @@ class SFTConfig:
     does not fit."""
     packing: bool = True
     """Pack several dialogues per sequence (position ids restart per dialogue, no attention across them)."""
-    method: Literal["lora", "full"] = "lora"
-    """LoRA adapter or full fine-tuning."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA alpha (scale = alpha / r)."""
-    lora_dropout: float = 0.05
-    """LoRA dropout."""
-    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
-    """LoRA target modules (module names such as q_proj, v_proj, or all-linear)."""
     lora_layers: int = 0
     """LoRA only in the top N transformer layers (0 = every layer). Backpropagation then stops at the lowest
     adapted layer, so a step costs about (1 + 2N/L)/3 of a full one (L layers): the CPU lever of short SFT budgets.
@@ -81,24 +74,6 @@ class SFTConfig:
     """With LoRA, train the embedding rows of tokens added to the vocabulary (#4)."""
     curriculum_stages: int = 0
     """Order training easy → hard in this many stages by meta.difficulty (0/1: shuffled, no curriculum)."""
-    epochs: float = 1.0
-    """Passes over the training data (max_steps overrides)."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps."""
-    max_minutes: float | None = None
-    """Time budget for training: stop (saving a checkpoint) after this many minutes."""
-    fit_schedule: bool = True
-    """With max_minutes: fit the warm-up + cosine LR schedule to the steps the budget allows (re-estimated every
-    step), so the LR anneals by the end instead of stopping near its peak (as pretrain's fit_schedule)."""
-    chat_template: str = "auto"
-    """Chat template: auto (the model's own), chatml, llama2, ziya (HuangDI's `<human>:`/`<bot>:`) or a .jinja
-    file; saved with the trained model's tokenizer, so chat, serve and export use it (`qihuang.chat_templates`)."""
-    batch_size: int = 4
-    """Sequences per step (packed rows when packing)."""
-    grad_accum: int = 1
-    """Gradient accumulation steps."""
-    learning_rate: float = 2e-4
-    """Peak learning rate (LoRA default; use ~2e-5 for full fine-tuning)."""
     warmup: float = 0.05
     """Warm-up: a fraction of the steps if < 1, else a number of steps."""
     eval_steps: int = 50
@@ -109,27 +84,15 @@ class SFTConfig:
     """Held-out questions answered before/after training for ROUGE-L (0: skip)."""
     qa_max_new_tokens: int = 64
     """Tokens generated per ROUGE-L answer."""
-    device: Device = "auto"
-    """Where to train: auto (CUDA when a GPU is visible, else the CPU), cpu or cuda (`qihuang.placement`)."""
-    precision: Precision = "auto"
-    """Mixed precision: auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16. A LoRA
-    base on CUDA is loaded in that half precision."""
-    seed: int = 0
-    """Random seed."""
 
     def __post_init__(self) -> None:
-        from qihuang.chat_templates import resolve
-
-        resolve(self.chat_template)  # an unknown name or a missing file fails at load, not after data prep
+        super().__post_init__()
         if self.data_ratios and len(self.data_ratios) != len(self.data):
             raise ConfigError(f"data_ratios: {len(self.data_ratios)} ratios for {len(self.data)} data files")
         if any(r < 0 for r in self.data_ratios) or (self.data_ratios and sum(self.data_ratios) <= 0):
             raise ConfigError("data_ratios: must be non-negative with a positive sum")
         check_ranges("sft", self, val_fraction=(0, 0.5, False, True), max_length=(16, None, False),
-                     lora_layers=(0, None, False), lora_r=(0, None, True), lora_alpha=(0, None, True),
-                     lora_dropout=(0, 1, False, True), max_steps=(0, None, True), max_minutes=(0, None, True),
-                     batch_size=(0, None, True), grad_accum=(0, None, True), eval_steps=(0, None, True),
-                     epochs=(0, None, True), learning_rate=(0, None, True), warmup=(0, 1, False),
+                     lora_layers=(0, None, False), eval_steps=(0, None, True), warmup=(0, 1, False),
                      max_val=(0, None, False), max_samples=(1, None, False), curriculum_stages=(0, None, False),
                      early_stopping_patience=(0, None, False), qa_samples=(0, None, False),
                      qa_max_new_tokens=(1, None, False))
