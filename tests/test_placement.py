@@ -3,10 +3,16 @@ choice reaches the trainers as TrainingArguments and the start model's dtype."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+import qihuang
 from qihuang.config import ConfigError
-from qihuang.placement import Placement, resolve
+from qihuang.placement import Placement, check_launch, resolve
+
+PRESETS = Path(qihuang.__file__).parent / "accelerate_configs"
 
 
 def test_auto_follows_the_machine() -> None:
@@ -51,3 +57,57 @@ def test_stage_configs_carry_device_and_precision() -> None:
         assert (cfg.device, cfg.precision) == ("cuda", "bf16")
         with pytest.raises(ConfigError):
             from_mapping(cls, {"precision": "fp8"}, where=cls.__name__)
+
+
+def test_a_launch_this_machine_cannot_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A shipped GPU preset launched on a CPU-only machine, DeepSpeed for pretrain: a ConfigError saying so; a
+    plain process, a torchrun DDP run and a CPU copy of a preset pass."""
+    gpu_ddp = {"WORLD_SIZE": "8", "ACCELERATE_USE_CPU": "False", "ACCELERATE_MIXED_PRECISION": "bf16"}
+    with pytest.raises(ConfigError, match=r"sft: launched with a GPU accelerate config .* torch sees no GPU"):
+        check_launch("sft", cuda=False, env=gpu_ddp)
+    check_launch("sft", cuda=True, env=gpu_ddp)
+    check_launch("sft", cuda=False, env={})
+    check_launch("pretrain", cuda=False, env={"WORLD_SIZE": "2"})
+    cpu_copy = {"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no"}
+    check_launch("dpo", cuda=False, env=cpu_copy)
+    with pytest.raises(ConfigError, match=r"pretrain: DeepSpeed is not supported .* ddp.yaml"):
+        check_launch("pretrain", cuda=True, env={"ACCELERATE_USE_DEEPSPEED": "true"})
+    with pytest.raises(ConfigError, match="torch sees no GPU"):
+        check_launch("sft", cuda=False, env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "bf16"})
+
+
+def test_resolve_checks_the_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match="dpo: launched with a GPU accelerate config"):
+        resolve(stage="dpo", cuda=False)
+
+
+def _preset_env(name: str) -> dict[str, str]:
+    """The environment `accelerate launch --config_file <preset>` gives a DeepSpeed process, fp32 on the CPU."""
+    import yaml
+
+    ds = yaml.safe_load((PRESETS / name).read_text(encoding="utf-8"))["deepspeed_config"]
+    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "no",
+            "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(ds["zero_stage"]),
+            "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": ds["offload_optimizer_device"],
+            "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": ds["offload_param_device"],
+            "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(ds["zero3_init_flag"]).lower(),
+            "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": str(ds.get("zero3_save_16bit_model", False)).lower()}
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_deepspeed_presets_pass_deepspeeds_own_parser(name: str, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    """The shipped presets, as accelerate builds them into a DeepSpeed config, are accepted by DeepSpeed's parser;
+    a config file DeepSpeed rejects is refused with DeepSpeed's message before training starts."""
+    pytest.importorskip("deepspeed")
+    for key, value in _preset_env(name).items():
+        monkeypatch.setenv(key, value)
+    check_launch("sft", cuda=False)
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                               "zero_optimization": {"stage": 7}}), encoding="utf-8")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(bad))
+    with pytest.raises(ConfigError, match=r"(?s)sft: DeepSpeed rejects the launch's config: .*stage"):
+        check_launch("sft", cuda=False)

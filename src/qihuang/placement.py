@@ -4,6 +4,8 @@ Recipes override it with each stage's `device` and `precision` fields."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,8 +42,6 @@ class Placement:
     def place(self, model: Any) -> Any:
         """`model` on this device for what runs before the trainer takes it (probes, reference scores): on CUDA in
         a single process only — under `accelerate launch` the trainer places (or shards) it."""
-        import os
-
         if self.device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return model.to("cuda")
         return model
@@ -55,11 +55,13 @@ class Placement:
 def resolve(device: str = "auto", precision: str = "auto", stage: str = "train",
             cuda: bool | None = None, bf16_supported: bool | None = None) -> Placement:
     """The placement a stage's `device`/`precision` fields mean on this machine (`cuda`, `bf16_supported`: what
-    torch reports, unless given). A CUDA request without a visible GPU, or fp16 on the CPU, is a ConfigError."""
+    torch reports, unless given). A CUDA request without a visible GPU, or fp16 on the CPU, is a ConfigError, as is
+    an `accelerate launch` this machine cannot run (`check_launch`)."""
     import torch
 
     if cuda is None:
         cuda = torch.cuda.is_available()
+    check_launch(stage, cuda)
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"{stage}.device: must be auto, cpu or cuda, got {device!r}")
     if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -76,3 +78,56 @@ def resolve(device: str = "auto", precision: str = "auto", stage: str = "train",
     if where == "cpu" and precision == "fp16":
         raise ConfigError(f"{stage}.precision: fp16 needs a GPU (use fp32, or bf16 — slow on most CPUs)")
     return Placement(where, precision)  # type: ignore[arg-type]
+
+
+_AUTO_FILL = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0}
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def check_launch(stage: str, cuda: bool | None = None, env: Mapping[str, str] | None = None) -> None:
+    """Refuse, before any work, an `accelerate launch` that cannot run here as asked (a ConfigError naming why):
+    a GPU config — `use_cpu: false`, or bf16/fp16 mixed precision, under DDP, FSDP or DeepSpeed — where torch
+    sees no GPU; DeepSpeed for pretrain (its loop drives the optimizer step itself: spike guard, chunked loss,
+    resumable checkpoints; SFT and DPO run under ZeRO-2/3 through the Hugging Face trainer); a DeepSpeed config
+    that DeepSpeed's own parser rejects (its message). A plain single process passes untouched."""
+    env = os.environ if env is None else env
+    deepspeed, fsdp = _flag(env, "ACCELERATE_USE_DEEPSPEED"), _flag(env, "ACCELERATE_USE_FSDP")
+    if not (deepspeed or fsdp or int(env.get("WORLD_SIZE", "1") or 1) > 1):
+        return
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    mixed = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    if not cuda and (env.get("ACCELERATE_USE_CPU", "").strip().lower() == "false" or mixed in ("bf16", "fp16")):
+        raise ConfigError(f"{stage}: launched with a GPU accelerate config (use_cpu: false / mixed_precision: "
+                          f"{mixed}) but torch sees no GPU; for CPU processes use a copy with use_cpu: true and "
+                          "mixed_precision: no")
+    if deepspeed and stage == "pretrain":
+        raise ConfigError("pretrain: DeepSpeed is not supported by the pretraining loop (it drives the optimizer "
+                          "step itself); launch pretrain with ddp.yaml or fsdp.yaml — sft and dpo run under "
+                          "DeepSpeed ZeRO-2/3")
+    if deepspeed:
+        check_deepspeed_config(stage)
+
+
+def check_deepspeed_config(stage: str) -> None:
+    """Build the DeepSpeed config this launch will train with (accelerate's `DeepSpeedPlugin` from the launch's
+    environment, "auto" values filled as the trainer would) and have DeepSpeed's own parser check it."""
+    try:
+        from accelerate.utils import DeepSpeedPlugin
+        from deepspeed.runtime.config import DeepSpeedConfig
+    except ImportError as e:
+        raise ConfigError(f"{stage}: DeepSpeed asked for but not installed ({e}); pip install deepspeed") from e
+
+    def fill(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: fill(v) if isinstance(v, dict) else (_AUTO_FILL.get(k, 1) if v == "auto" else v)
+                for k, v in d.items() if not (k == "train_batch_size" and v == "auto")}
+
+    try:
+        DeepSpeedConfig(fill(DeepSpeedPlugin().deepspeed_config))
+    except Exception as e:  # DeepSpeed raises pydantic ValidationError, AssertionError, ValueError …
+        raise ConfigError(f"{stage}: DeepSpeed rejects the launch's config: {e}") from e

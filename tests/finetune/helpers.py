@@ -1,8 +1,9 @@
-"""Run a qihuang stage under `accelerate launch` on the CPU (DDP over gloo, this checkout's code) and read back what
-it wrote: the per-step training losses and a loadable model."""
+"""Run a qihuang stage under `accelerate launch` on the CPU (DDP or DeepSpeed over gloo, this checkout's code) and
+read back what it wrote: the per-step training losses and a loadable model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -11,8 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+_NO_DEEPSPEED = importlib.util.find_spec("deepspeed") is None
+LAUNCH_PRESETS = ["ddp.yaml", pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.skipif(
+    _NO_DEEPSPEED, reason="deepspeed not installed (pip install -e '.[test]')"))]
+"""The shipped presets the 2-process tests launch with: DDP, and DeepSpeed ZeRO-3 (sharded parameters, gathered at
+save), which DeepSpeed runs on the CPU over gloo."""
 
 
 def flags(settings: dict[str, Any]) -> list[str]:

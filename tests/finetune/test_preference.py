@@ -13,6 +13,7 @@ from qihuang.config import ConfigError
 from qihuang.finetune.preference import DPOConfig, check_pair, dpo, load_pairs, preference_metrics
 from qihuang.runs import StageDir, read_jsonl, run_stage
 from qihuang.template import TemplateError
+from tests.finetune.helpers import LAUNCH_PRESETS
 
 QUESTIONS = ["何谓阴阳", "五行相生", "桂枝汤主治", "何谓治未病", "肝之所主", "肾之所藏", "心之所主", "肺之所司"]
 
@@ -107,7 +108,8 @@ def test_full_dpo_uses_a_frozen_reference_copy(tmp_path: Path, tiny_model_dir: P
 
 
 @pytest.mark.slow
-def test_dpo_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("preset", LAUNCH_PRESETS)
+def test_dpo_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path, preset: str) -> None:
     """`accelerate launch` with 2 CPU processes (gloo), 1 pair per process and 2 accumulation steps, against one
     process with 4 pairs a step: the same pairs make each step's global batch, so the per-step DPO losses and the
     saved weights agree up to float32 rounding; only the main process logs and writes."""
@@ -125,7 +127,7 @@ def test_dpo_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     ddp = tmp_path / "ddp"
     args = ["dpo", "--model", str(tiny_model_dir), "--out", str(ddp), "--data", str(data),
             *flags({**common, "batch_size": 1, "grad_accum": 2})]
-    run = accelerate_launch(cpu_config(tmp_path / "ddp.yaml", 2), args)
+    run = accelerate_launch(cpu_config(tmp_path / "launch.yaml", 2, base=preset), args)
     assert run.returncode == 0, run.stderr[-3000:]
     d = json.loads((ddp / "summary.json").read_text())
     assert (d["processes"], d["global_batch"], s["processes"], s["global_batch"]) == (2, 4, 1, 4)

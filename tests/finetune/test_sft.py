@@ -14,6 +14,7 @@ from qihuang.finetune.data import Example, curriculum, load_examples, mix, to_da
 from qihuang.finetune.sft import SFTConfig, _lora_config, _source_limits, build_data, sft
 from qihuang.runs import StageDir, read_jsonl, run_stage
 from qihuang.template import IGNORE_INDEX
+from tests.finetune.helpers import LAUNCH_PRESETS
 
 QA = [("何谓阴阳", "阴阳者天地之道也"), ("五行相生", "木生火火生土"), ("桂枝汤主治", "太阳中风汗出恶风"),
       ("何谓治未病", "上工治未病"), ("肝之所主", "肝主疏泄藏血"), ("肾之所藏", "肾藏精主骨")]
@@ -322,7 +323,8 @@ def test_scored_loss_equals_the_models_own(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("preset", LAUNCH_PRESETS)
+def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path, preset: str) -> None:
     """`accelerate launch` with 2 CPU processes (gloo), 1 dialogue row per process and 2 accumulation steps, against
     one process with 4 rows a step: the same global batch holds the same packed rows at every step (accelerate hands
     the per-process batches of one seeded order out in turn), so the per-step losses and the saved weights agree up
@@ -340,7 +342,7 @@ def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     ddp = tmp_path / "ddp"
     args = ["sft", "--model", str(tiny_model_dir), "--out", str(ddp), "--data", str(data),
             *flags({**common, "batch_size": 1, "grad_accum": 2})]
-    run = accelerate_launch(cpu_config(tmp_path / "ddp.yaml", 2), args)
+    run = accelerate_launch(cpu_config(tmp_path / "launch.yaml", 2, base=preset), args)
     assert run.returncode == 0, run.stderr[-3000:]
     d = json.loads((ddp / "summary.json").read_text())
     assert (d["processes"], d["global_batch"], s["processes"], s["global_batch"]) == (2, 4, 1, 4)

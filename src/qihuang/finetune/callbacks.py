@@ -104,6 +104,9 @@ def plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def trainable_summary(model: Any) -> dict[str, int]:
-    """Trainable and total parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "total": total}
+    """Trainable and total parameter counts (a ZeRO-3 shard counts as the whole parameter: its `ds_numel`)."""
+    def size(p: Any) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    total = sum(size(p) for p in model.parameters())
+    return {"trainable": sum(size(p) for p in model.parameters() if p.requires_grad), "total": total}

@@ -44,9 +44,18 @@ def wrap_after_evaluate(trainer: Any) -> None:
     """Let `trainer.train()` wrap the model in DDP after a `trainer.evaluate()`. The evaluation has accelerate
     prepare the model for evaluation (no wrapper) and mark it prepared, and the training's prepare then hands it back
     unwrapped (accelerate 1.15, transformers 5.24): the processes' gradients were never averaged, each process
-    trained its own copy on its own shard of the data and the main one saved its copy. FSDP and DeepSpeed wrap at
-    evaluation already; one process has nothing to wrap."""
+    trained its own copy on its own shard of the data and the main one saved its copy. Under DeepSpeed the evaluation
+    builds an inference engine that training would keep, with no optimizer for `accelerator.backward` to step
+    (`'NoneType' object has no attribute 'backward'`): it is dropped so that training builds its own. FSDP wraps
+    at evaluation already; one process has nothing to wrap."""
     model = trainer.model
+    if trainer.is_deepspeed_enabled and trainer.model_wrapped is not model:
+        trainer.model_wrapped = model
+        trainer.deepspeed = None
+        trainer.accelerator._models = [m for m in trainer.accelerator._models if getattr(m, "module", m) is not model]
+        trainer.accelerator.deepspeed_engine_wrapped = None
+        model._is_accelerate_prepared = False
+        return
     if (trainer.accelerator.num_processes == 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
             or trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False)):
         return

@@ -14,8 +14,10 @@ def scored_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
     `num_items_in_batch` or by their count), computed from the decoder's hidden states with the LM head applied
     only to the scored positions, in chunks (`training.loss.causal_lm_nll`): SFT scores the answers, a small
     share of each retrieval prompt, so the [tokens x vocabulary] logits are never built — less memory and less
-    compute than the model's forward."""
+    compute than the model's forward. Under DeepSpeed ZeRO-3 (parameters sharded, gathered only inside the model's
+    own forward) and for a head with logit soft-capping (Gemma) it is the model's own loss."""
     import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from qihuang.finetune.distributed import inner
     from qihuang.training.loss import IGNORE, causal_lm_nll
@@ -24,7 +26,7 @@ def scored_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
     base: Any = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     kwargs = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
     text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(text_config, "final_logit_softcapping", None):  # Gemma: the head's output is transformed first
+    if getattr(text_config, "final_logit_softcapping", None) or is_deepspeed_zero3_enabled():
         extra = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         return model(input_ids=inputs["input_ids"], labels=inputs["labels"], **kwargs, **extra).loss
     head = base.get_output_embeddings()

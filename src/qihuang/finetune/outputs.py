@@ -56,13 +56,44 @@ def save_trained(trainer: Any, tokenizer: Any, out_dir: Path, **kwargs: Any) -> 
     Returns the same paths on every process."""
     from peft import PeftModel
 
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     model = trainer.accelerator.unwrap_model(trainer.model)
     paths: dict[str, str | None] = {"model": str(out_dir / "model"),
                                     "adapter": str(out_dir / "adapter") if isinstance(model, PeftModel) else None}
+    if is_deepspeed_zero3_enabled():
+        model = unsharded(trainer, model)
     if trainer.is_world_process_zero():
         paths = save_outputs(model, tokenizer, out_dir, **kwargs)
     trainer.accelerator.wait_for_everyone()
     return paths
+
+
+def unsharded(trainer: Any, model: Any) -> Any:
+    """Under DeepSpeed ZeRO-3 each process holds a shard of every weight (the model's own tensors are empty): every
+    process takes part in gathering the full state dict (`stage3_gather_16bit_weights_on_model_save`, the presets'
+    `zero3_save_16bit_model`), and the main process loads it into a fresh copy of the model — the same architecture
+    and adapters, built from its class and config — which it returns (the others get `model` back, unused)."""
+    import copy
+
+    from peft import PeftModel, get_peft_model
+
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return model
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    # the class itself, not from_config: that would build it under deepspeed.zero.Init, sharded again (collective)
+    fresh = type(base)(copy.deepcopy(base.config)).to(next(iter(state.values())).dtype)
+    if isinstance(model, PeftModel):
+        fresh = get_peft_model(fresh, model.peft_config[model.active_adapter])
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
+    lost = [k for k in missing if not any(k.endswith(t) for t in tied)]
+    if lost or unexpected:
+        raise RuntimeError(f"ZeRO-3 save: gathered weights do not fit the model (missing {lost[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+    fresh.tie_weights()
+    return fresh
 
 
 def copy_model(src: Path, dst: Path) -> None:
