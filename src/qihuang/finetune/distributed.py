@@ -49,6 +49,8 @@ def wrap_after_evaluate(trainer: Any) -> None:
     (`'NoneType' object has no attribute 'backward'`): it is dropped so that training builds its own. FSDP wraps
     at evaluation already; one process has nothing to wrap."""
     model = trainer.model
+    if trainer.accelerator.num_processes == 1:
+        return
     if trainer.is_deepspeed_enabled and trainer.model_wrapped is not model:
         trainer.model_wrapped = model
         trainer.deepspeed = None
@@ -56,8 +58,8 @@ def wrap_after_evaluate(trainer: Any) -> None:
         trainer.accelerator.deepspeed_engine_wrapped = None
         model._is_accelerate_prepared = False
         return
-    if (trainer.accelerator.num_processes == 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-            or trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False)):
+    if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or trainer.model_wrapped is not model
+            or not getattr(model, "_is_accelerate_prepared", False)):
         return
     model._is_accelerate_prepared = False
     trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
