@@ -20,7 +20,7 @@ def test_every_recipe_passes_its_dry_run(recipe: Path, tmp_path: Path) -> None:
     out = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run", "--set", f"runs_dir={tmp_path}"])
     assert out.exit_code == 0, out.output
     assert "nothing was trained" in out.output and not any(tmp_path.iterdir())
-    assert {"gpu.yaml", "demo.yaml", "tiny.yaml"} <= {p.name for p in RECIPES}
+    assert {"gpu.yaml", "demo.yaml", "tiny.yaml", "qwen7b-8gpu.yaml"} <= {p.name for p in RECIPES}
 
 
 def test_gpu_recipe_reports_the_device_it_needs(tmp_path: Path) -> None:
