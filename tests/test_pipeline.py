@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qihuang.pipeline import STAGES
+from tests.finetune.helpers import LAUNCH_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,3 +152,24 @@ def test_stale_stages_are_named_with_their_reason(tmp_path: Path) -> None:
     assert why("pretrain") == "corpus newer"
     dirs["pretrain"].done_file.unlink()
     assert why("pretrain", {"learning_rate": 3e-4}) is None  # not finished: it runs anyway, nothing to explain
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", LAUNCH_PRESETS)
+def test_a_training_stage_of_a_recipe_runs_under_accelerate_launch(tmp_path: Path, shared_data: Path,
+                                                                   preset: str) -> None:
+    """How recipes/qwen7b-8gpu.yaml is run: the data stages in one process, then `accelerate launch -m qihuang run
+    RECIPE --only sft` — both processes train it as one and the main one records it (2 gloo processes here)."""
+    from tests.finetune.helpers import accelerate_launch, cpu_config
+
+    runs, stages = tmp_path / "runs", "stages=[corpus, index, pretrain, instruct, sft]"
+    first = run(ROOT / "recipes" / "tiny.yaml", runs, "--set", stages)
+    assert first.returncode == 0, first.stderr[-3000:]
+    single = json.loads((runs / "tiny" / "sft" / "summary.json").read_text(encoding="utf-8"))
+    launched = accelerate_launch(cpu_config(tmp_path / "launch.yaml", 2, base=preset),
+                                 ["run", str(ROOT / "recipes" / "tiny.yaml"), "--set", f"runs_dir={runs}", "--set",
+                                  stages, "--only", "sft"])
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    summary = json.loads((runs / "tiny" / "sft" / "summary.json").read_text(encoding="utf-8"))
+    assert (single["processes"], summary["processes"]) == (1, 2) and summary["steps"] == single["steps"]
+    assert (runs / "tiny" / "sft" / "done").exists() and (runs / "tiny" / "sft" / "model" / "config.json").exists()

@@ -335,7 +335,7 @@ def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
 
     data = _write(tmp_path / "train.jsonl", _dialogues(40))
     common = dict(max_length=96, max_steps=6, learning_rate=1e-2, lora_r=8, lora_dropout=0.0, val_fraction=0.1,
-                  qa_samples=0, early_stopping_patience=0, eval_steps=5, device="cpu")
+                  qa_samples=2, qa_max_new_tokens=8, early_stopping_patience=0, eval_steps=5, device="cpu")
     single = StageDir(tmp_path / "single")
     cfg = SFTConfig(data=[data], batch_size=4, **common)  # type: ignore[arg-type]
     s = run_stage(single, cfg, lambda: sft(cfg, tiny_model_dir, single))
@@ -347,6 +347,7 @@ def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     d = json.loads((ddp / "summary.json").read_text())
     assert (d["processes"], d["global_batch"], s["processes"], s["global_batch"]) == (2, 4, 1, 4)
     assert d["steps"] == s["steps"] == 6 and d["tokens_seen"] == s["tokens_seen"]
+    assert d["qa_samples"] == s["qa_samples"] == 2  # answered after training too (under ZeRO-3 by every process)
     assert_same_losses(step_losses(single.path), step_losses(ddp), rel=1e-5)
     assert_same_weights(single.path / "model", ddp / "model")
     assert (ddp / "done").exists() and (ddp / "adapter" / "adapter_config.json").exists()

@@ -253,6 +253,8 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     from qihuang import chat_templates
     from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
     from qihuang.finetune.distributed import warn_mode
@@ -267,12 +269,13 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     val_ds = to_dataset(val, cfg.packing, cfg.max_length, 0) if val else None
     probe = train[: min(max(len(val), 8), 64)]
     probe_ds = to_dataset(probe, cfg.packing, cfg.max_length, 0)
-    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples and is_main_process() else []  # the others would repeat it
     ckpt_dir = out.path / "checkpoints"
     use_val = val_ds is not None
     callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, cfg.warmup)]
     trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks, placement)
     warn_mode(trainer, out.metrics())
+    # the others would repeat it — except under ZeRO-3, where a forward gathers each layer's shards from all of them
+    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples and (is_main_process() or is_deepspeed_zero3_enabled()) else []
     base_model = trainer.model
     rouge_before = _rouge(base_model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
     before = _probe_losses(trainer, probe_ds, use_val)
