@@ -83,7 +83,9 @@ def resolve(device: str = "auto", precision: str = "auto", stage: str = "train",
 _AUTO_FILL = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0}
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def launch_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether `accelerate launch` set the boolean variable `name` (ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_FSDP …)."""
+    env = os.environ if env is None else env
     return env.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
@@ -94,7 +96,7 @@ def check_launch(stage: str, cuda: bool | None = None, env: Mapping[str, str] | 
     resumable checkpoints; SFT and DPO run under ZeRO-2/3 through the Hugging Face trainer); a DeepSpeed config
     that DeepSpeed's own parser rejects (its message). A plain single process passes untouched."""
     env = os.environ if env is None else env
-    deepspeed, fsdp = _flag(env, "ACCELERATE_USE_DEEPSPEED"), _flag(env, "ACCELERATE_USE_FSDP")
+    deepspeed, fsdp = launch_flag("ACCELERATE_USE_DEEPSPEED", env), launch_flag("ACCELERATE_USE_FSDP", env)
     if not (deepspeed or fsdp or int(env.get("WORLD_SIZE", "1") or 1) > 1):
         return
     if cuda is None:

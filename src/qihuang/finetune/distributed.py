@@ -49,20 +49,27 @@ def wrap_after_evaluate(trainer: Any) -> None:
     (`'NoneType' object has no attribute 'backward'`): it is dropped so that training builds its own. FSDP wraps
     at evaluation already; one process has nothing to wrap."""
     model = trainer.model
-    if trainer.accelerator.num_processes == 1:
+    if trainer.accelerator.num_processes == 1 or trainer.is_fsdp_enabled:
         return
-    if trainer.is_deepspeed_enabled and trainer.model_wrapped is not model:
-        trainer.model_wrapped = model
-        trainer.deepspeed = None
-        trainer.accelerator._models = [m for m in trainer.accelerator._models if getattr(m, "module", m) is not model]
-        trainer.accelerator.deepspeed_engine_wrapped = None
-        model._is_accelerate_prepared = False
+    if trainer.is_deepspeed_enabled:
+        if trainer.model_wrapped is model:
+            return
+        trainer.model_wrapped, trainer.deepspeed, trainer.accelerator.deepspeed_engine_wrapped = model, None, None
+    elif trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False):
         return
-    if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or trainer.model_wrapped is not model
-            or not getattr(model, "_is_accelerate_prepared", False)):
-        return
-    model._is_accelerate_prepared = False
-    trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
+    model._is_accelerate_prepared = False  # accelerate's prepare then wraps it for training
+    trainer.accelerator._models = [m for m in trainer.accelerator._models if getattr(m, "module", m) is not model]
+
+
+def every_process_forwards() -> bool:
+    """Whether a forward pass outside the trainer (held-out answers, preference scores) must run on every process:
+    under DeepSpeed ZeRO-3 each forward gathers the layers' shards from all of them, so one process alone would wait
+    forever; otherwise the main process runs it for the summary and the others skip it."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from qihuang.runs import is_main_process
+
+    return is_main_process() or is_deepspeed_zero3_enabled()
 
 
 def inner(model: Any) -> Any:
@@ -87,10 +94,10 @@ def mode_warning(trainer: Any) -> str | None:
     """Why the trainer does not run the sharding that `accelerate launch` was asked for (None when it does):
     accelerate (1.15) selects FSDP only on an accelerator, so on the CPU an FSDP config silently trains in plain
     DDP (MULTI_CPU, gloo), every process holding the whole model."""
-    import os
+    from qihuang.placement import launch_flag
 
     asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-             if os.environ.get(env, "false").lower() == "true"]
+             if launch_flag(env)]
     runs = trainer.accelerator.distributed_type
     if not asked or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         return None

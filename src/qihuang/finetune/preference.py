@@ -256,12 +256,11 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     """Write out.path/'model' (merged). Under `accelerate launch` every process trains (DDP) and the main one
     scores the held-out pairs and writes the outputs."""
     from transformers import set_seed
-    from transformers.integrations import is_deepspeed_zero3_enabled
     from transformers.trainer_utils import get_last_checkpoint
 
     from qihuang import chat_templates
     from qihuang.finetune.callbacks import plot_losses, trainable_summary
-    from qihuang.finetune.distributed import from_main, warn_mode
+    from qihuang.finetune.distributed import every_process_forwards, from_main, warn_mode
     from qihuang.finetune.outputs import load_start_model, save_trained
 
     out.path.mkdir(parents=True, exist_ok=True)
@@ -281,9 +280,8 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     ckpt_dir = out.path / "checkpoints"
     last = from_main(get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None)
     result = trainer.train(resume_from_checkpoint=last)
-    # ZeRO-3 gathers each layer's weights inside its forward, a collective call: every process scores then
-    scoring = held if is_deepspeed_zero3_enabled() else scored
-    policy_scores = score_pairs(trainer.model, tokenizer, scoring, cfg.max_length)[: len(scored)] if scoring else []
+    policy_scores = (score_pairs(trainer.model, tokenizer, held, cfg.max_length)[: len(scored)]
+                     if held and every_process_forwards() else [])  # kept by the main process only
     before = preference_metrics(ref_scores, ref_scores, cfg.beta)
     after = preference_metrics(ref_scores, policy_scores, cfg.beta)
     trainable = trainable_summary(trainer.model)

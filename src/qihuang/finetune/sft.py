@@ -253,11 +253,9 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
     from qihuang import chat_templates
     from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
-    from qihuang.finetune.distributed import warn_mode
+    from qihuang.finetune.distributed import every_process_forwards, warn_mode
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)
@@ -274,8 +272,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, cfg.warmup)]
     trainer = build_trainer(cfg, model, tokenizer, train_ds, val_ds, ckpt_dir, callbacks, placement)
     warn_mode(trainer, out.metrics())
-    # the others would repeat it — except under ZeRO-3, where a forward gathers each layer's shards from all of them
-    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples and (is_main_process() or is_deepspeed_zero3_enabled()) else []
+    qa_pairs = _qa_pairs(cfg, val) if cfg.qa_samples and every_process_forwards() else []
     base_model = trainer.model
     rouge_before = _rouge(base_model, tokenizer, qa_pairs, cfg.qa_max_new_tokens) if qa_pairs else None
     before = _probe_losses(trainer, probe_ds, use_val)
