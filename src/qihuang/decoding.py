@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qihuang.config import ConfigError, check_ranges
+
+if TYPE_CHECKING:
+    from qihuang.quotes import QuoteCopy
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
 """End-of-turn tokens of the common chat templates: generation stops at any of them."""
@@ -46,10 +49,12 @@ OFF = DecodeParams(repetition_penalty=1.0, no_repeat_ngram_size=0)
 class Repetition:
     """One sequence's generated tokens as incremental repetition-control state: how often each token was generated
     (the penalty's set) and, for n-gram blocking, a table from each (n-1)-gram to the tokens that followed it, so
-    the banned next tokens are one lookup instead of a scan of the whole answer. `push`/`pop` cost O(n) a token."""
+    the banned next tokens are one lookup instead of a scan of the whole answer. `push`/`pop` cost O(n) a token.
+    With `quotes`, an open quotation may only copy the passages shown (`qihuang.quotes.QuoteCopy`)."""
 
-    def __init__(self, params: DecodeParams, generated: Sequence[int] = ()) -> None:
+    def __init__(self, params: DecodeParams, generated: Sequence[int] = (), quotes: QuoteCopy | None = None) -> None:
         self.params = params
+        self.quotes = quotes
         self.n = params.no_repeat_ngram_size if params.no_repeat_ngram_size >= 2 else 0
         self.tokens: list[int] = []
         self.counts: dict[int, int] = {}
@@ -61,6 +66,8 @@ class Repetition:
         """Append one generated token."""
         token = int(token)
         self.tokens.append(token)
+        if self.quotes is not None:
+            self.quotes.push(token)
         if not self.params.active:
             return
         self.counts[token] = self.counts.get(token, 0) + 1
@@ -71,6 +78,8 @@ class Repetition:
     def pop(self) -> int:
         """Remove the last token pushed (undoes `push`, e.g. after checking draft tokens)."""
         token = self.tokens[-1]
+        if self.quotes is not None:
+            self.quotes.pop()
         if self.params.active:
             if self.n and len(self.tokens) >= self.n:
                 key = tuple(self.tokens[-self.n:-1])
@@ -92,9 +101,29 @@ class Repetition:
             return []
         return sorted(self.follow.get(tuple(self.tokens[len(self.tokens) - self.n + 1:]), ()))
 
+    @property
+    def active(self) -> bool:
+        """Whether `apply` may change logits (repetition control on, or quotations to keep verbatim)."""
+        return self.params.active or self.quotes is not None
+
     def apply(self, logits: Any) -> Any:
         """`logits` (last dim = vocabulary; 1-D or 2-D) with the repetition penalty on the generated tokens and the
-        banned n-gram completions at -inf; `logits` itself (not a copy) when nothing applies."""
+        banned n-gram completions at -inf — or, inside a quotation, every token that does not copy the passages at
+        -inf instead (a quotation may repeat what the answer said; it cannot loop past its span's end), unless that
+        leaves nothing; `logits` itself (not a copy) when nothing applies."""
+        allowed = self.quotes.allowed() if self.quotes is not None else None
+        if not allowed:
+            return self._repeat(logits)
+        import torch
+
+        idx = torch.tensor(allowed, dtype=torch.long, device=logits.device)
+        kept = logits.index_select(-1, idx)
+        if bool(torch.isinf(kept).all()):
+            return self._repeat(logits)
+        return torch.full_like(logits, float("-inf")).index_copy_(-1, idx, kept)
+
+    def _repeat(self, logits: Any) -> Any:
+        """`apply`'s repetition control alone."""
         if not self.params.active or not self.tokens:
             return logits
         banned = self.banned()
@@ -141,16 +170,25 @@ def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(eos)
 
 
-def logits_processor(prompt_width: int, params: DecodeParams) -> Any:
-    """A transformers LogitsProcessor applying `penalize` to each row's tokens after `prompt_width` (for
-    `model.generate`: what the engine's token loop does, so both decode the same tokens)."""
+def logits_processor(prompt_width: int, params: DecodeParams,
+                     quotes: Sequence[QuoteCopy | None] | None = None) -> Any:
+    """A transformers LogitsProcessor applying `Repetition` to each row's tokens after `prompt_width` (with row b's
+    verbatim quotations when `quotes[b]` is given, fresh: no token pushed) — for `model.generate`: what the engine's
+    token loop does, so both decode the same tokens."""
     import torch
     from transformers import LogitsProcessor
+
+    states = [Repetition(params, quotes=q) for q in (quotes or [])]
 
     class GeneratedRepetition(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             rows = input_ids[:, prompt_width:].tolist()
-            return torch.stack([penalize(scores[b], row, params) for b, row in enumerate(rows)])
+            if not states:
+                return torch.stack([penalize(scores[b], row, params) for b, row in enumerate(rows)])
+            for rep, row in zip(states, rows, strict=True):
+                for tok in row[len(rep.tokens):]:
+                    rep.push(tok)
+            return torch.stack([rep.apply(scores[b]) for b, rep in enumerate(states)])
 
     return GeneratedRepetition()
 
@@ -175,14 +213,15 @@ def suppress_mask(ids: Sequence[int]) -> Callable[[Any], Any]:
 
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
                    params: DecodeParams | None = None, progress: Callable[[int, int], None] | None = None,
-                   lookup_draft: int = 8) -> list[str]:
+                   lookup_draft: int = 8, quotes: Sequence[Sequence[str]] | None = None) -> list[str]:
     """Greedy answers to rendered `prompts` (chat template applied), decoded by the server's continuous batcher
     (`serve.batching.BatchDecoder`): up to `batch_size` rows per forward over a left-padded KV cache, a finished
     row's place taken by the next prompt at once (no row waits for the longest of a fixed batch); repetition
     control on the generated tokens; an extended vocabulary's untrained byte fragments never generated; each row
     stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact). Order is kept;
     `progress(done, total)` is called as answers finish. A model whose KV cache cannot be batched this way
-    (sliding-window layers) goes through `model.generate` in fixed batches instead."""
+    (sliding-window layers) goes through `model.generate` in fixed batches instead. `quotes[i]`: the passages
+    prompt i shows — a quotation its answer opens copies them verbatim (`qihuang.quotes`)."""
     from qihuang.serve.batching import BatchDecoder, Request, batchable
     from qihuang.serve.fastpath import cache_kwarg
     from qihuang.serve.textstream import prompt_lookup_draft
@@ -192,8 +231,10 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be >= 1")
     params = params or DecodeParams()
+    if quotes is not None and len(quotes) != len(prompts):
+        raise ValueError(f"quotes: {len(quotes)} passage lists for {len(prompts)} prompts")
     if not batchable(model):
-        return _generate_fixed(model, tokenizer, prompts, max_new_tokens, batch_size, params, progress)
+        return _generate_fixed(model, tokenizer, prompts, max_new_tokens, batch_size, params, progress, quotes)
     mask = suppress_mask(suppressed_ids(tokenizer))
     decoder = BatchDecoder(model, stop_token_ids(model, tokenizer), mask, cache_kwarg(model), max_batch=batch_size)
 
@@ -206,7 +247,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
 
     encoded = [encode_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar widths prefill together
-    requests = [Request(encoded[i], pick, max_new_tokens, lambda: False, Repetition(params),
+    requests = [Request(encoded[i], pick, max_new_tokens, lambda: False,
+                        Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else ())),
                         draft=draft if lookup_draft > 0 else None) for i in order]
     tokens = decoder.run(requests, progress)
     answers: list[str] = [""] * len(prompts)
@@ -215,8 +257,16 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     return answers
 
 
+def quote_copy(tokenizer: Any, passages: Sequence[str]) -> QuoteCopy | None:
+    """The verbatim-quotation state of one answer to a prompt showing `passages` (None without passages)."""
+    from qihuang.quotes import QuoteCopy, QuoteVocab
+
+    return QuoteCopy(QuoteVocab.of(tokenizer), passages) if any(passages) else None
+
+
 def _generate_fixed(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-                    params: DecodeParams, progress: Callable[[int, int], None] | None) -> list[str]:
+                    params: DecodeParams, progress: Callable[[int, int], None] | None,
+                    quotes: Sequence[Sequence[str]] | None = None) -> list[str]:
     """`generate_batch` through `model.generate`: fixed left-padded batches sorted by length, KV cache."""
     import torch
     from transformers import LogitsProcessorList
@@ -240,7 +290,9 @@ def _generate_fixed(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_
             n = len(encoded[i])
             ids[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
             mask[row, width - n:] = 1
-        processors = [logits_processor(width, params)] if params.active else []
+        copies = [quote_copy(tokenizer, quotes[i]) for i in chunk] if quotes else []
+        processors = [logits_processor(width, params, copies if any(copies) else None)] \
+            if params.active or any(copies) else []
 
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qihuang.answer_guard import HOLD_CHARS
@@ -56,12 +56,29 @@ def passage_window(passage: Passage, query: str, max_chars: int) -> tuple[int, i
     return s, s + max_chars
 
 
+def shown_texts(passages: Sequence[Passage], query: str, max_chars: int = PASSAGE_CHARS) -> list[str]:
+    """The text of each passage as the prompt shows it (its window, cleaned): what a quotation may copy."""
+    out = []
+    for p in passages:
+        s, e = passage_window(p, query, max_chars)
+        out.append(clean_passage_text(p.text[s:e]))
+    return out
+
+
+def quotable(passages: Sequence[Passage], cited: Passage | None, query: str,
+             max_chars: int = PASSAGE_CHARS) -> list[str]:
+    """What an answer's quotations may copy (`qihuang.quotes`): the cited passage's shown text when the answer opens
+    citing one of the passages (`据《X》：「…」` quotes X, not a neighbour), else every passage's."""
+    if cited is not None and any(p.id == cited.id for p in passages):
+        return shown_texts([cited], query, max_chars)
+    return shown_texts(passages, query, max_chars)
+
+
 def format_context(passages: Sequence[Passage], query: str, max_chars: int = PASSAGE_CHARS) -> str:
     """The passages block: a header, then one numbered line per passage `[n]《书名·篇名》text`, then the rule."""
     lines = [CONTEXT_HEADER]
-    for i, p in enumerate(passages, 1):
-        s, e = passage_window(p, query, max_chars)
-        lines.append(f"[{i}]{p.title}{clean_passage_text(p.text[s:e])}")
+    for i, (p, text) in enumerate(zip(passages, shown_texts(passages, query, max_chars), strict=True), 1):
+        lines.append(f"[{i}]{p.title}{text}")
     lines.append(CONTEXT_RULE)
     return "\n".join(lines)
 
@@ -172,6 +189,8 @@ class Prepared:
     ground: Grounding = Grounding([])
     """What `ground` decided: the answer's opening, or the whole answer of a declined question, and the cited
     passage."""
+    quotable: list[str] = field(default_factory=list)
+    """What the answer's quotations may copy (`quotable`; none closed-book)."""
 
 
 def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIndex | None, k: int,
@@ -189,7 +208,8 @@ def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIn
         prompt = engine.prompts.render(turn) + g.prefix
         n = engine.prompts.count_tokens(prompt)
         if n + max_new_tokens <= engine.max_context or g.answer is not None:
-            return Prepared(prompt, n, hits, query, g)
+            shown = [h.passage for h in hits]
+            return Prepared(prompt, n, hits, query, g, quotable(shown, g.cited, query, passage_chars) if shown else [])
         if not hits:
             raise PromptTooLong(f"the conversation has {n} prompt tokens; with max_tokens={max_new_tokens} it exceeds "
                                 f"the model's context of {engine.max_context} tokens")
@@ -197,12 +217,14 @@ def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIn
 
 
 def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, hold: int | None = HOLD_CHARS,
-                  min_support: float = 0.0, **kwargs: Any) -> Iterator[Any]:
+                  min_support: float = 0.0, verbatim: bool = True, **kwargs: Any) -> Iterator[Any]:
     """The answer's chunks: the grounding's whole answer, or its opening followed by what the engine generates —
     with `guard`, through `answer_guard.guard_stream` (a degenerate continuation is cut and the generation stopped;
     an answer with nothing of its own quotes the cited passage; `hold`: generated characters held back, None = all
     until the end, for a client that is not streaming; `min_support` > 0: a sentence the passages shown do not
-    support is cut too, and each sentence is held until it ends). Serve and chat stream this."""
+    support is cut too, and each sentence is held until it ends; `verbatim`: a quotation the answer opens copies
+    `prep.quotable` word for word, `qihuang.quotes`). Serve and chat stream this."""
+    import dataclasses
     import threading
 
     from qihuang.answer_guard import Support, guard_stream
@@ -212,6 +234,8 @@ def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, 
     if g.answer is not None:
         yield Chunk(g.answer, 0, prep.prompt_tokens, "stop")
         return
+    if verbatim and prep.quotable:
+        params = dataclasses.replace(params, quotes=tuple(prep.quotable))
     stop = threading.Event()
     asked: Any = kwargs.pop("cancelled", None)
 

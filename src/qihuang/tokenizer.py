@@ -87,24 +87,40 @@ def fragment_token_ids(tokenizer: Any, min_added_chars: int = 100) -> list[int]:
     added = [t for t in tokenizer.get_added_vocab() if len(t) == 1 and _is_cjk(t)]
     if len(added) < min_added_chars:
         return []
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
-    special = set(tokenizer.all_special_ids)
     out = []
-    for tid, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if piece is None or tid in special:
-            continue
-        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-            raw = bytes([int(piece[3:5], 16)])
-        elif all(ch in to_byte for ch in piece):
-            raw = bytes(to_byte[ch] for ch in piece)
-        else:
+    for tid, raw in enumerate(piece_bytes(tokenizer)):
+        if raw is None:
             continue
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
             out.append(tid)
+    return out
+
+
+def piece_bytes(tokenizer: Any) -> list[bytes | None]:
+    """The UTF-8 bytes each vocabulary id stands for in running text (index = id; None for special tokens): byte-level
+    BPE pieces through GPT-2's byte alphabet, SentencePiece `<0xNN>` byte fallbacks as that byte and `▁` as a space,
+    added tokens as their text. A piece may hold part of a character (what `fragment_token_ids` and the verbatim
+    quotes of `qihuang.quotes` work with)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
+    byte_level = "Ġ" in tokenizer.get_vocab()
+    special = set(tokenizer.all_special_ids)
+    added = {int(i): t.content for i, t in tokenizer.added_tokens_decoder.items() if not t.special}
+    out: list[bytes | None] = []
+    for tid, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if piece is None or tid in special:
+            out.append(None)
+        elif tid in added:
+            out.append(added[tid].encode("utf-8"))
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            out.append(bytes([int(piece[3:5], 16)]))
+        elif byte_level and all(ch in to_byte for ch in piece):
+            out.append(bytes(to_byte[ch] for ch in piece))
+        else:
+            out.append(piece.replace("\u2581", " ").encode("utf-8"))
     return out
 
 

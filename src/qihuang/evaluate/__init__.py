@@ -86,6 +86,9 @@ class EvalConfig:
     answer_support: float = answer_guard_mod.MIN_SUPPORT
     """With answer_guard: retrieval answers are cut before their first sentence that the passages shown do not
     support (as serve's RetrievalConfig.answer_support; 0 = off)."""
+    verbatim_quotes: bool = True
+    """Retrieval rows' quotations copy the passages shown verbatim (`qihuang.quotes`; as serve's
+    RetrievalConfig.verbatim_quotes)."""
     qa_batch_size: int = 16
     """Questions answered per batched forward (`qihuang.decoding.generate_batch`)."""
     offtopic: bool = True

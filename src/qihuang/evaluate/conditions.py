@@ -79,6 +79,14 @@ def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence
     return prompts
 
 
+def shown_quotes(questions: Sequence[str], grounds: Sequence[Grounding], passage_chars: int) -> list[list[str]]:
+    """What each answer's quotations may copy (`rag.quotable`; nothing closed-book)."""
+    from qihuang.rag import quotable
+
+    return [quotable([h.passage for h in g.hits], g.cited, q, passage_chars)
+            for q, g in zip(questions, grounds, strict=True)]
+
+
 def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], condition: str,
                   index: PassageIndex | None, k: int, passage_chars: int,
                   gate: bool = True, cite_first: bool = True) -> tuple[list[str], list[Grounding]]:
@@ -92,16 +100,19 @@ def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None,
-             grounds: Sequence[Grounding] | None = None) -> list[str]:
+             grounds: Sequence[Grounding] | None = None,
+             quotes: Sequence[Sequence[str]] | None = None) -> list[str]:
     """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching; progress
     as answers finish); with `grounds`, a grounding's whole answer is taken as it is (nothing
-    generated) and its opening is put before what the model writes — the answer serving would send."""
+    generated) and its opening is put before what the model writes — the answer serving would send. `quotes[i]`:
+    the passages prompt i shows, which its quotations copy verbatim (`shown_quotes`)."""
     from qihuang.decoding import generate_batch
 
     grounds = list(grounds) if grounds is not None else [None] * len(prompts)
     todo = [i for i, g in enumerate(grounds) if g is None or g.answer is None]
     outs = generate_batch(model, tokenizer, [prompts[i] for i in todo], max_new_tokens, batch_size=batch_size,
-                          params=decode, progress=progress) if todo else []
+                          params=decode, progress=progress,
+                          quotes=[quotes[i] for i in todo] if quotes is not None else None) if todo else []
     answers = [g.answer if g is not None and g.answer is not None else "" for g in grounds]
     for i, text in zip(todo, outs, strict=True):
         g = grounds[i]
@@ -214,8 +225,10 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
     t0 = time.time()
     found = list(grounds) if condition == "rag" and grounds is not None else [Grounding([]) for _ in items]
     prompts = render_prompts(tokenizer, defaults, [it["question"] for it in items], found, cfg.passage_chars)
-    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found)
     questions = [it["question"] for it in items]
+    quotes = shown_quotes(questions, found, cfg.passage_chars) if cfg.verbatim_quotes else None
+    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found,
+                       quotes=quotes)
     shown, acts = guard_answers(answers, questions, found, cfg.answer_support) if cfg.answer_guard else (answers, [{}] * len(items))
     per = score_items(items, shown, [g.hits for g in found])
     own = score_items(items, answers, [g.hits for g in found]) if cfg.answer_guard else per
@@ -235,7 +248,9 @@ def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions
     """Off-topic questions with retrieval (their groundings, one per question): share of answers citing any book
     (invented citations), declining, degenerate."""
     prompts = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars)
-    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds)
+    quotes = shown_quotes(questions, grounds, cfg.passage_chars) if cfg.verbatim_quotes else None
+    answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds,
+                       quotes=quotes)
     if cfg.answer_guard:
         answers = guard_answers(answers, questions, grounds, cfg.answer_support)[0]
     per = []

@@ -181,7 +181,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
                             top_k=req.top_k, stop=req.stop_list(), seed=req.seed, **req.decode_overrides())
     job = Job(st.engine, prep, params, st.admission.release,
               lora=req.model if req.model in st.engine.adapters else None, guard=st.cfg.answer_guard,
-              stream=bool(req.stream), min_support=st.cfg.answer_support)
+              stream=bool(req.stream), min_support=st.cfg.answer_support, verbatim=st.cfg.verbatim_quotes)
     st.jobs.add(job)
     if req.stream:
         return _stream(st, job, prep, req)

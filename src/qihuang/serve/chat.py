@@ -53,7 +53,7 @@ class ChatSession:
         params = SamplingParams(max_new_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature)
         parts = []
         for chunk in answer_chunks(self.engine, prep, params, self.cfg.answer_guard,
-                                   min_support=self.cfg.answer_support):
+                                   min_support=self.cfg.answer_support, verbatim=self.cfg.verbatim_quotes):
             if chunk.text:
                 parts.append(chunk.text)
                 write(chunk.text)

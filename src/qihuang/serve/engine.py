@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from qihuang.decoding import DecodeParams, Repetition
+from qihuang.decoding import DecodeParams, Repetition, quote_copy
 from qihuang.serve.textstream import (Detokenizer, StopMatcher, accepted_prefix, prompt_lookup_draft,
                                       verify_draft)
 
@@ -96,6 +96,9 @@ class SamplingParams:
     """Penalty on tokens already generated in this answer (1.0 = off; `qihuang.decoding.DecodeParams`)."""
     no_repeat_ngram_size: int = DecodeParams.no_repeat_ngram_size
     """A generated n-gram is never generated again in this answer (0 = off)."""
+    quotes: tuple[str, ...] = ()
+    """Passage texts a quotation the answer opens (“ 「 『) must copy word for word (`qihuang.quotes`; empty = no
+    constraint). Set by `rag.answer_chunks` from the passages shown; the vLLM engine does not apply it."""
 
     def __post_init__(self) -> None:
         _ = self.decode  # refuses out-of-range repetition control now, not at the first token
@@ -255,7 +258,7 @@ class Engine:
         if not params.greedy:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
-        rep = Repetition(params.decode)
+        rep = Repetition(params.decode, quotes=quote_copy(self.tokenizer, params.quotes))
         if self.batcher is not None:
             yield from self._batched_stream(prompt_ids, params, cancelled, gen, rep)
             return
@@ -264,7 +267,7 @@ class Engine:
             return
         cache = DynamicCache()
         logits = self._forward(prompt_ids, cache, keep=1)
-        nxt = self._pick(logits[-1], params, gen)
+        nxt = self._pick(logits[-1], params, gen, rep)
         seq = list(prompt_ids)  # prompt + generated: what drafts are looked up in
         produced = 0
         greedy_lookup = params.greedy and self.lookup_draft > 0
@@ -324,7 +327,7 @@ class Engine:
             if self._decoder is None:
                 self._decoder = StaticDecoder(self.model, self.max_context)
             dec = self._decoder
-            nxt = self._pick(self._mask(dec.prefill(prompt_ids)), params, gen)
+            nxt = self._pick(self._mask(dec.prefill(prompt_ids)), params, gen, rep)
             for produced in range(1, params.max_new_tokens + 1):
                 if nxt in self.eos_ids or cancelled():
                     return

@@ -66,7 +66,8 @@ class Job:
     """One generation running in a worker thread; chunks arrive on an asyncio queue."""
 
     def __init__(self, engine: Any, prep: Prepared, params: SamplingParams, on_done: Callable[[], None],
-                 lora: str | None = None, guard: bool = True, stream: bool = True, min_support: float = 0.0) -> None:
+                 lora: str | None = None, guard: bool = True, stream: bool = True, min_support: float = 0.0,
+                 verbatim: bool = True) -> None:
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -79,7 +80,7 @@ class Job:
             try:
                 extra = {"lora": lora} if lora else {}
                 for chunk in answer_chunks(engine, prep, params, guard, HOLD_CHARS if stream else None, min_support,
-                                          cancelled=self.cancel.is_set, **extra):
+                                          verbatim, cancelled=self.cancel.is_set, **extra):
                     put(chunk)
             except Exception as exc:  # reported to the client as a 500-class error event, never a hang
                 put(exc)

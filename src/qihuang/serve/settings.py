@@ -35,6 +35,9 @@ class RetrievalConfig:
     """With answer_guard: cut an answer before its first sentence whose character bigrams are less than this share
     found in the question and the passages shown (invented text; `answer_guard.Support`). 0 = off — for a model
     large enough to explain in its own words."""
+    verbatim_quotes: bool = True
+    """A quotation an answer opens (“ 「 『) copies the cited passage shown (else the passages shown) word for word
+    until it closes (`qihuang.quotes`): no misquoted classics. Not applied by the vLLM engine."""
 
     def __post_init__(self) -> None:
         check_ranges("retrieval", self, answer_support=(0, 1, False))

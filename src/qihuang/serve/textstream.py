@@ -86,7 +86,7 @@ def verify_draft(logits: Any, draft: list[int], rep: Repetition) -> list[int]:
     `logits` holds one row per fed position ([nxt, *draft]). `rep` is left as it was."""
     import torch
 
-    if not rep.params.active:
+    if not rep.active:
         return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]
     best = []
     for j in range(len(draft) + 1):

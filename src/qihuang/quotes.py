@@ -1,0 +1,153 @@
+"""Verbatim quotations: once an answer opens a quote mark (“ 「 『), it may only copy a span of the passages shown
+until it closes it — a small model's misquotes (「上工治未病而不治未症」) cannot be generated. Works on the bytes the
+vocabulary pieces stand for, so byte-level BPE (a CJK character in 2–3 pieces), SentencePiece and extended
+vocabularies all copy the same text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MARKS = {"“": "”", "「": "」", "『": "』"}
+"""Opening quote mark → its closing mark."""
+
+_OPENERS = {o.encode("utf-8"): c.encode("utf-8") for o, c in MARKS.items()}
+_TAIL = max(len(o) for o in _OPENERS)
+
+
+_NOT_FIRST = frozenset("，。、；：？！,.;:?! \t\n”」』）)》")
+"""Characters a quotation does not open with; it opens on the first character of a clause (after one of these, an
+opening mark, or at the passage's start): measured on the demo's 150 held-out-book questions, quotations opening
+anywhere copied fragments (「升胃降」 out of 脾升胃降) and scored 1.2 ROUGE-L points lower (benchmarks/RESULTS.md,
+session 11)."""
+
+
+def _char_start(byte: int) -> bool:
+    """Whether a UTF-8 byte starts a character (not a continuation byte)."""
+    return byte & 0xC0 != 0x80
+
+
+class QuoteVocab:
+    """A tokenizer's pieces as bytes, indexed for copying: bytes → ids, and the ids whose text starts with each
+    closing mark. Built once per tokenizer object (`of`)."""
+
+    _built: dict[int, tuple[Any, QuoteVocab]] = {}
+
+    def __init__(self, tokenizer: Any) -> None:
+        from qihuang.tokenizer import piece_bytes
+
+        self.pieces = piece_bytes(tokenizer)
+        """Bytes of each id (None: special tokens, never inside a quotation)."""
+        self.ids: dict[bytes, list[int]] = {}
+        """Bytes → the ids that spell exactly them."""
+        for tid, raw in enumerate(self.pieces):
+            if raw:
+                self.ids.setdefault(raw, []).append(tid)
+        self.longest = max((len(b) for b in self.ids), default=1)
+        """Bytes of the longest piece."""
+        self.closing: dict[bytes, list[int]] = {
+            c: [tid for tid, raw in enumerate(self.pieces) if raw and raw.startswith(c) and len(raw) > len(c)]
+            for c in _OPENERS.values()}
+        """Closing mark → ids that close it and go on (`”。`): their text after the mark is free."""
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> QuoteVocab:
+        """The index of `tokenizer` (built on first use, then reused for the same object)."""
+        hit = cls._built.get(id(tokenizer))
+        if hit is None or hit[0] is not tokenizer:
+            hit = cls._built[id(tokenizer)] = (tokenizer, cls(tokenizer))
+        return hit[1]
+
+
+class QuoteCopy:
+    """One answer's quotation state over the tokens generated so far (`push`/`pop`, like `decoding.Repetition`):
+    outside a quotation anything may follow; inside, `allowed` is the ids that continue a verbatim span of one of
+    `sources` (the passages shown) opening on a clause's first character, or, once at least one whole character is copied, close the quotation — unless it
+    repeats an earlier quotation of the answer word for word (a loop), which must then copy on. A quotation that
+    reaches the end of its span can only close (or, repeating, end unconstrained: nothing is left to copy)."""
+
+    def __init__(self, vocab: QuoteVocab, sources: Sequence[str]) -> None:
+        self.vocab = vocab
+        texts = [t for t in sources if t]
+        self.sources = [t.encode("utf-8") for t in texts]
+        self._starts = [(k, len(text[:i].encode("utf-8"))) for k, text in enumerate(texts)
+                        for i, ch in enumerate(text)
+                        if ch not in _NOT_FIRST and (i == 0 or text[i - 1] in _NOT_FIRST or text[i - 1] in MARKS)]
+        self._tail = b""  # the last bytes generated outside a quotation (to see a mark open)
+        self._closer: bytes | None = None  # the closing mark of the open quotation (None: not in one)
+        self._cands: list[tuple[int, int]] = []  # (source, offset) where the copy may go on; source -1: the mark
+        self._text = b""  # what the open quotation copied so far
+        self._quoted: frozenset[bytes] = frozenset()  # the answer's closed quotations (none may be repeated)
+        self._history: list[tuple[bytes, bytes | None, list[tuple[int, int]], bytes, frozenset[bytes]]] = []
+        self._first: list[int] | None = None  # `allowed` right after a mark opens (the same for every quotation)
+
+    @property
+    def inside(self) -> bool:
+        """Whether a quotation is open."""
+        return self._closer is not None
+
+    def push(self, token: int) -> None:
+        """Append one generated token."""
+        self._history.append((self._tail, self._closer, self._cands, self._text, self._quoted))
+        token = int(token)
+        raw = (self.vocab.pieces[token] if 0 <= token < len(self.vocab.pieces) else None) or b""
+        if self._closer is not None:
+            self._advance(raw)
+            return
+        self._tail = (self._tail + raw)[-_TAIL:]
+        opened = next((c for o, c in _OPENERS.items() if self._tail.endswith(o)), None)
+        if opened is not None and self.sources:
+            self._closer, self._cands, self._text = opened, self._starts, b""
+
+    def pop(self) -> None:
+        """Remove the last token pushed (undoes `push`)."""
+        self._tail, self._closer, self._cands, self._text, self._quoted = self._history.pop()
+
+    def _seq(self, k: int) -> bytes:
+        assert self._closer is not None
+        return self._closer if k < 0 else self.sources[k]
+
+    def _advance(self, raw: bytes) -> None:
+        """Move the open quotation on by `raw`: a copy goes on, the mark closes (the quotation ends), or a piece
+        no span continues ends the quotation too (nothing is constrained after it)."""
+        if not raw or any(k < 0 and raw.startswith(self._seq(k)[p:]) for k, p in self._cands):
+            self._close()
+            return
+        nxt = [(k, p + len(raw)) for k, p in self._cands if self._seq(k)[p:p + len(raw)] == raw]
+        if not nxt:
+            self._close()
+            return
+        copy = [c for c in nxt if c[0] >= 0]
+        if copy:
+            self._text += raw
+            k, p = copy[0]
+            whole = p >= len(self.sources[k]) or _char_start(self.sources[k][p])
+            if whole and self._text not in self._quoted:
+                nxt.append((-1, 0))  # a whole character copied, not an earlier quotation again: the mark may close
+        self._cands = nxt
+
+    def _close(self) -> None:
+        """The quotation ends (closed, or left by a piece no span continues)."""
+        self._quoted = self._quoted | {self._text}
+        self._closer, self._cands, self._tail, self._text = None, [], b"", b""
+
+    def allowed(self) -> list[int] | None:
+        """Ids that may come next: None outside a quotation (no constraint), else the copy continuations and the
+        closing mark (not in an empty quotation), ascending."""
+        if self._closer is None:
+            return None
+        first = self._cands is self._starts
+        if first and self._first is not None:
+            return self._first
+        out: set[int] = set()
+        ids, longest = self.vocab.ids, self.vocab.longest
+        for k, p in self._cands:
+            seq = self._seq(k)
+            for n in range(1, min(longest, len(seq) - p) + 1):
+                out.update(ids.get(seq[p:p + n], ()))
+            if k < 0 and p == 0:
+                out.update(self.vocab.closing[self._closer])
+        result = sorted(out)
+        if first:
+            self._first = result
+        return result
