@@ -69,7 +69,7 @@ def test_inside_only_copies_of_the_source_and_no_misquote(tok: Any) -> None:
     assert set(tok.encode("，", add_special_tokens=False)) <= set(allowed)  # the source goes on with 「，」
     assert tok.encode("而", add_special_tokens=False)[0] not in allowed  # 「上工治未病而…」 is no source's text
     closing = tok.encode("」", add_special_tokens=False)
-    assert closing[0] in allowed  # a whole character copied: the mark may close
+    assert closing[0] in allowed  # a whole clause copied: the mark may close
 
 
 def test_push_then_pop_restores_the_state(tok: Any) -> None:
@@ -84,10 +84,21 @@ def test_push_then_pop_restores_the_state(tok: Any) -> None:
 
 def test_an_earlier_quotation_cannot_close_again(tok: Any) -> None:
     q = _copy(tok, [SOURCE])
-    _feed(tok, q, "「不治已乱」，故曰「不治已乱")
+    _feed(tok, q, "「不治已乱治未乱」，故曰「不治已乱治未乱")
     closing = tok.encode("」", add_special_tokens=False)[0]
-    assert q.inside and closing not in q.allowed()  # it must copy on: 「不治已乱治未乱…」
-    assert tok.encode("治", add_special_tokens=False)[0] in q.allowed()
+    assert q.inside and closing not in q.allowed()  # it must copy on: 「不治已乱治未乱，此之谓也。」
+    assert tok.encode("，", add_special_tokens=False)[0] in q.allowed()
+
+
+def test_a_quotation_closes_at_a_clause_end_only(tok: Any) -> None:
+    q = _copy(tok, [OTHER])
+    closing = tok.encode("」", add_special_tokens=False)[0]
+    _feed(tok, q, "「上工治")
+    assert q.inside and closing not in q.allowed()  # 「上工治」 would cut the clause 上工治未病
+    _feed(tok, q, "未病")
+    assert closing in q.allowed()
+    _feed(tok, q, "，")
+    assert closing in q.allowed()  # after the clause's mark too
 
 
 def test_a_quotation_at_the_end_of_its_span_can_only_close(tok: Any) -> None:
@@ -167,7 +178,7 @@ def test_batched_generation_quotes_only_the_passages(tiny_model_dir: Path) -> No
     _biased_to(model, opener[0])  # the model opens a quotation whenever it may
     prompts = [f"<|im_start|>user\n问{i}<|im_end|>\n<|im_start|>assistant\n" for i in range(3)]
     sources = [[SOURCE], [OTHER], []]
-    out = generate_batch(model, tok, prompts, 40, batch_size=3, quotes=sources)
+    out = generate_batch(model, tok, prompts, 120, batch_size=3, quotes=sources)
     for text, src in zip(out[:2], sources[:2], strict=True):
         spans = QUOTED.findall(text)
         assert len(spans) >= 2, text

@@ -16,10 +16,11 @@ _TAIL = max(len(o) for o in _OPENERS)
 
 
 _NOT_FIRST = frozenset("，。、；：？！,.;:?! \t\n”」』）)》")
-"""Characters a quotation does not open with; it opens on the first character of a clause (after one of these, an
-opening mark, or at the passage's start): measured on the demo's 150 held-out-book questions, quotations opening
-anywhere copied fragments (「升胃降」 out of 脾升胃降) and scored 1.2 ROUGE-L points lower (benchmarks/RESULTS.md,
-session 11)."""
+"""Marks that bound a clause. A quotation opens on a clause's first character (after one of these, an opening mark,
+or at the passage's start) and closes at a clause's end (before or after one of these, or at the span's end).
+Measured on the demo's 150 held-out-book questions (benchmarks/RESULTS.md, session 11): quotations opening anywhere
+copied fragments (「升胃降」 out of 脾升胃降) and scored 1.2 ROUGE-L points lower; closing anywhere cut lists short
+(「桂枝三两 芍药」) at equal scores."""
 
 
 def _char_start(byte: int) -> bool:
@@ -62,9 +63,10 @@ class QuoteVocab:
 class QuoteCopy:
     """One answer's quotation state over the tokens generated so far (`push`/`pop`, like `decoding.Repetition`):
     outside a quotation anything may follow; inside, `allowed` is the ids that continue a verbatim span of one of
-    `sources` (the passages shown) opening on a clause's first character, or, once at least one whole character is copied, close the quotation — unless it
-    repeats an earlier quotation of the answer word for word (a loop), which must then copy on. A quotation that
-    reaches the end of its span can only close (or, repeating, end unconstrained: nothing is left to copy)."""
+    `sources` (the passages shown) opened on a clause's first character, or, at the end of a clause, close the
+    quotation — a quotation is whole clauses — unless that repeats an earlier quotation of the answer word for word
+    (a loop): it must then copy on. A quotation that reaches the end of its span can only close (or, repeating, ends
+    unconstrained: nothing is left to copy)."""
 
     def __init__(self, vocab: QuoteVocab, sources: Sequence[str]) -> None:
         self.vocab = vocab
@@ -120,11 +122,20 @@ class QuoteCopy:
         copy = [c for c in nxt if c[0] >= 0]
         if copy:
             self._text += raw
-            k, p = copy[0]
-            whole = p >= len(self.sources[k]) or _char_start(self.sources[k][p])
-            if whole and self._text not in self._quoted:
-                nxt.append((-1, 0))  # a whole character copied, not an earlier quotation again: the mark may close
+            if any(self._clause_end(k, p) for k, p in copy) and self._text not in self._quoted:
+                nxt.append((-1, 0))  # a whole clause copied, not an earlier quotation again: the mark may close
         self._cands = nxt
+
+    def _clause_end(self, k: int, p: int) -> bool:
+        """Whether offset `p` of source `k` ends a clause: the span's end, or a mark / space follows or was the last
+        character copied."""
+        src = self.sources[k]
+        if p >= len(src):
+            return True
+        if not _char_start(src[p]):
+            return False
+        before = src[max(0, p - 4):p].decode("utf-8", errors="ignore")[-1:]
+        return src[p:p + 4].decode("utf-8", errors="ignore")[:1] in _NOT_FIRST or before in _NOT_FIRST
 
     def _close(self) -> None:
         """The quotation ends (closed, or left by a piece no span continues)."""

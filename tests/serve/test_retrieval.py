@@ -74,6 +74,24 @@ def test_prepare_prompt_puts_passages_with_ids(engine: Any, index: PassageIndex)
     assert len(smaller.hits) < len(prep.hits) and smaller.prompt_tokens + room <= engine.max_context
     none = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤"}], None, 3, 160, 8)
     assert none.hits == [] and "《拟方汇编" not in none.prompt
+    # quotations may copy the cited passage as the prompt shows it (据《X》：「…」 quotes X), nothing closed-book
+    assert prep.ground.cited is not None and len(prep.quotable) == 1
+    assert f"{prep.ground.cited.title}{prep.quotable[0]}" in prep.prompt
+    assert none.quotable == []
+
+
+def test_answer_chunks_hand_the_engine_what_quotations_may_copy(engine: Any, index: PassageIndex,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from qihuang.rag import answer_chunks
+    from qihuang.serve.engine import SamplingParams
+
+    prep = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, 16)
+    seen: list[tuple[str, ...]] = []
+    real = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda **kw: (seen.append(kw["params"].quotes), real(**kw))[1])
+    for verbatim in (True, False):
+        list(answer_chunks(engine, prep, SamplingParams(max_new_tokens=4), verbatim=verbatim))
+    assert seen == [tuple(prep.quotable), ()]
 
 
 def test_search_cli(passages_file: Path) -> None:
