@@ -18,10 +18,11 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 _NO_DEEPSPEED = importlib.util.find_spec("deepspeed") is None
-LAUNCH_PRESETS = ["ddp.yaml", pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.skipif(
-    _NO_DEEPSPEED, reason="deepspeed not installed (pip install -e '.[test]')"))]
-"""The shipped presets the 2-process tests launch with: DDP, and DeepSpeed ZeRO-3 (sharded parameters, gathered at
-save), which DeepSpeed runs on the CPU over gloo."""
+_DEEPSPEED = pytest.mark.skipif(_NO_DEEPSPEED, reason="deepspeed not installed (pip install -e '.[test]')")
+LAUNCH_PRESETS = ["ddp.yaml", pytest.param("deepspeed_zero2.yaml", marks=_DEEPSPEED),
+                  pytest.param("deepspeed_zero3.yaml", marks=_DEEPSPEED)]
+"""The shipped presets the 2-process tests launch with: DDP, DeepSpeed ZeRO-2 (optimizer state and gradients
+sharded) and ZeRO-3 (parameters sharded too, gathered at save), which DeepSpeed runs on the CPU over gloo."""
 
 
 def flags(settings: dict[str, Any]) -> list[str]:

@@ -4,6 +4,8 @@ inside its wrapper. In a single process every helper is the identity."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -52,13 +54,31 @@ def wrap_after_evaluate(trainer: Any) -> None:
     if trainer.accelerator.num_processes == 1 or trainer.is_fsdp_enabled:
         return
     if trainer.is_deepspeed_enabled:
-        if trainer.model_wrapped is model:
+        if trainer.model_wrapped is model and not getattr(model, "_is_accelerate_prepared", False):
             return
         trainer.model_wrapped, trainer.deepspeed, trainer.accelerator.deepspeed_engine_wrapped = model, None, None
     elif trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False):
         return
     model._is_accelerate_prepared = False  # accelerate's prepare then wraps it for training
     trainer.accelerator._models = [m for m in trainer.accelerator._models if getattr(m, "module", m) is not model]
+
+
+@contextlib.contextmanager
+def evaluable(trainer: Any) -> Iterator[None]:
+    """Let `trainer.evaluate()` run before training under DeepSpeed ZeRO-1/2, where transformers refuses it ("ZeRO
+    inference only makes sense with ZeRO Stage 3"): every process holds the whole model there, so the evaluation runs
+    as under DDP (accelerate prepares the model for evaluation only; `wrap_after_evaluate` undoes that before
+    training). Nothing changes elsewhere (ZeRO-3 evaluates through its inference engine, DDP as it does)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    plain = trainer.is_deepspeed_enabled and trainer.deepspeed is None and not is_deepspeed_zero3_enabled()
+    if plain:
+        trainer.is_deepspeed_enabled = False
+    try:
+        yield
+    finally:
+        if plain:
+            trainer.is_deepspeed_enabled = True
 
 
 def every_process_forwards() -> bool:

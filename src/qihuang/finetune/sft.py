@@ -222,8 +222,11 @@ def _rouge(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], s
 
 def _probe_losses(trainer: Any, probe_ds: Any, use_val: bool) -> dict[str, float | None]:
     """Validation loss (None without validation data) and the loss on a probe of training dialogues."""
-    return {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
-            "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+    from qihuang.finetune.distributed import evaluable
+
+    with evaluable(trainer):
+        return {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
+                "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
 
 
 def _train(trainer: Any, cfg: SFTConfig, ckpt_dir: Path, use_val: bool) -> tuple[Any, str | None, int]:
