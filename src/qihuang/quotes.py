@@ -15,7 +15,7 @@ _OPENERS = {o.encode("utf-8"): c.encode("utf-8") for o, c in MARKS.items()}
 _TAIL = max(len(o) for o in _OPENERS)
 
 
-_NOT_FIRST = frozenset("，。、；：？！,.;:?! \t\n”」』）)》")
+_CLAUSE_MARKS = frozenset("，。、；：？！,.;:?! \t\n”」』）)》")
 """Marks that bound a clause. A quotation opens on a clause's first character (after one of these, an opening mark,
 or at the passage's start) and closes at a clause's end (before or after one of these, or at the span's end).
 Measured on the demo's 150 held-out-book questions (benchmarks/RESULTS.md, session 11): quotations opening anywhere
@@ -53,9 +53,11 @@ class QuoteVocab:
 
     @classmethod
     def of(cls, tokenizer: Any) -> QuoteVocab:
-        """The index of `tokenizer` (built on first use, then reused for the same object)."""
+        """The index of `tokenizer` (built on first use, then reused for the same object; the last 4 kept)."""
         hit = cls._built.get(id(tokenizer))
         if hit is None or hit[0] is not tokenizer:
+            while len(cls._built) >= 4:
+                cls._built.pop(next(iter(cls._built)))
             hit = cls._built[id(tokenizer)] = (tokenizer, cls(tokenizer))
         return hit[1]
 
@@ -74,7 +76,7 @@ class QuoteCopy:
         self.sources = [t.encode("utf-8") for t in texts]
         self._starts = [(k, len(text[:i].encode("utf-8"))) for k, text in enumerate(texts)
                         for i, ch in enumerate(text)
-                        if ch not in _NOT_FIRST and (i == 0 or text[i - 1] in _NOT_FIRST or text[i - 1] in MARKS)]
+                        if ch not in _CLAUSE_MARKS and (i == 0 or text[i - 1] in _CLAUSE_MARKS or text[i - 1] in MARKS)]
         self._tail = b""  # the last bytes generated outside a quotation (to see a mark open)
         self._closer: bytes | None = None  # the closing mark of the open quotation (None: not in one)
         self._cands: list[tuple[int, int]] = []  # (source, offset) where the copy may go on; source -1: the mark
@@ -135,7 +137,7 @@ class QuoteCopy:
         if not _char_start(src[p]):
             return False
         before = src[max(0, p - 4):p].decode("utf-8", errors="ignore")[-1:]
-        return src[p:p + 4].decode("utf-8", errors="ignore")[:1] in _NOT_FIRST or before in _NOT_FIRST
+        return src[p:p + 4].decode("utf-8", errors="ignore")[:1] in _CLAUSE_MARKS or before in _CLAUSE_MARKS
 
     def _close(self) -> None:
         """The quotation ends (closed, or left by a piece no span continues)."""
