@@ -44,3 +44,5 @@ def test_rows_stop_at_their_own_length_and_bad_sizes_are_refused(tiny: tuple[Any
     assert all(lg.startswith(s) for s, lg in zip(short, long, strict=True))  # greedy: a longer answer extends it
     with pytest.raises(ValueError, match="batch_size"):
         generate_batch(model, tok, PROMPTS, 0)
+    with pytest.raises(ValueError, match="quotes"):
+        generate_batch(model, tok, PROMPTS, 4, quotes=[[p] for p in PROMPTS[:2]])

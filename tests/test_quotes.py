@@ -169,7 +169,7 @@ def _biased_to(model: Any, token: int) -> None:
 
 
 def test_batched_generation_quotes_only_the_passages(tiny_model_dir: Path) -> None:
-    from qihuang.decoding import generate_batch
+    from qihuang.decoding import DecodeParams, _generate_fixed, generate_batch
     from qihuang.models import load_model
 
     model, tok = load_model(tiny_model_dir)
@@ -186,6 +186,8 @@ def test_batched_generation_quotes_only_the_passages(tiny_model_dir: Path) -> No
         assert len(set(spans)) == len(spans), text  # no quotation repeated
     assert not QUOTED.findall(out[2])  # no passages: nothing to copy, the bias writes bare marks
     assert out[2].count("“") >= 2
+    # model.generate's path (sliding-window models) decodes the same quotations
+    assert _generate_fixed(model, tok, prompts, 120, 3, DecodeParams(), None, sources) == out
 
 
 def test_engine_streams_verbatim_quotations(tiny_model_dir: Path) -> None:

@@ -52,15 +52,13 @@ class Repetition:
     the banned next tokens are one lookup instead of a scan of the whole answer. `push`/`pop` cost O(n) a token.
     With `quotes`, an open quotation may only copy the passages shown (`qihuang.quotes.QuoteCopy`)."""
 
-    def __init__(self, params: DecodeParams, generated: Sequence[int] = (), quotes: QuoteCopy | None = None) -> None:
+    def __init__(self, params: DecodeParams, quotes: QuoteCopy | None = None) -> None:
         self.params = params
         self.quotes = quotes
         self.n = params.no_repeat_ngram_size if params.no_repeat_ngram_size >= 2 else 0
         self.tokens: list[int] = []
         self.counts: dict[int, int] = {}
         self.follow: dict[tuple[int, ...], dict[int, int]] = {}
-        for t in generated:
-            self.push(t)
 
     def push(self, token: int) -> None:
         """Append one generated token."""
@@ -143,15 +141,6 @@ class Repetition:
         return out
 
 
-def penalize(logits: Any, generated: Sequence[int], params: DecodeParams) -> Any:
-    """`logits` (last dim = vocabulary; 1-D or 2-D with one row per generated sequence) adjusted for one
-    sequence's `generated` tokens: repetition penalty, then banned n-gram completions at -inf. A new tensor, or
-    `logits` itself when nothing applies. Token by token, keep a `Repetition` instead (no rescan of `generated`)."""
-    if not params.active or not generated:
-        return logits
-    return Repetition(params, generated).apply(logits)
-
-
 def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     """Ids generation stops at: the model's and tokenizer's EOS plus the chat templates' end-of-turn tokens."""
     eos: set[int] = set()
@@ -172,19 +161,19 @@ def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
 
 def logits_processor(prompt_width: int, params: DecodeParams,
                      quotes: Sequence[QuoteCopy | None] | None = None) -> Any:
-    """A transformers LogitsProcessor applying `Repetition` to each row's tokens after `prompt_width` (with row b's
-    verbatim quotations when `quotes[b]` is given, fresh: no token pushed) — for `model.generate`: what the engine's
-    token loop does, so both decode the same tokens."""
+    """A transformers LogitsProcessor for one `model.generate` call: a `Repetition` per row over its tokens after
+    `prompt_width` (with row b's verbatim quotations when `quotes[b]` is given, fresh: no token pushed), fed the new
+    tokens at each step — what the engine's token loop does, so both decode the same tokens."""
     import torch
     from transformers import LogitsProcessor
 
-    states = [Repetition(params, quotes=q) for q in (quotes or [])]
+    states: list[Repetition] = []
 
     class GeneratedRepetition(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             rows = input_ids[:, prompt_width:].tolist()
             if not states:
-                return torch.stack([penalize(scores[b], row, params) for b, row in enumerate(rows)])
+                states.extend(Repetition(params, quotes=q) for q in (quotes or [None] * len(rows)))
             for rep, row in zip(states, rows, strict=True):
                 for tok in row[len(rep.tokens):]:
                     rep.push(tok)
@@ -291,8 +280,7 @@ def _generate_fixed(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_
             ids[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
             mask[row, width - n:] = 1
         copies = [quote_copy(tokenizer, quotes[i]) for i in chunk] if quotes else []
-        processors = [logits_processor(width, params, copies if any(copies) else None)] \
-            if params.active or any(copies) else []
+        processors = [logits_processor(width, params, copies)] if params.active or any(copies) else []
 
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
