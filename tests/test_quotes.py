@@ -21,9 +21,9 @@ def tok(tiny_model_dir: Path) -> Any:
 
 
 def _copy(tok: Any, sources: list[str]) -> Any:
-    from qihuang.quotes import QuoteCopy, QuoteVocab
+    from qihuang.quotes import QuoteCopy, quote_vocab
 
-    return QuoteCopy(QuoteVocab.of(tok), sources)
+    return QuoteCopy(quote_vocab(tok), sources)
 
 
 def _feed(tok: Any, q: Any, text: str) -> list[int]:
@@ -88,6 +88,17 @@ def test_an_earlier_quotation_cannot_close_again(tok: Any) -> None:
     closing = tok.encode("」", add_special_tokens=False)[0]
     assert q.inside and closing not in q.allowed()  # it must copy on: 「不治已乱治未乱，此之谓也。」
     assert tok.encode("，", add_special_tokens=False)[0] in q.allowed()
+
+
+def test_a_quotation_closed_by_a_mark_in_pieces_cannot_close_again(tok: Any) -> None:
+    # 」 is two byte pieces, and its first (E3 80) also begins the passage's 「。」: the repeat check must not count
+    # it as copied text
+    q = _copy(tok, ["上工治未病。中工治已病。"])
+    _feed(tok, q, "「上工治未病」又「上工治未病")
+    first, rest = tok.encode("」", add_special_tokens=False)
+    assert q.inside and first in q.allowed()  # E3 80 may still begin 「。」
+    q.push(first)
+    assert rest not in q.allowed()  # but not finish 「」」: that would repeat 「上工治未病」
 
 
 def test_a_quotation_closes_at_a_clause_end_only(tok: Any) -> None:

@@ -248,9 +248,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
 
 def quote_copy(tokenizer: Any, passages: Sequence[str]) -> QuoteCopy | None:
     """The verbatim-quotation state of one answer to a prompt showing `passages` (None without passages)."""
-    from qihuang.quotes import QuoteCopy, QuoteVocab
+    from qihuang.quotes import QuoteCopy, quote_vocab
 
-    return QuoteCopy(QuoteVocab.of(tokenizer), passages) if any(passages) else None
+    return QuoteCopy(quote_vocab(tokenizer), passages) if any(passages) else None
 
 
 def _generate_fixed(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,

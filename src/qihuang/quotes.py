@@ -5,6 +5,7 @@ vocabularies all copy the same text."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,9 +31,7 @@ def _char_start(byte: int) -> bool:
 
 class QuoteVocab:
     """A tokenizer's pieces as bytes, indexed for copying: bytes → ids, and the ids whose text starts with each
-    closing mark. Built once per tokenizer object (`of`)."""
-
-    _built: dict[int, tuple[Any, QuoteVocab]] = {}
+    closing mark (`quote_vocab` builds it once per tokenizer)."""
 
     def __init__(self, tokenizer: Any) -> None:
         from qihuang.tokenizer import piece_bytes
@@ -51,15 +50,11 @@ class QuoteVocab:
             for c in _OPENERS.values()}
         """Closing mark → ids that close it and go on (`”。`): their text after the mark is free."""
 
-    @classmethod
-    def of(cls, tokenizer: Any) -> QuoteVocab:
-        """The index of `tokenizer` (built on first use, then reused for the same object; the last 4 kept)."""
-        hit = cls._built.get(id(tokenizer))
-        if hit is None or hit[0] is not tokenizer:
-            while len(cls._built) >= 4:
-                cls._built.pop(next(iter(cls._built)))
-            hit = cls._built[id(tokenizer)] = (tokenizer, cls(tokenizer))
-        return hit[1]
+
+@functools.lru_cache(maxsize=4)
+def quote_vocab(tokenizer: Any) -> QuoteVocab:
+    """`tokenizer`'s QuoteVocab, built once per tokenizer object (as `tokenizer.suppressed_ids`)."""
+    return QuoteVocab(tokenizer)
 
 
 class QuoteCopy:
@@ -114,7 +109,10 @@ class QuoteCopy:
     def _advance(self, raw: bytes) -> None:
         """Move the open quotation on by `raw`: a copy goes on, the mark closes (the quotation ends), or a piece
         no span continues ends the quotation too (nothing is constrained after it)."""
-        if not raw or any(k < 0 and raw.startswith(self._seq(k)[p:]) for k, p in self._cands):
+        closing = next((p for k, p in self._cands if k < 0 and raw.startswith(self._seq(k)[p:])), None)
+        if not raw or closing is not None:
+            if closing and self._text.endswith(self._seq(-1)[:closing]):
+                self._text = self._text[:-closing]  # the mark's first pieces also matched the copy: not copied text
             self._close()
             return
         nxt = [(k, p + len(raw)) for k, p in self._cands if self._seq(k)[p:p + len(raw)] == raw]
