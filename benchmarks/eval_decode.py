@@ -2,8 +2,8 @@
 uses) vs fixed batches through `model.generate` (its previous path), same model, same prompts, same run.
 
 The prompts are the eval stage's retrieval row: a run's held-out-book questions grounded over the run's index
-(`evaluate.conditions.build_prompts`), greedy with the default repetition control, `--batch-size` rows per forward on
-both sides. Both sides must give the same answers (greedy decoding is exact either way; a mismatch is printed).
+(`evaluate.conditions.build_prompts`), greedy with the default repetition control and verbatim quotations,
+`--batch-size` rows per forward on both sides. Both sides must give the same answers (greedy decoding is exact either way; a mismatch is printed).
 Also prints the prefill rate of the longest prompts (what a retrieval row pays before decoding). On a fresh clone
 (no runs/demo) the questions come from the smoke corpus's held-out book and the model is smollm2-135m.
 
@@ -87,16 +87,17 @@ def main() -> None:
         questions = [it["question"] for it in items]
         spec, batch, max_new = model_or_base(args.model), args.batch_size, args.max_new_tokens
     model, tok, defaults = _load(spec)
-    prompts, grounds = build_prompts(tok, defaults, questions, "rag", PassageIndex.open(index_spec),
-                                     PASSAGES_K, PASSAGE_CHARS, gate=not args.smoke)  # invented text: no gate
-    prompts = [p for p, g in zip(prompts, grounds, strict=True) if g.answer is None]  # declined: nothing generated
+    prompts, grounds, quotes = build_prompts(tok, defaults, questions, "rag", PassageIndex.open(index_spec),
+                                             PASSAGES_K, PASSAGE_CHARS, gate=not args.smoke)  # invented text: no gate
+    todo = [i for i, g in enumerate(grounds) if g.answer is None]  # declined: nothing generated
+    prompts, quotes = [prompts[i] for i in todo], [quotes[i] for i in todo] if quotes is not None else None
     params = DecodeParams()
     _prefill_rate(model, tok, prompts, batch)
     t0 = time.perf_counter()
-    fixed = _generate_fixed(model, tok, prompts, max_new, batch, params, None)
+    fixed = _generate_fixed(model, tok, prompts, max_new, batch, params, None, quotes)
     t_fixed = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours = generate_batch(model, tok, prompts, max_new, batch_size=batch, params=params)
+    ours = generate_batch(model, tok, prompts, max_new, batch_size=batch, params=params, quotes=quotes)
     t_ours = time.perf_counter() - t0
     same = sum(a == b for a, b in zip(ours, fixed, strict=True))
     for a, b in zip(ours, fixed, strict=True):

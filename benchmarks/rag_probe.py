@@ -96,10 +96,10 @@ def _row(spec: str, name: str, decode: Any, items: list[dict[str, Any]], index: 
         _LOADED[path] = (model.eval(), tok)
     model, tok = _LOADED[path]
     defaults = chat_defaults(path) if Path(path).is_dir() else {}
-    prompts, grounds = build_prompts(tok, defaults, [it["question"] for it in items], cond or "rag", index,
-                                     PASSAGES_K, PASSAGE_CHARS)
+    prompts, grounds, quotes = build_prompts(tok, defaults, [it["question"] for it in items], cond or "rag", index,
+                                             PASSAGES_K, PASSAGE_CHARS)
     t0 = time.time()
-    answers = generate(model, tok, prompts, max_new_tokens, 16, decode=decode, grounds=grounds)
+    answers = generate(model, tok, prompts, max_new_tokens, 16, decode=decode, grounds=grounds, quotes=quotes)
     r = aggregate([score_item(it, a, g.hits) for it, a, g in zip(items, answers, grounds, strict=True)])
     print(f"| {path} | {cond or 'rag'} | {name} | {r['n']} | {100 * r['rouge_l']:.1f} | "
           f"{100 * (r['faithfulness'] or 0):.1f} | {100 * (r['citation_book'] or 0):.1f} | "

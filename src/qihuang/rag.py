@@ -208,8 +208,7 @@ def prepare_prompt(engine: Any, messages: list[dict[str, Any]], index: PassageIn
         prompt = engine.prompts.render(turn) + g.prefix
         n = engine.prompts.count_tokens(prompt)
         if n + max_new_tokens <= engine.max_context or g.answer is not None:
-            shown = [h.passage for h in hits]
-            return Prepared(prompt, n, hits, query, g, quotable(shown, g.cited, query, passage_chars) if shown else [])
+            return Prepared(prompt, n, hits, query, g, quotable([h.passage for h in hits], g.cited, query, passage_chars))
         if not hits:
             raise PromptTooLong(f"the conversation has {n} prompt tokens; with max_tokens={max_new_tokens} it exceeds "
                                 f"the model's context of {engine.max_context} tokens")

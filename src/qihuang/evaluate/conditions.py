@@ -66,36 +66,33 @@ def ground_questions(index: PassageIndex | None, questions: Sequence[str], k: in
     return [ground(index, q, k, gate, cite_first) for q in questions]
 
 
-def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str],
-                   grounds: Sequence[Grounding], passage_chars: int) -> list[str]:
+def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], grounds: Sequence[Grounding],
+                   passage_chars: int, verbatim: bool = True) -> tuple[list[str], list[list[str]] | None]:
     """Rendered prompts of `questions` with their groundings' passages before them (`rag.rag_messages`; no hits:
-    closed-book) and the answers' openings after them."""
-    from qihuang.rag import rag_messages
+    closed-book) and the answers' openings after them, and what each answer's quotations may copy (`rag.quotable`;
+    None with `verbatim` off) — the pair `rag.prepare_prompt` gives serving."""
+    from qihuang.rag import quotable, rag_messages
 
     prompts = []
     for q, g in zip(questions, grounds, strict=True):
         msgs, _ = rag_messages([{"role": "user", "content": q}], [h.passage for h in g.hits], passage_chars)
         prompts.append(render(tokenizer, defaults, msgs) + g.prefix)
-    return prompts
-
-
-def shown_quotes(questions: Sequence[str], grounds: Sequence[Grounding], passage_chars: int) -> list[list[str]]:
-    """What each answer's quotations may copy (`rag.quotable`; nothing closed-book)."""
-    from qihuang.rag import quotable
-
-    return [quotable([h.passage for h in g.hits], g.cited, q, passage_chars)
-            for q, g in zip(questions, grounds, strict=True)]
+    quotes = [quotable([h.passage for h in g.hits], g.cited, q, passage_chars)
+              for q, g in zip(questions, grounds, strict=True)] if verbatim else None
+    return prompts, quotes
 
 
 def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], condition: str,
-                  index: PassageIndex | None, k: int, passage_chars: int,
-                  gate: bool = True, cite_first: bool = True) -> tuple[list[str], list[Grounding]]:
-    """Rendered prompts and the grounding of each (none closed-book): `ground_questions` + `render_prompts`."""
+                  index: PassageIndex | None, k: int, passage_chars: int, gate: bool = True, cite_first: bool = True,
+                  verbatim: bool = True) -> tuple[list[str], list[Grounding], list[list[str]] | None]:
+    """Rendered prompts, the grounding of each (none closed-book) and what their quotations may copy:
+    `ground_questions` + `render_prompts`."""
     from qihuang.rag import Grounding
 
     grounds = ground_questions(index, questions, k, gate, cite_first) if condition == "rag" else \
         [Grounding([]) for _ in questions]
-    return render_prompts(tokenizer, defaults, questions, grounds, passage_chars), grounds
+    prompts, quotes = render_prompts(tokenizer, defaults, questions, grounds, passage_chars, verbatim)
+    return prompts, grounds, quotes
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
@@ -105,7 +102,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching; progress
     as answers finish); with `grounds`, a grounding's whole answer is taken as it is (nothing
     generated) and its opening is put before what the model writes — the answer serving would send. `quotes[i]`:
-    the passages prompt i shows, which its quotations copy verbatim (`shown_quotes`)."""
+    what its quotations may copy verbatim (`render_prompts`)."""
     from qihuang.decoding import generate_batch
 
     grounds = list(grounds) if grounds is not None else [None] * len(prompts)
@@ -224,9 +221,8 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
 
     t0 = time.time()
     found = list(grounds) if condition == "rag" and grounds is not None else [Grounding([]) for _ in items]
-    prompts = render_prompts(tokenizer, defaults, [it["question"] for it in items], found, cfg.passage_chars)
     questions = [it["question"] for it in items]
-    quotes = shown_quotes(questions, found, cfg.passage_chars) if cfg.verbatim_quotes else None
+    prompts, quotes = render_prompts(tokenizer, defaults, questions, found, cfg.passage_chars, cfg.verbatim_quotes)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found,
                        quotes=quotes)
     shown, acts = guard_answers(answers, questions, found, cfg.answer_support) if cfg.answer_guard else (answers, [{}] * len(items))
@@ -247,8 +243,7 @@ def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions
                  grounds: Sequence[Grounding], cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Off-topic questions with retrieval (their groundings, one per question): share of answers citing any book
     (invented citations), declining, degenerate."""
-    prompts = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars)
-    quotes = shown_quotes(questions, grounds, cfg.passage_chars) if cfg.verbatim_quotes else None
+    prompts, quotes = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars, cfg.verbatim_quotes)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds,
                        quotes=quotes)
     if cfg.answer_guard:
