@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _inputs import smoke_corpus
+from _inputs import corpus_file, smoke_corpus
 
 QUESTIONS = [
     "太阳病，发热汗出，恶风，脉缓者，当用何方？",
@@ -105,8 +105,9 @@ def run_engine(engine: Any, prompt: str, max_new: int) -> tuple[list[int], float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--passages", default="runs/dev/corpus/train.jsonl",
-                    help="corpus JSONL for retrieval-augmented prompts ('' = bare questions)")
+    ap.add_argument("--passages", default=None,
+                    help="corpus JSONL for retrieval-augmented prompts (default: a 12-book corpus of the shared "
+                         "classics, built first; '' = bare questions)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -119,6 +120,8 @@ def main() -> None:
         if args.smoke:
             args.model, args.prompts, args.max_new_tokens = "tiny-llama", 2, 24
             args.passages = str(smoke_corpus(Path(tmp)) / "train.jsonl")
+        elif args.passages is None:
+            args.passages = str(corpus_file(Path(tmp) / "none", Path(tmp), "train.jsonl"))
         run(args)
 
 

@@ -213,7 +213,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     prompt i shows — a quotation its answer opens copies them verbatim (`qihuang.quotes`)."""
     from qihuang.serve.batching import BatchDecoder, Request, batchable
     from qihuang.serve.fastpath import cache_kwarg
-    from qihuang.serve.textstream import prompt_lookup_draft
+    from qihuang.serve.textstream import Drafter
     from qihuang.template import encode_text
     from qihuang.tokenizer import suppressed_ids
 
@@ -230,15 +230,11 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     def pick(logits: Any, rep: Repetition) -> int:
         return int(rep.apply(logits).argmax())
 
-    def draft(req: Request) -> list[int]:
-        room = req.max_new_tokens - req.produced
-        return prompt_lookup_draft(req.prompt_ids + req.rep.tokens, 3, min(lookup_draft, room))
-
     encoded = [encode_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar widths prefill together
     requests = [Request(encoded[i], pick, max_new_tokens, lambda: False,
                         Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else ())),
-                        draft=draft if lookup_draft > 0 else None) for i in order]
+                        drafter=Drafter(lookup_draft, 3) if lookup_draft > 0 else None) for i in order]
     tokens = decoder.run(requests, progress)
     answers: list[str] = [""] * len(prompts)
     for i, toks in zip(order, tokens, strict=True):

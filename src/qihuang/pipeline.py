@@ -21,6 +21,7 @@ from qihuang.instruct import InstructConfig, build_instructions
 from qihuang.models import DEFAULT_MODEL, prepare_model
 from qihuang.pretrain import PretrainConfig, pretrain
 from qihuang.runs import StageDir, atomic_open, changed_fields, run_stage, stage_dir, write_json
+from qihuang.stageproc import run_in_process, under_distributed_launch
 from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
 
 STAGES = ("corpus", "index", "tokenizer", "pretrain", "instruct", "sft", "dpo", "eval", "chat")
@@ -92,6 +93,10 @@ class Recipe:
     """Evaluation stage."""
     chat: ChatSampleConfig = field(default_factory=ChatSampleConfig)
     """Sample answers at the end."""
+    stage_processes: bool = True
+    """Run each stage in a process of its own (spawned; a few seconds of imports each), so that the run's peak
+    memory is its largest stage's rather than what one long process accumulates. Off, or under a distributed
+    launch: every stage in this process."""
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -177,6 +182,57 @@ def _built_from(stage: StageDir) -> str | None:
         return None
 
 
+@dataclass
+class StageInputs:
+    """What a stage is built from besides its config: the run folder, the latest model so far, the models by label."""
+
+    run_dir: Path
+    current: Path
+    models: dict[str, Path]
+
+    def dir(self, stage: str) -> StageDir:
+        return stage_dir(self.run_dir, stage)
+
+    @property
+    def corpus(self) -> Path:
+        return self.dir("corpus").path
+
+
+_WORK: dict[str, Callable[[Any, StageInputs], dict[str, Any]]] = {
+    "corpus": lambda c, at: build_corpus(c, at.dir("corpus")),
+    "index": lambda c, at: build_index(c, at.corpus, at.dir("index")),
+    "tokenizer": lambda c, at: extend_tokenizer(c, at.current, at.corpus / "train.jsonl",
+                                                at.corpus / "heldout.jsonl", at.dir("tokenizer")),
+    "pretrain": lambda c, at: pretrain(c, at.current, at.corpus / "train.jsonl", at.corpus / "heldout.jsonl",
+                                       at.dir("pretrain")),
+    "instruct": lambda c, at: build_instructions(c, at.corpus / "train.jsonl", at.dir("instruct")),
+    "sft": lambda c, at: sft(c, at.current, at.dir("sft")),
+    "dpo": lambda c, at: dpo(c, at.current, at.dir("dpo")),
+    "eval": lambda c, at: evaluate_models(c, dict(at.models), at.corpus / "heldout.jsonl", None,  # held-out *books*
+                                          at.dir("eval"), index=at.run_dir),
+    "chat": lambda c, at: _chat_samples(c, at.current, at.run_dir, at.dir("chat")),
+}
+"""Each stage's work, from its config and inputs."""
+
+
+def run_one_stage(name: str, cfg: Any, inputs: StageInputs, force: bool, threads: int | None) -> dict[str, Any]:
+    """Stage `name` into its folder (`runs.run_stage`); module-level so that a spawned process can run it."""
+    _set_threads(threads)
+    return run_stage(inputs.dir(name), cfg, lambda: _WORK[name](cfg, inputs), force=force)
+
+
+def _stage_config(recipe: Recipe, name: str, dirs: dict[str, StageDir]) -> Any:
+    """The recipe's config of stage `name` with the run's seed, and SFT's data defaulting to the instruct stage's."""
+    cfg = getattr(recipe, name)
+    if dataclasses.is_dataclass(cfg) and "seed" in {f.name for f in dataclasses.fields(cfg)}:
+        cfg = dataclasses.replace(cfg, seed=recipe.seed)
+    if name == "sft" and not cfg.data:
+        cfg = dataclasses.replace(cfg, data=[dirs["instruct"].path / "train.jsonl"])
+        if (dirs["instruct"].path / "heldout_qa.jsonl").exists():
+            cfg = dataclasses.replace(cfg, eval_data=dirs["instruct"].path / "heldout_qa.jsonl")
+    return cfg
+
+
 def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[str], None] = print,
                only: list[str] | None = None) -> Path:
     """Run every stage of `recipe` in order and write report.md; returns the run dir. A finished stage is reused
@@ -189,44 +245,17 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "recipe.json", recipe)
-    _set_threads(recipe.threads)
     force = force or []
     base_dir = prepare_model(recipe.model)
     dirs = {s: stage_dir(run_dir, s) for s in STAGES}
     summaries: dict[str, dict[str, Any]] = {}
     rebuilt: list[str] = []
-    models: dict[str, Path] = {"base": base_dir}
-    current = base_dir
-    corpus_out = dirs["corpus"].path
-
-    def seeded(cfg: Any) -> Any:
-        if dataclasses.is_dataclass(cfg) and "seed" in {f.name for f in dataclasses.fields(cfg)}:
-            return dataclasses.replace(cfg, seed=recipe.seed)
-        return cfg
-
-    steps: list[tuple[str, Any, Callable[[Any], dict[str, Any]]]] = [
-        ("corpus", recipe.corpus, lambda c: build_corpus(c, dirs["corpus"])),
-        ("index", recipe.index, lambda c: build_index(c, corpus_out, dirs["index"])),
-        ("tokenizer", recipe.tokenizer, lambda c: extend_tokenizer(
-            c, current, corpus_out / "train.jsonl", corpus_out / "heldout.jsonl", dirs["tokenizer"])),
-        ("pretrain", recipe.pretrain, lambda c: pretrain(
-            c, current, corpus_out / "train.jsonl", corpus_out / "heldout.jsonl", dirs["pretrain"])),
-        ("instruct", recipe.instruct, lambda c: build_instructions(c, corpus_out / "train.jsonl", dirs["instruct"])),
-        ("sft", recipe.sft, lambda c: sft(c, current, dirs["sft"])),
-        ("dpo", recipe.dpo, lambda c: dpo(c, current, dirs["dpo"])),
-        ("eval", recipe.eval, lambda c: evaluate_models(
-            c, dict(models), corpus_out / "heldout.jsonl", None,  # QA of held-out *books* (built by eval)
-            dirs["eval"], index=run_dir)),
-        ("chat", recipe.chat, lambda c: _chat_samples(c, current, run_dir, dirs["chat"])),
-    ]
-    for name, cfg, work in steps:
+    inputs = StageInputs(run_dir, current=base_dir, models={"base": base_dir})
+    isolate = recipe.stage_processes and not under_distributed_launch()
+    for name in STAGES:
         if name not in recipe.stages:
             continue
-        cfg = seeded(cfg)
-        if name == "sft" and not getattr(cfg, "data", None):
-            cfg = dataclasses.replace(cfg, data=[dirs["instruct"].path / "train.jsonl"])
-            if (dirs["instruct"].path / "heldout_qa.jsonl").exists() and hasattr(cfg, "eval_data"):
-                cfg = dataclasses.replace(cfg, eval_data=dirs["instruct"].path / "heldout_qa.jsonl")
+        cfg = _stage_config(recipe, name, dirs)
         if only and name not in only:
             log(f"── stage {name} " + ("(done, kept: --only)" if dirs[name].is_done() else "(not run: --only)"))
             why, reuse = None, True
@@ -236,7 +265,13 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
                                                       list(recipe.stages))
             reuse = dirs[name].is_done() and why is None
             log(f"── stage {name} " + ("(done, skipped)" if reuse else f"(stale: {why}; rerunning) …" if why else "…"))
-            summaries[name] = run_stage(dirs[name], cfg, lambda w=work, c=cfg: w(c), force=why is not None)
+            if reuse:
+                summaries[name] = {**dirs[name].summary(), "skipped": True}
+            elif isolate:
+                summaries[name] = run_in_process(name, run_one_stage, name, cfg, inputs, why is not None,
+                                                 recipe.threads)
+            else:
+                summaries[name] = run_one_stage(name, cfg, inputs, why is not None, recipe.threads)
         if not reuse:
             rebuilt.append(name)
             if name in USES_MODEL:  # recorded per stage: an interrupted run cannot hide what a stage was built from
@@ -244,10 +279,10 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
         log(f"   {name}: {summaries[name].get('wall_seconds', 0):.1f}s")
         produced = dirs[name].path / "model"
         if (produced / "config.json").exists() and dirs[name].is_done():
-            current = produced
+            inputs.current = produced
             label = {"tokenizer": None, "pretrain": "cpt", "sft": "sft", "dpo": "dpo"}.get(name)
             if label:
-                models[label] = produced
+                inputs.models[label] = produced
     report = write_report(recipe, summaries, dirs)
     log(f"report: {report}")
     return run_dir
@@ -256,7 +291,7 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
 def write_report(recipe: Recipe, summaries: dict[str, dict[str, Any]], dirs: dict[str, StageDir]) -> Path:
     """`report.md`: stage wall times, the evaluation table (base vs CPT vs SFT vs DPO), sample answers."""
     lines = [f"# qihuang run `{recipe.name}`", "", f"Base model: `{recipe.model}`", ""]
-    lines += ["## Stages", "", "| stage | wall time (s) | peak memory so far (MB) | status |", "|---|---|---|---|"]
+    lines += ["## Stages", "", "| stage | wall time (s) | peak memory (MB) | status |", "|---|---|---|---|"]
     for name in STAGES:
         s = summaries.get(name) or dirs[name].summary()
         if not s:
@@ -265,6 +300,10 @@ def write_report(recipe: Recipe, summaries: dict[str, dict[str, Any]], dirs: dic
         rss = s.get("process_peak_rss_mb")
         lines.append(f"| {name} | {s.get('wall_seconds', 0):.1f} | {'–' if rss is None or s.get('skipped') else rss} "
                      f"| {status} |")
+    lines += ["", "Peak memory: the resident peak of " + ("each stage's own process (`stage_processes`)."
+                                                         if recipe.stage_processes and not under_distributed_launch()
+                                                         else
+                                                         "the run's one process up to the end of the stage.")]
     tok = summaries.get("tokenizer") or dirs["tokenizer"].summary()
     if tok.get("tokens_per_char_before") is not None:
         lines += ["", f"Tokens per character on held-out books: {tok['tokens_per_char_before']:.3f} → "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qihuang.serve.engine import Engine, PromptTooLong, SamplingParams, resolve_model_dir
-from qihuang.serve.textstream import Detokenizer, StopMatcher, prompt_lookup_draft
+from qihuang.serve.textstream import Detokenizer, Drafter, StopMatcher, prompt_lookup_draft
 
 MESSAGES = [{"role": "user", "content": "脉浮而缓者何也？脉浮而缓者，风在表也。"}]
 
@@ -94,6 +94,24 @@ def test_lookup_draft() -> None:
     assert prompt_lookup_draft([1, 2, 3, 4, 9, 2, 3], 3, 2) == [4, 9]
     assert prompt_lookup_draft([5, 6, 7], 3, 4) == []
     assert prompt_lookup_draft([1, 1, 1], 2, 3) == [1]
+
+
+def test_drafts_grow_when_confirmed_shrink_when_cut_and_pause_when_rejected() -> None:
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]  # "1 2" seen before: the draft continues 3 4 5 …
+    d = Drafter(max_draft=6, max_ngram=3, size=2)
+    assert d.propose(ids, room=10) == [3, 4]
+    d.record(2, 2)  # confirmed whole: 2 longer
+    assert d.propose(ids, room=10) == [3, 4, 5, 6]
+    assert d.propose(ids, room=3) == [3, 4, 5]  # never past the tokens left
+    d.record(4, 1)  # cut short: what was confirmed plus one
+    assert d.size == 2
+    for pause in (1, 2, 4, 8, 16, 16):  # rejected at the first token again and again: pauses double, up to 16
+        d.record(d.size, 0)
+        assert [d.propose(ids, 10) for _ in range(pause)] == [[]] * pause
+        assert d.propose(ids, 10) == [3]
+    d.record(1, 1)  # one confirmed: drafting goes on at once
+    assert d.pause == 0 and d.propose(ids, 10) == [3, 4, 5]
+    assert (d.drafted, d.accepted) == (2 + 4 + 2 + 5 * 1 + 1, 2 + 1 + 1)
 
 
 def test_stream_pieces_and_usage(engine: Engine) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qihuang.decoding import Repetition
+from qihuang.serve.textstream import Drafter
 
 _END = object()
 """Put on a request's queue after its last token."""
@@ -36,8 +37,9 @@ class Request:
     """True when the client went away (the row leaves the batch at the next step)."""
     rep: Repetition
     """Repetition-control state over the tokens generated so far."""
-    draft: Callable[[Request], list[int]] | None = None
-    """Greedy requests: draft tokens to verify in one forward while this row decodes alone (prompt lookup)."""
+    drafter: Drafter | None = None
+    """Greedy requests: proposes draft tokens to verify in one forward while this row decodes alone (prompt
+    lookup)."""
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     """Generated token ids, then `_END` (or an exception)."""
     produced: int = 0
@@ -225,8 +227,9 @@ class BatchDecoder:
         """One token for every row (several for a lone greedy row whose draft is confirmed)."""
         import torch
 
-        if len(self.rows) == 1 and self.rows[0].draft is not None and self.pending.empty():
-            draft = self.rows[0].draft(self.rows[0])
+        lone = self.rows[0] if len(self.rows) == 1 and self.pending.empty() else None
+        if lone is not None and lone.drafter is not None:
+            draft = lone.drafter.propose(lone.prompt_ids + lone.rep.tokens, lone.max_new_tokens - lone.produced)
             if draft:
                 self._draft_step(self.rows[0], draft)
                 return
@@ -253,6 +256,8 @@ class BatchDecoder:
         logits = self._forward(ids, attn, positions, self.cache, keep=0)[0]
         best = verify_draft(logits, draft, req.rep)
         accepted = accepted_prefix(draft, best)
+        assert req.drafter is not None
+        req.drafter.record(len(draft), accepted)
         self.cache.crop(accepted - len(draft))
         self.attn = attn[:, :attn.shape[1] - (len(draft) - accepted)]
         req.length += 1 + accepted

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qihuang.decoding import DecodeParams, Repetition, quote_copy
-from qihuang.serve.textstream import (Detokenizer, StopMatcher, accepted_prefix, prompt_lookup_draft,
-                                      verify_draft)
+from qihuang.serve.textstream import Detokenizer, Drafter, StopMatcher, accepted_prefix, verify_draft
 
 MIN_TEMPERATURE = 1e-4
 """Temperatures below this decode greedily (dividing logits by 1e-40 overflows to inf/NaN probabilities)."""
@@ -270,7 +269,7 @@ class Engine:
         nxt = self._pick(logits[-1], params, gen, rep)
         seq = list(prompt_ids)  # prompt + generated: what drafts are looked up in
         produced = 0
-        greedy_lookup = params.greedy and self.lookup_draft > 0
+        drafter = self._drafter(params)
         while True:
             if nxt in self.eos_ids or cancelled():
                 return
@@ -281,7 +280,7 @@ class Engine:
             if produced >= params.max_new_tokens:
                 return
             room = params.max_new_tokens - produced
-            draft = prompt_lookup_draft(seq, self.lookup_ngram, min(self.lookup_draft, room)) if greedy_lookup else []
+            draft = drafter.propose(seq, room) if drafter else []
             if not draft:
                 logits = self._forward([nxt], cache, keep=1)
                 nxt = self._pick(logits[-1], params, gen, rep)
@@ -289,6 +288,7 @@ class Engine:
             logits = self._forward([nxt, *draft], cache, keep=0)
             best = verify_draft(logits, draft, rep)
             accepted = accepted_prefix(draft, best)
+            drafter.record(len(draft), accepted)
             cache.crop(accepted - len(draft))  # drop the rejected drafts
             for tok in draft[:accepted]:
                 if tok in self.eos_ids or cancelled():
@@ -307,16 +307,13 @@ class Engine:
         request drafts by prompt lookup as the one-stream path does."""
         from qihuang.serve.batching import Request
 
-        def draft(req: Request) -> list[int]:
-            room = req.max_new_tokens - req.produced
-            return prompt_lookup_draft(req.prompt_ids + req.rep.tokens, self.lookup_ngram,
-                                       min(self.lookup_draft, room))
-
         assert self.batcher is not None
-        drafting = params.greedy and self.lookup_draft > 0
         yield from self.batcher.submit(Request(prompt_ids, lambda logits, r: self._pick(logits, params, gen, r),
-                                               params.max_new_tokens, cancelled, rep,
-                                               draft=draft if drafting else None))
+                                               params.max_new_tokens, cancelled, rep, drafter=self._drafter(params)))
+
+    def _drafter(self, params: SamplingParams) -> Drafter | None:
+        """Prompt-lookup drafting for a greedy request (None: sampled, or drafting off)."""
+        return Drafter(self.lookup_draft, self.lookup_ngram) if params.greedy and self.lookup_draft > 0 else None
 
     def _static_stream(self, prompt_ids: list[int], params: SamplingParams, cancelled: Callable[[], bool],
                        gen: Any, rep: Repetition) -> Iterator[int]:

@@ -60,7 +60,9 @@ def embedding_params(model: Any) -> set[int]:
 
 
 def _optimizer(model: Any, params: list[Any], s: LoopSettings, device: Any) -> Any:
-    """AdamW; groups: matrices (decayed), vectors, embeddings/LM head (lr × embed_lr_mult, not decayed)."""
+    """AdamW; groups: matrices (decayed), vectors, embeddings/LM head (lr × embed_lr_mult, not decayed). The fused
+    kernel on CPU as on CUDA: on the 2-core box it steps 135M parameters 4× faster than `foreach` and without its
+    parameter-sized temporaries (peak −410 MB; RESULTS session 12)."""
     import torch
 
     emb = embedding_params(model)
@@ -71,8 +73,8 @@ def _optimizer(model: Any, params: list[Any], s: LoopSettings, device: Any) -> A
               {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
               {"params": embed, "weight_decay": 0.0, "lr_mult": s.embed_lr_mult}]
     groups = [g for g in groups if g["params"]]
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.95), eps=1e-8, **fast)
+    fused = True if device.type in ("cpu", "cuda") else None  # None: torch's default for other devices
+    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 
 @dataclass
