@@ -36,6 +36,7 @@ def test_continuous_batches_answer_as_fixed_batches_and_alone(tiny: tuple[Any, A
 
 def test_rows_stop_at_their_own_length_and_bad_sizes_are_refused(tiny: tuple[Any, Any]) -> None:
     from qihuang.decoding import generate_batch
+    from qihuang.quotes import Quotable
 
     model, tok = tiny
     short = generate_batch(model, tok, PROMPTS, 3, batch_size=4)
@@ -45,4 +46,4 @@ def test_rows_stop_at_their_own_length_and_bad_sizes_are_refused(tiny: tuple[Any
     with pytest.raises(ValueError, match="batch_size"):
         generate_batch(model, tok, PROMPTS, 0)
     with pytest.raises(ValueError, match="quotes"):
-        generate_batch(model, tok, PROMPTS, 4, quotes=[[p] for p in PROMPTS[:2]])
+        generate_batch(model, tok, PROMPTS, 4, quotes=[Quotable((p,)) for p in PROMPTS[:2]])

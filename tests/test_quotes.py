@@ -20,10 +20,10 @@ def tok(tiny_model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def _copy(tok: Any, sources: list[str]) -> Any:
+def _copy(tok: Any, sources: list[str], lead: str = "") -> Any:
     from qihuang.quotes import QuoteCopy, quote_vocab
 
-    return QuoteCopy(quote_vocab(tok), sources)
+    return QuoteCopy(quote_vocab(tok), sources, lead)
 
 
 def _feed(tok: Any, q: Any, text: str) -> list[int]:
@@ -124,6 +124,27 @@ def test_a_quotation_at_the_end_of_its_span_can_only_close(tok: Any) -> None:
     assert not q.inside and q.allowed() is None
 
 
+def test_the_first_quotation_copies_the_lead_whole_and_the_next_any_clause(tok: Any) -> None:
+    from qihuang.decoding import DecodeParams, Repetition
+
+    lead = "不治已乱治未乱，此之谓也。"
+    # the model wants to open on 是故圣人 and stop after it: the lead is copied from its start to its end
+    rep = Repetition(DecodeParams(), quotes=_copy(tok, [SOURCE], lead))
+    text = _decode_wanting(tok, rep, "原文：「是故圣人」", steps=90)
+    assert QUOTED.findall(text)[0] == lead, text
+    q = _copy(tok, [SOURCE], lead)
+    _feed(tok, q, f"「{lead}」，又「是故圣人不治已病治未病")
+    closing = tok.encode("」", add_special_tokens=False)[0]
+    assert q.inside and closing in q.allowed()  # later quotations open on any clause and close at its end
+    q = _copy(tok, [SOURCE], lead)
+    _feed(tok, q, "「不治已乱治未乱")
+    assert q.inside and closing not in q.allowed()  # the lead's clauses do not end it: only its end does
+    _feed(tok, q, "，此之谓也。")
+    mark = "」".encode()  # at its end it can only close (the mark whole, its first piece, or the mark and more)
+    assert closing in q.allowed()
+    assert all(mark.startswith(q.vocab.pieces[i]) or q.vocab.pieces[i].startswith(mark) for i in q.allowed())
+
+
 def _decode_wanting(tok: Any, rep: Any, want: str, steps: int = 60) -> str:
     """Greedy decoding by a 'model' whose favourite next token is always the next one of `want` (then any other in
     id order): what the constraint lets through."""
@@ -182,19 +203,21 @@ def _biased_to(model: Any, token: int) -> None:
 def test_batched_generation_quotes_only_the_passages(tiny_model_dir: Path) -> None:
     from qihuang.decoding import DecodeParams, _generate_fixed, generate_batch
     from qihuang.models import load_model
+    from qihuang.quotes import Quotable
 
     model, tok = load_model(tiny_model_dir)
     opener = tok.encode("“", add_special_tokens=False)
     assert len(opener) == 1
     _biased_to(model, opener[0])  # the model opens a quotation whenever it may
     prompts = [f"<|im_start|>user\n问{i}<|im_end|>\n<|im_start|>assistant\n" for i in range(3)]
-    sources = [[SOURCE], [OTHER], []]
+    sources = [Quotable((SOURCE,)), Quotable((OTHER,), lead="中工治已病。"), None]
     out = generate_batch(model, tok, prompts, 120, batch_size=3, quotes=sources)
     for text, src in zip(out[:2], sources[:2], strict=True):
         spans = QUOTED.findall(text)
         assert len(spans) >= 2, text
-        assert all(s and s in src[0] for s in spans), text  # verbatim copies of its own passage only
+        assert all(s and s in src.sources[0] for s in spans), text  # verbatim copies of its own passage only
         assert len(set(spans)) == len(spans), text  # no quotation repeated
+    assert QUOTED.findall(out[1])[0] == "中工治已病。"  # the first quotation is the lead
     assert not QUOTED.findall(out[2])  # no passages: nothing to copy, the bias writes bare marks
     assert out[2].count("“") >= 2
     # model.generate's path (sliding-window models) decodes the same quotations
@@ -202,6 +225,7 @@ def test_batched_generation_quotes_only_the_passages(tiny_model_dir: Path) -> No
 
 
 def test_engine_streams_verbatim_quotations(tiny_model_dir: Path) -> None:
+    from qihuang.quotes import Quotable
     from qihuang.serve.engine import Engine, SamplingParams
 
     eng = Engine.load(tiny_model_dir)
@@ -209,6 +233,6 @@ def test_engine_streams_verbatim_quotations(tiny_model_dir: Path) -> None:
     msgs = [{"role": "user", "content": "何谓治未病？"}]
     free = "".join(c.text for c in eng.generate(msgs, params=SamplingParams(max_new_tokens=24)))
     assert not QUOTED.findall(free)  # the bias alone writes bare marks
-    text = "".join(c.text for c in eng.generate(msgs, params=SamplingParams(max_new_tokens=48, quotes=(OTHER,))))
+    text = "".join(c.text for c in eng.generate(msgs, params=SamplingParams(max_new_tokens=48, quotes=Quotable((OTHER,)))))
     spans = QUOTED.findall(text)
     assert len(spans) >= 2 and all(s and s in OTHER for s in spans), text

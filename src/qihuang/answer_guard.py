@@ -86,13 +86,24 @@ def own_chars(answer: str, question: str) -> int:
     return len(WORD_CHAR.findall(body_of(answer)))
 
 
-def fallback_quote(passage: Passage, question: str) -> str:
-    """`原文：「…」` — the cited passage's sentences that match the question best (`relevance.quote_span`: the head
-    of an entry the question names, else the best-matching sentence run)."""
+def lead_quote(passage: Passage, question: str) -> str:
+    """The cited passage's sentences that match the question best (`relevance.quote_span`: the head of an entry the
+    question names, else the best-matching sentence run), as a prompt shows text (`rag.clean_passage_text`) and
+    without the marks of a clause before it: what a fallback quotes, and what an answer's first quotation copies
+    (`quotes.Quotable.lead`)."""
+    from qihuang.rag import clean_passage_text
     from qihuang.relevance import quote_span
 
     s, e = quote_span(passage, question, QUOTE_CHARS)
-    return f"{FALLBACK_LEAD}「{passage.text[s:e].strip()}」"
+    return clean_passage_text(passage.text[s:e]).lstrip(_LEADING_MARKS).strip()
+
+
+_LEADING_MARKS = "，。、；：？！,.;:?!）)」』” \t"
+
+
+def fallback_quote(passage: Passage, question: str) -> str:
+    """`原文：「…」` — `lead_quote`."""
+    return f"{FALLBACK_LEAD}「{lead_quote(passage, question)}」"
 
 
 @dataclass(frozen=True)

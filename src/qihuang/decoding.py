@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from qihuang.config import ConfigError, check_ranges
 
 if TYPE_CHECKING:
-    from qihuang.quotes import QuoteCopy
+    from qihuang.quotes import Quotable, QuoteCopy
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
 """End-of-turn tokens of the common chat templates: generation stops at any of them."""
@@ -202,15 +202,15 @@ def suppress_mask(ids: Sequence[int]) -> Callable[[Any], Any]:
 
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
                    params: DecodeParams | None = None, progress: Callable[[int, int], None] | None = None,
-                   lookup_draft: int = 8, quotes: Sequence[Sequence[str]] | None = None) -> list[str]:
+                   lookup_draft: int = 8, quotes: Sequence[Quotable | None] | None = None) -> list[str]:
     """Greedy answers to rendered `prompts` (chat template applied), decoded by the server's continuous batcher
     (`serve.batching.BatchDecoder`): up to `batch_size` rows per forward over a left-padded KV cache, a finished
     row's place taken by the next prompt at once (no row waits for the longest of a fixed batch); repetition
     control on the generated tokens; an extended vocabulary's untrained byte fragments never generated; each row
     stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact). Order is kept;
     `progress(done, total)` is called as answers finish. A model whose KV cache cannot be batched this way
-    (sliding-window layers) goes through `model.generate` in fixed batches instead. `quotes[i]`: the passages
-    prompt i shows — a quotation its answer opens copies them verbatim (`qihuang.quotes`)."""
+    (sliding-window layers) goes through `model.generate` in fixed batches instead. `quotes[i]`: what a quotation
+    answer i opens copies verbatim (`qihuang.quotes`: the passages prompt i shows, the first quotation's lead)."""
     from qihuang.serve.batching import BatchDecoder, Request, batchable
     from qihuang.serve.fastpath import cache_kwarg
     from qihuang.serve.textstream import Drafter
@@ -233,7 +233,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     encoded = [encode_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar widths prefill together
     requests = [Request(encoded[i], pick, max_new_tokens, lambda: False,
-                        Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else ())),
+                        Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else None)),
                         drafter=Drafter(lookup_draft, 3) if lookup_draft > 0 else None) for i in order]
     tokens = decoder.run(requests, progress)
     answers: list[str] = [""] * len(prompts)
@@ -242,16 +242,16 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     return answers
 
 
-def quote_copy(tokenizer: Any, passages: Sequence[str]) -> QuoteCopy | None:
-    """The verbatim-quotation state of one answer to a prompt showing `passages` (None without passages)."""
+def quote_copy(tokenizer: Any, quotable: Quotable | None) -> QuoteCopy | None:
+    """The verbatim-quotation state of one answer whose quotations copy `quotable` (None: nothing to copy)."""
     from qihuang.quotes import QuoteCopy, quote_vocab
 
-    return QuoteCopy(quote_vocab(tokenizer), passages) if any(passages) else None
+    return QuoteCopy(quote_vocab(tokenizer), quotable.sources, quotable.lead) if quotable else None
 
 
 def _generate_fixed(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
                     params: DecodeParams, progress: Callable[[int, int], None] | None,
-                    quotes: Sequence[Sequence[str]] | None = None) -> list[str]:
+                    quotes: Sequence[Quotable | None] | None = None) -> list[str]:
     """`generate_batch` through `model.generate`: fixed left-padded batches sorted by length, KV cache."""
     import torch
     from transformers import LogitsProcessorList

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 MARKS = {"“": "”", "「": "」", "『": "』"}
@@ -22,6 +23,24 @@ or at the passage's start) and closes at a clause's end (before or after one of 
 Measured on the demo's 150 held-out-book questions (benchmarks/RESULTS.md, session 11): quotations opening anywhere
 copied fragments (「升胃降」 out of 脾升胃降) and scored 1.2 ROUGE-L points lower; closing anywhere cut lists short
 (「桂枝三两 芍药」) at equal scores."""
+
+
+@dataclass(frozen=True)
+class Quotable:
+    """What one answer's quotations may copy."""
+
+    sources: tuple[str, ...] = ()
+    """The passages as the prompt shows them: a quotation copies a span of one, from a clause's first character to a
+    clause's end."""
+    lead: str = ""
+    """The span the answer's first quotation copies whole, from its first character to its last ("": none, the
+    first is as free as the rest): the cited passage's sentences that match the question best
+    (`relevance.lead_quote`, what the answer guard quotes). The model decides whether and where to quote; which
+    sentence it quotes first is the retriever's. Measured on the demo's held-out books (RESULTS session 12): the
+    final model quoted a later clause of its window than the one the question matches 60 times in 93."""
+
+    def __bool__(self) -> bool:
+        return bool(self.lead) or any(self.sources)
 
 
 def _char_start(byte: int) -> bool:
@@ -63,11 +82,15 @@ class QuoteCopy:
     `sources` (the passages shown) opened on a clause's first character, or, at the end of a clause, close the
     quotation — a quotation is whole clauses — unless that repeats an earlier quotation of the answer word for word
     (a loop): it must then copy on. A quotation that reaches the end of its span can only close (or, repeating, ends
-    unconstrained: nothing is left to copy)."""
+    unconstrained: nothing is left to copy). With a `lead`, the answer's first quotation copies it whole and closes
+    at its end."""
 
-    def __init__(self, vocab: QuoteVocab, sources: Sequence[str]) -> None:
+    def __init__(self, vocab: QuoteVocab, sources: Sequence[str], lead: str = "") -> None:
         self.vocab = vocab
         texts = [t for t in sources if t]
+        self._lead = [(len(texts), 0)] if lead else None  # the first quotation's one start: the lead's first byte
+        if lead:
+            texts.append(lead)
         self.sources = [t.encode("utf-8") for t in texts]
         self._starts = [(k, len(text[:i].encode("utf-8"))) for k, text in enumerate(texts)
                         for i, ch in enumerate(text)
@@ -96,7 +119,8 @@ class QuoteCopy:
         self._tail = (self._tail + raw)[-_TAIL:]
         opened = next((c for o, c in _OPENERS.items() if self._tail.endswith(o)), None)
         if opened is not None and self.sources:
-            self._closer, self._cands, self._text = opened, self._starts, b""
+            first = self._lead is not None and not self._quoted
+            self._closer, self._cands, self._text = opened, self._lead if first else self._starts, b""
 
     def pop(self) -> None:
         """Remove the last token pushed (undoes `push`)."""
@@ -122,7 +146,10 @@ class QuoteCopy:
         copy = [c for c in nxt if c[0] >= 0]
         if copy:
             self._text += raw
-            if any(self._clause_end(k, p) for k, p in copy) and self._text not in self._quoted:
+            pinned = self._lead is not None and not self._quoted  # the lead closes at its end only
+            ends = (any(p >= len(self.sources[k]) for k, p in copy) if pinned
+                    else any(self._clause_end(k, p) for k, p in copy))
+            if ends and self._text not in self._quoted:
                 nxt.append((-1, 0))  # a whole clause copied, not an earlier quotation again: the mark may close
         self._cands = nxt
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qihuang.answer_guard import HOLD_CHARS
+from qihuang.answer_guard import HOLD_CHARS, lead_quote
+from qihuang.quotes import Quotable
 from qihuang.retrieval import Hit, Passage, PassageIndex, best_span, char_bigrams
 from qihuang.scope import BOOK_TITLE
 
@@ -66,12 +67,13 @@ def shown_texts(passages: Sequence[Passage], query: str, max_chars: int = PASSAG
 
 
 def quotable(passages: Sequence[Passage], cited: Passage | None, query: str,
-             max_chars: int = PASSAGE_CHARS) -> list[str]:
-    """What an answer's quotations may copy (`qihuang.quotes`): the cited passage's shown text when the answer opens
-    citing one of the passages (`据《X》：「…」` quotes X, not a neighbour), else every passage's."""
+             max_chars: int = PASSAGE_CHARS) -> Quotable:
+    """What an answer's quotations may copy (`qihuang.quotes`): when the answer opens citing one of the passages
+    (`据《X》：「…」` quotes X, not a neighbour), its shown text, the first quotation the sentences of it that match the
+    question best (`answer_guard.lead_quote`); else every passage's shown text."""
     if cited is not None and any(p.id == cited.id for p in passages):
-        return shown_texts([cited], query, max_chars)
-    return shown_texts(passages, query, max_chars)
+        return Quotable(tuple(shown_texts([cited], query, max_chars)), lead_quote(cited, query))
+    return Quotable(tuple(shown_texts(passages, query, max_chars)))
 
 
 def format_context(passages: Sequence[Passage], query: str, max_chars: int = PASSAGE_CHARS) -> str:
@@ -189,7 +191,7 @@ class Prepared:
     ground: Grounding = Grounding([])
     """What `ground` decided: the answer's opening, or the whole answer of a declined question, and the cited
     passage."""
-    quotable: list[str] = field(default_factory=list)
+    quotable: Quotable = field(default_factory=Quotable)
     """What the answer's quotations may copy (`quotable`; none closed-book)."""
 
 
@@ -234,7 +236,7 @@ def answer_chunks(engine: Any, prep: Prepared, params: Any, guard: bool = True, 
         yield Chunk(g.answer, 0, prep.prompt_tokens, "stop")
         return
     if verbatim and prep.quotable:
-        params = dataclasses.replace(params, quotes=tuple(prep.quotable))
+        params = dataclasses.replace(params, quotes=prep.quotable)
     stop = threading.Event()
     asked: Any = kwargs.pop("cancelled", None)
 

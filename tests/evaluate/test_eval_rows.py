@@ -32,7 +32,7 @@ def _scripted(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens
     out = []
     assert quotes is not None and len(quotes) == len(prompts)
     for p, shown in zip(prompts, quotes, strict=True):
-        assert bool(shown) == (QUESTION_PREFIX in p) and all(t in p for t in shown)
+        assert bool(shown) == (QUESTION_PREFIX in p) and all(t in p for t in shown.sources)
         sft = SFT_SYSTEM in p
         offtopic = any(q in p for q in OFFTOPIC_QUESTIONS)
         if offtopic:

@@ -74,10 +74,17 @@ def test_prepare_prompt_puts_passages_with_ids(engine: Any, index: PassageIndex)
     assert len(smaller.hits) < len(prep.hits) and smaller.prompt_tokens + room <= engine.max_context
     none = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤"}], None, 3, 160, 8)
     assert none.hits == [] and "《拟方汇编" not in none.prompt
-    # quotations may copy the cited passage as the prompt shows it (据《X》：「…」 quotes X), nothing closed-book
-    assert prep.ground.cited is not None and len(prep.quotable) == 1
-    assert f"{prep.ground.cited.title}{prep.quotable[0]}" in prep.prompt
-    assert none.quotable == []
+    # quotations may copy the cited passage as the prompt shows it (据《X》：「…」 quotes X), the first one its
+    # sentences the question matches best (what the answer guard would quote); nothing closed-book
+    from qihuang.answer_guard import fallback_quote, lead_quote
+    from qihuang.quotes import Quotable
+
+    assert prep.ground.cited is not None and len(prep.quotable.sources) == 1
+    assert f"{prep.ground.cited.title}{prep.quotable.sources[0]}" in prep.prompt
+    assert prep.quotable.lead == lead_quote(prep.ground.cited, "桂枝汤治什么？") != ""
+    assert prep.quotable.lead in prep.ground.cited.text
+    assert fallback_quote(prep.ground.cited, "桂枝汤治什么？") == f"原文：「{prep.quotable.lead}」"
+    assert none.quotable == Quotable() and not none.quotable
 
 
 def test_answer_chunks_hand_the_engine_what_quotations_may_copy(engine: Any, index: PassageIndex,
@@ -86,12 +93,12 @@ def test_answer_chunks_hand_the_engine_what_quotations_may_copy(engine: Any, ind
     from qihuang.serve.engine import SamplingParams
 
     prep = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, 16)
-    seen: list[tuple[str, ...]] = []
+    seen: list[Any] = []
     real = engine.generate
     monkeypatch.setattr(engine, "generate", lambda **kw: (seen.append(kw["params"].quotes), real(**kw))[1])
     for verbatim in (True, False):
         list(answer_chunks(engine, prep, SamplingParams(max_new_tokens=4), verbatim=verbatim))
-    assert seen == [tuple(prep.quotable), ()]
+    assert seen == [prep.quotable, None]
 
 
 def test_search_cli(passages_file: Path) -> None:

@@ -14,6 +14,7 @@ from qihuang.retrieval import Hit, PassageIndex
 
 if TYPE_CHECKING:
     from qihuang.rag import Grounding
+    from qihuang.quotes import Quotable
 
 CONDITIONS = ("closed", "rag")
 """closed: the question alone; rag: the top passages_k passages before it (`rag.rag_messages`)."""
@@ -67,7 +68,7 @@ def ground_questions(index: PassageIndex | None, questions: Sequence[str], k: in
 
 
 def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], grounds: Sequence[Grounding],
-                   passage_chars: int, verbatim: bool = True) -> tuple[list[str], list[list[str]] | None]:
+                   passage_chars: int, verbatim: bool = True) -> tuple[list[str], list[Quotable] | None]:
     """Rendered prompts of `questions` with their groundings' passages before them (`rag.rag_messages`; no hits:
     closed-book) and the answers' openings after them, and what each answer's quotations may copy (`rag.quotable`;
     None with `verbatim` off) — the pair `rag.prepare_prompt` gives serving."""
@@ -84,7 +85,7 @@ def render_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence
 
 def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[str], condition: str,
                   index: PassageIndex | None, k: int, passage_chars: int, gate: bool = True, cite_first: bool = True,
-                  verbatim: bool = True) -> tuple[list[str], list[Grounding], list[list[str]] | None]:
+                  verbatim: bool = True) -> tuple[list[str], list[Grounding], list[Quotable] | None]:
     """Rendered prompts, the grounding of each (none closed-book) and what their quotations may copy:
     `ground_questions` + `render_prompts`."""
     from qihuang.rag import Grounding
@@ -98,7 +99,7 @@ def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None,
              grounds: Sequence[Grounding] | None = None,
-             quotes: Sequence[Sequence[str]] | None = None) -> list[str]:
+             quotes: Sequence[Quotable | None] | None = None) -> list[str]:
     """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching; progress
     as answers finish); with `grounds`, a grounding's whole answer is taken as it is (nothing
     generated) and its opening is put before what the model writes — the answer serving would send. `quotes[i]`:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qihuang.decoding import DecodeParams, Repetition, quote_copy
+from qihuang.quotes import Quotable
 from qihuang.serve.textstream import Detokenizer, Drafter, StopMatcher, accepted_prefix, verify_draft
 
 MIN_TEMPERATURE = 1e-4
@@ -95,8 +96,8 @@ class SamplingParams:
     """Penalty on tokens already generated in this answer (1.0 = off; `qihuang.decoding.DecodeParams`)."""
     no_repeat_ngram_size: int = DecodeParams.no_repeat_ngram_size
     """A generated n-gram is never generated again in this answer (0 = off)."""
-    quotes: tuple[str, ...] = ()
-    """Passage texts a quotation the answer opens (“ 「 『) must copy word for word (`qihuang.quotes`; empty = no
+    quotes: Quotable | None = None
+    """What a quotation the answer opens (“ 「 『) must copy word for word (`qihuang.quotes`; None = no
     constraint). Set by `rag.answer_chunks` from the passages shown; the vLLM engine does not apply it."""
 
     def __post_init__(self) -> None:
