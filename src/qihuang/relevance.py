@@ -128,17 +128,33 @@ def entry_of(passage: Passage, query: str) -> bool:
     return len(head) >= 2 and head in text and longest_shared(text, cjk(passage.text)) < QUOTE_CHARS
 
 
+SOURCE_ASKS = re.compile(r"出自|出处|哪部|哪本|哪一部|收在|收于|篇章|典籍|著作")
+"""A question asking which book something belongs to."""
+
+
+def section_asked(passage: Passage, query: str) -> bool:
+    """Whether `query` asks which book the section of `passage` belongs to, naming it (「卷四·阿胶」是哪部医书中的
+    篇章？): SOURCE_ASKS, the section's last level named (≥ 2 characters) and nothing of the text quoted (no
+    QUOTE_CHARS-character run beyond the name) — the section's opening then says what it is, not a sentence that
+    happens to share the name's characters (「故曰五苓散。」 for 《五苓散方》这一篇收在哪本古籍里)."""
+    if not SOURCE_ASKS.search(query) or not passage.section:
+        return False
+    head = re.split(r"[·/]", passage.section)[-1].strip()
+    text = cjk(query)
+    return len(head) >= 2 and head in text and longest_shared(text.replace(head, "|"), cjk(passage.text)) < QUOTE_CHARS
+
+
 def quote_span(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
     """(start, end) of the part of `passage` to show or quote for `query`: an entry the question names (`entry_of`)
-    from its start — its head is the composition, 性味 or 主治, not the sentence sharing the question's other words
-    (性味, 功效); else the sentence run matching the question best (`retrieval.best_span`), with the sentences after
+    or a section it asks the book of (`section_asked`) from its start — its head is the composition, 性味 or 主治,
+    not the sentence sharing the question's other words (性味, 功效); else the sentence run matching the question best (`retrieval.best_span`), with the sentences after
     it when the question asks what it means and it only repeats the question (「天地之道也。」 for 阴阳者天地之道也
     是什么意思 — the note after it explains; for 出处 questions the repeated sentence is the answer).
     Whole sentences where they fit."""
     from qihuang.retrieval import best_span, char_bigrams
 
     text = passage.text
-    if entry_of(passage, query):
+    if entry_of(passage, query) or section_asked(passage, query):
         return 0, _whole_sentences(text, 0, max_chars)
     s, e = best_span(text, query, max_chars)
     said = char_bigrams(text[s:e])

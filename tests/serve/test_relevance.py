@@ -150,6 +150,23 @@ def test_an_entry_asked_about_as_a_whole_is_shown_and_quoted_from_its_head() -> 
     assert not entry_of(herb, "黄连有哪些别名？")  # not an aspect the entry's head states
 
 
+def test_a_section_whose_book_is_asked_is_quoted_from_its_opening() -> None:
+    from qihuang.answer_guard import lead_quote
+    from qihuang.relevance import quote_span, section_asked
+
+    p = Passage(id="w", book="假托方论", section="卷下/诸药方论/五苓散方",
+                text="苓令也。号令之令矣。通行津液。克伐肾邪。五苓之中。茯苓为主。故曰五苓散。")
+    for q in ("《卷下·诸药方论·五苓散方》这一篇收在哪本古籍里？", "「五苓散方」是哪部医书中的篇章？",
+              "请问“卷下·诸药方论·五苓散方”一节出自哪部著作？"):
+        assert section_asked(p, q), q
+        assert lead_quote(p, q).startswith("苓令也。号令之令矣。"), q  # not 「故曰五苓散。」, which shares its name
+    # not asking the book, quoting the text, or naming another section: the best-matching sentence as before
+    for q in ("「五苓散方」中是怎样论述“茯苓”的？", "“故曰五苓散”出自哪部医书？", "「猪苓汤方」是哪部医书中的篇章？"):
+        assert not section_asked(p, q), q
+    assert quote_span(p, "“故曰五苓散”出自哪部医书？", 40)[0] > 0
+    assert not section_asked(Passage(id="x", book="假托", section="序", text="夫医教者。"), "《序》这一篇收在哪本古籍里？")
+
+
 def test_a_meaning_question_whose_best_sentence_repeats_it_gets_the_note_after_it() -> None:
     from qihuang.answer_guard import fallback_quote
 
