@@ -259,19 +259,17 @@ def run_recipe(recipe: Recipe, force: list[str] | None = None, log: Callable[[st
         if only and name not in only:
             log(f"── stage {name} " + ("(done, kept: --only)" if dirs[name].is_done() else "(not run: --only)"))
             why, reuse = None, True
-            summaries[name] = {**dirs[name].summary(), "skipped": True}
         else:
             why = "--only" if only else stale_reason(name, dirs[name], cfg, rebuilt, force, str(recipe.model),
                                                       list(recipe.stages))
             reuse = dirs[name].is_done() and why is None
             log(f"── stage {name} " + ("(done, skipped)" if reuse else f"(stale: {why}; rerunning) …" if why else "…"))
-            if reuse:
-                summaries[name] = {**dirs[name].summary(), "skipped": True}
-            elif isolate:
-                summaries[name] = run_in_process(name, run_one_stage, name, cfg, inputs, why is not None,
-                                                 recipe.threads)
-            else:
-                summaries[name] = run_one_stage(name, cfg, inputs, why is not None, recipe.threads)
+        if reuse:
+            summaries[name] = {**dirs[name].summary(), "skipped": True}
+        elif isolate:
+            summaries[name] = run_in_process(name, run_one_stage, name, cfg, inputs, why is not None, recipe.threads)
+        else:
+            summaries[name] = run_one_stage(name, cfg, inputs, why is not None, recipe.threads)
         if not reuse:
             rebuilt.append(name)
             if name in USES_MODEL:  # recorded per stage: an interrupted run cannot hide what a stage was built from

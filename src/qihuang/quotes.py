@@ -35,7 +35,7 @@ class Quotable:
     lead: str = ""
     """The span the answer's first quotation copies whole, from its first character to its last ("": none, the
     first is as free as the rest): the cited passage's sentences that match the question best
-    (`relevance.lead_quote`, what the answer guard quotes). The model decides whether and where to quote; which
+    (`answer_guard.lead_quote`, what the answer guard quotes). The model decides whether and where to quote; which
     sentence it quotes first is the retriever's. Measured on the demo's held-out books (RESULTS session 12): the
     final model quoted a later clause of its window than the one the question matches 60 times in 93."""
 
@@ -108,6 +108,11 @@ class QuoteCopy:
         """Whether a quotation is open."""
         return self._closer is not None
 
+    @property
+    def _pinned(self) -> bool:
+        """Whether the quotation opening (or open) is the answer's first, which copies the lead whole."""
+        return self._lead is not None and not self._quoted
+
     def push(self, token: int) -> None:
         """Append one generated token."""
         self._history.append((self._tail, self._closer, self._cands, self._text, self._quoted))
@@ -119,8 +124,7 @@ class QuoteCopy:
         self._tail = (self._tail + raw)[-_TAIL:]
         opened = next((c for o, c in _OPENERS.items() if self._tail.endswith(o)), None)
         if opened is not None and self.sources:
-            first = self._lead is not None and not self._quoted
-            self._closer, self._cands, self._text = opened, self._lead if first else self._starts, b""
+            self._closer, self._cands, self._text = opened, self._lead if self._pinned else self._starts, b""
 
     def pop(self) -> None:
         """Remove the last token pushed (undoes `push`)."""
@@ -146,8 +150,7 @@ class QuoteCopy:
         copy = [c for c in nxt if c[0] >= 0]
         if copy:
             self._text += raw
-            pinned = self._lead is not None and not self._quoted  # the lead closes at its end only
-            ends = (any(p >= len(self.sources[k]) for k, p in copy) if pinned
+            ends = (any(p >= len(self.sources[k]) for k, p in copy) if self._pinned  # the lead: at its end only
                     else any(self._clause_end(k, p) for k, p in copy))
             if ends and self._text not in self._quoted:
                 nxt.append((-1, 0))  # a whole clause copied, not an earlier quotation again: the mark may close

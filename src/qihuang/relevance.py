@@ -116,13 +116,18 @@ ENTRY_ASKS = re.compile(r"组成|由哪些|性味|药性|气味|功效|功用|�
 """What a question asks of an entry as a whole (its head says it), unlike a term or sentence inside it."""
 
 
+def section_head(passage: Passage) -> str:
+    """The last level of `passage`'s section (卷一/黄连 → 黄连; "" without a section)."""
+    return re.split(r"[·/]", passage.section)[-1].strip() if passage.section else ""
+
+
 def entry_of(passage: Passage, query: str) -> bool:
     """Whether `passage` is the entry of a formula or herb a plain question asks about as a whole (桂枝汤由哪些药物
     组成？ 黄连的性味如何？): the question asks an ENTRY_ASKS aspect, marks no book or section (《》「」), names the
     section's last level (less 方) and quotes nothing of it (no QUOTE_CHARS-character run)."""
     if not ENTRY_ASKS.search(query) or "《" in query or "「" in query:
         return False
-    head = re.split(r"[·/]", passage.section)[-1].strip() if passage.section else ""
+    head = section_head(passage)
     head = head.removesuffix("方") if len(head) > 2 else head
     text = cjk(query)
     return len(head) >= 2 and head in text and longest_shared(text, cjk(passage.text)) < QUOTE_CHARS
@@ -137,9 +142,9 @@ def section_asked(passage: Passage, query: str) -> bool:
     篇章？): SOURCE_ASKS, the section's last level named (≥ 2 characters) and nothing of the text quoted (no
     QUOTE_CHARS-character run beyond the name) — the section's opening then says what it is, not a sentence that
     happens to share the name's characters (「故曰五苓散。」 for 《五苓散方》这一篇收在哪本古籍里)."""
-    if not SOURCE_ASKS.search(query) or not passage.section:
+    if not SOURCE_ASKS.search(query):
         return False
-    head = re.split(r"[·/]", passage.section)[-1].strip()
+    head = section_head(passage)
     text = cjk(query)
     return len(head) >= 2 and head in text and longest_shared(text.replace(head, "|"), cjk(passage.text)) < QUOTE_CHARS
 
@@ -147,7 +152,8 @@ def section_asked(passage: Passage, query: str) -> bool:
 def quote_span(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
     """(start, end) of the part of `passage` to show or quote for `query`: an entry the question names (`entry_of`)
     or a section it asks the book of (`section_asked`) from its start — its head is the composition, 性味 or 主治,
-    not the sentence sharing the question's other words (性味, 功效); else the sentence run matching the question best (`retrieval.best_span`), with the sentences after
+    not the sentence sharing the question's other words (性味, 功效); else the sentence run matching the question
+    best (`retrieval.best_span`), with the sentences after
     it when the question asks what it means and it only repeats the question (「天地之道也。」 for 阴阳者天地之道也
     是什么意思 — the note after it explains; for 出处 questions the repeated sentence is the answer).
     Whole sentences where they fit."""

@@ -100,10 +100,6 @@ class Drafter:
     """Steps left without drafting."""
     misses: int = 0
     """Drafts in a row rejected at their first token."""
-    drafted: int = 0
-    """Draft tokens verified so far."""
-    accepted: int = 0
-    """Draft tokens confirmed so far."""
 
     def __post_init__(self) -> None:
         self.size = self.size or self.max_draft
@@ -117,8 +113,6 @@ class Drafter:
 
     def record(self, drafted: int, accepted: int) -> None:
         """How a proposed draft fared: `accepted` of its `drafted` tokens confirmed."""
-        self.drafted += drafted
-        self.accepted += accepted
         self.size = min(self.max_draft, self.size + 2) if accepted == drafted else max(1, accepted + 1)
         self.misses = self.misses + 1 if accepted == 0 else 0
         self.pause = min(16, 2 ** (self.misses - 1)) if self.misses else 0
