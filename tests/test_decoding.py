@@ -47,3 +47,22 @@ def test_rows_stop_at_their_own_length_and_bad_sizes_are_refused(tiny: tuple[Any
         generate_batch(model, tok, PROMPTS, 0)
     with pytest.raises(ValueError, match="quotes"):
         generate_batch(model, tok, PROMPTS, 4, quotes=[Quotable((p,)) for p in PROMPTS[:2]])
+
+
+def test_until_ends_each_answer_where_its_test_turns_true(tiny: tuple[Any, Any]) -> None:
+    from qihuang.decoding import generate_batch
+
+    model, tok = tiny
+    full = generate_batch(model, tok, PROMPTS, 16, batch_size=2)
+    lengths = [2, 5, 1000, 3, 8]
+    cut = generate_batch(model, tok, PROMPTS, 16, batch_size=2,
+                         until=[(lambda n: lambda text: len(text) >= n)(n) for n in lengths])
+    assert cut[2] == full[2]  # a test that never turns true changes nothing
+    for c, f, n in zip(cut, full, lengths, strict=True):
+        assert f.startswith(c)
+        ids = tok.encode(c, add_special_tokens=False)
+        assert len(c) >= n or c == f  # stopped once the test held (or the answer ended first) …
+        assert len(tok.decode(ids[:-1]).rstrip("\ufffd")) < n or c == f  # … and not a token later
+    assert any(len(c) < len(f) for c, f in zip(cut, full, strict=True))
+    with pytest.raises(ValueError, match="until"):
+        generate_batch(model, tok, PROMPTS, 4, until=[None])

@@ -196,12 +196,11 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
     for chunk in chunks:
         last = chunk
         full += chunk.text
-        start = len(prefix) if full.startswith(prefix) else 0  # the opening is ours
-        finished = _last_sentence_end(full, start)  # the sentences written to their end
-        if _degenerate(full) or restart_at(full) is not None or (
-                support is not None and support.supported_length(full[start:finished]) < finished - start):
+        if turned(full, prefix, support):
             stop.set()
             break
+        start = len(prefix) if full.startswith(prefix) else 0  # the opening is ours
+        finished = _last_sentence_end(full, start)  # the sentences written to their end
         held = len(full) if hold is None else min(len(full), hold)
         safe = max(len(full) - held, start)
         if support is not None:
@@ -221,6 +220,22 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
         rest = fallback_quote(cited, question) if final.fallback and cited is not None else ""
     reason = "stop" if final.cut else (last.finish_reason if last is not None else "stop")
     yield make_chunk(rest, last, reason or "stop")
+
+
+def turned(full: str, prefix: str, support: Support | None) -> bool:
+    """Whether a generation `full` (opening with `prefix`, which is ours) has turned where the guard cuts: it is
+    degenerate, starts over (`restart_at`) or, with `support`, holds a finished sentence of its own the passages do
+    not support. A stream stops there (`guard_stream`), and so does the eval's batch decoding (`stop_when`): what
+    follows would be cut."""
+    start = len(prefix) if full.startswith(prefix) else 0
+    finished = _last_sentence_end(full, start)  # the sentences written to their end
+    return _degenerate(full) or restart_at(full) is not None or (
+        support is not None and support.supported_length(full[start:finished]) < finished - start)
+
+
+def stop_when(prefix: str, support: Support | None) -> Callable[[str], bool]:
+    """`turned` for the text a model generates after `prefix`: a decoder's per-answer stop test."""
+    return lambda generated: turned(prefix + generated, prefix, support)
 
 
 def _last_sentence_end(text: str, start: int) -> int:

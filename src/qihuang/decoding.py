@@ -202,7 +202,8 @@ def suppress_mask(ids: Sequence[int]) -> Callable[[Any], Any]:
 
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
                    params: DecodeParams | None = None, progress: Callable[[int, int], None] | None = None,
-                   lookup_draft: int = 8, quotes: Sequence[Quotable | None] | None = None) -> list[str]:
+                   lookup_draft: int = 8, quotes: Sequence[Quotable | None] | None = None,
+                   until: Sequence[Callable[[str], bool] | None] | None = None) -> list[str]:
     """Greedy answers to rendered `prompts` (chat template applied), decoded by the server's continuous batcher
     (`serve.batching.BatchDecoder`): up to `batch_size` rows per forward over a left-padded KV cache, a finished
     row's place taken by the next prompt at once (no row waits for the longest of a fixed batch); repetition
@@ -210,7 +211,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact). Order is kept;
     `progress(done, total)` is called as answers finish. A model whose KV cache cannot be batched this way
     (sliding-window layers) goes through `model.generate` in fixed batches instead. `quotes[i]`: what a quotation
-    answer i opens copies verbatim (`qihuang.quotes`: the passages prompt i shows, the first quotation's lead)."""
+    answer i opens copies verbatim (`qihuang.quotes`: the passages prompt i shows, the first quotation's lead).
+    `until[i](text generated so far)`: True ends answer i there (`answer_guard.stop_when`: where the guard would cut,
+    as a served stream stops; the fixed-batch path generates to the end instead)."""
     from qihuang.serve.batching import BatchDecoder, Request, batchable
     from qihuang.serve.fastpath import cache_kwarg
     from qihuang.serve.textstream import Drafter
@@ -220,8 +223,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be >= 1")
     params = params or DecodeParams()
-    if quotes is not None and len(quotes) != len(prompts):
-        raise ValueError(f"quotes: {len(quotes)} passage lists for {len(prompts)} prompts")
+    for name, per in (("quotes", quotes), ("until", until)):
+        if per is not None and len(per) != len(prompts):
+            raise ValueError(f"{name}: {len(per)} entries for {len(prompts)} prompts")
     if not batchable(model):
         return _generate_fixed(model, tokenizer, prompts, max_new_tokens, batch_size, params, progress, quotes)
     mask = suppress_mask(suppressed_ids(tokenizer))
@@ -232,10 +236,16 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
 
     encoded = [encode_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar widths prefill together
-    requests = [Request(encoded[i], pick, max_new_tokens, lambda: False,
-                        Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else None)),
-                        drafter=Drafter(lookup_draft, 3) if lookup_draft > 0 else None) for i in order]
-    tokens = decoder.run(requests, progress)
+
+    def request(i: int) -> Request:
+        rep = Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else None))
+        test = until[i] if until else None
+        done = (lambda: test(tokenizer.decode(rep.tokens, skip_special_tokens=True).rstrip("\ufffd"))) if test \
+            else (lambda: False)
+        return Request(encoded[i], pick, max_new_tokens, done, rep,
+                       drafter=Drafter(lookup_draft, 3) if lookup_draft > 0 else None)
+
+    tokens = decoder.run([request(i) for i in order], progress)
     answers: list[str] = [""] * len(prompts)
     for i, toks in zip(order, tokens, strict=True):
         answers[i] = tokenizer.decode(toks, skip_special_tokens=True).rstrip("\ufffd")

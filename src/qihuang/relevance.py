@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.retrieval import Hit, Passage
-from qihuang.textmetrics import sentence_end_before
+from qihuang.textmetrics import SENTENCE_MARK, sentence_end_before
 
 GENERIC_FREQ = 2000
 """A word whose frequency in jieba's dictionary of everyday modern Chinese is at least this is no evidence of a
@@ -59,6 +59,11 @@ class DomainTerms:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_head.values())
+
+    def begins(self, text: str) -> str | None:
+        """A longer term that `text` begins (赤游 → 赤游丹), or None."""
+        longer = [t for t in self.by_head.get(text[:2], ()) if len(t) > len(text) and t.startswith(text)]
+        return min(longer, key=lambda t: (len(t), t)) if longer else None
 
     def find(self, text: str) -> list[str]:
         """Every term `text` contains, longest first."""
@@ -112,7 +117,7 @@ HEAD_CHARS = 80
 """Characters of an entry's opening passage read as its head."""
 DOSE = re.compile(r"[一二三四五六七八九十百半两\d]+\s*(?:两|钱|分|枚|升|斤|克|g)")
 """A dose (三两, 二钱, 十二枚): what a formula's ingredient list is made of."""
-ENTRY_ASKS = re.compile(r"组成|由哪些|性味|药性|气味|功效|功用|效用|作用|主治|治什么|用法|煎服|服法")
+ENTRY_ASKS = re.compile(r"组成|由哪些|性味|药性|气味|味道|寒热属性|功效|功用|效用|作用|主治|治什么|用法|煎服|服法")
 """What a question asks of an entry as a whole (its head says it), unlike a term or sentence inside it."""
 
 
@@ -123,14 +128,18 @@ def section_head(passage: Passage) -> str:
 
 def entry_of(passage: Passage, query: str) -> bool:
     """Whether `passage` is the entry of a formula or herb a plain question asks about as a whole (桂枝汤由哪些药物
-    组成？ 黄连的性味如何？): the question asks an ENTRY_ASKS aspect, marks no book or section (《》「」), names the
-    section's last level (less 方) and quotes nothing of it (no QUOTE_CHARS-character run)."""
-    if not ENTRY_ASKS.search(query) or "《" in query or "「" in query:
+    组成？ 《本草思辨录》记载楝实的药性如何？): the question asks an ENTRY_ASKS aspect outside the book it names
+    (《》), marks no section (「」), names the section's last level (less 方) and quotes nothing of it (no
+    QUOTE_CHARS-character run)."""
+    if "「" in query or not ENTRY_ASKS.search(_BOOK_NAMES.sub("", query)):
         return False
     head = section_head(passage)
     head = head.removesuffix("方") if len(head) > 2 else head
     text = cjk(query)
     return len(head) >= 2 and head in text and longest_shared(text, cjk(passage.text)) < QUOTE_CHARS
+
+
+_BOOK_NAMES = re.compile(r"《[^《》]*》")
 
 
 SOURCE_ASKS = re.compile(r"出自|出处|哪部|哪本|哪一部|收在|收于|篇章|典籍|著作")
@@ -161,7 +170,7 @@ def quote_span(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
 
     text = passage.text
     if entry_of(passage, query) or section_asked(passage, query):
-        return 0, _whole_sentences(text, 0, max_chars)
+        return 0, _opening(text, max_chars)
     s, e = best_span(text, query, max_chars)
     said = char_bigrams(text[s:e])
     if MEANING_ASKS.search(query) and said and len(said & char_bigrams(query)) >= ECHO_SHARE * len(said):
@@ -173,6 +182,19 @@ MEANING_ASKS = re.compile(r"意思|解释|含义|何谓|何意|指什么|什么�
 """A question asking what a passage or term means (not where it stands)."""
 ECHO_SHARE = 0.8
 """A quoted sentence whose characters and bigrams are at least this share the question's only repeats it."""
+
+
+OPENING_CHARS = 16
+"""An entry's or section's opening, as a reader quotes it: its sentences up to the first that ends at least this many
+characters in (「伤风之病，即仲景书中风伤卫之证也，诸家已详，可毋细论耳。」; 「公孙冲脉胃心胸。内关阴维下总同。」)."""
+
+
+def _opening(text: str, max_chars: int) -> int:
+    """End of `text`'s opening (OPENING_CHARS): whole sentences, within `max_chars` where they fit."""
+    for m in SENTENCE_MARK.finditer(text, 0, min(len(text), max_chars)):
+        if m.end() >= OPENING_CHARS:
+            return m.end()
+    return _whole_sentences(text, 0, max_chars)
 
 
 def _whole_sentences(text: str, start: int, max_chars: int) -> int:
@@ -187,14 +209,22 @@ _HEADS: weakref.WeakKeyDictionary[Any, DomainTerms] = weakref.WeakKeyDictionary(
 
 
 def headword_in(query: str, index: Any) -> str | None:
-    """The longest section headword of the index (a formula, a herb, a chapter name: `section_terms`, less everyday
-    words) the question contains, or None."""
+    """The section headword of the index (a formula, a herb, a chapter name: `section_terms`, less everyday words)
+    the question asks about, or None: the longest, the first-written of equal length, and none that is part of the
+    aspect asked (寒热 in 牡丹味道和寒热属性怎样？ is what is asked of 牡丹, not the subject)."""
     with _TERMS_LOCK:
         if index not in _HEADS:
             _HEADS[index] = DomainTerms(section_terms(index.sections.names), _generic_freq())
         heads = _HEADS[index]
-    found = heads.find(cjk(query))
-    return found[0] if found else None
+    text = cjk(query)
+    asked = [m.span() for m in ENTRY_ASKS.finditer(text)]
+    found = [t for t in heads.find(text)
+             if not all(any(s <= i and i + len(t) <= e for s, e in asked) for i in _positions(text, t))]
+    return min(found, key=lambda t: (-len(t), text.find(t))) if found else None
+
+
+def _positions(text: str, term: str) -> list[int]:
+    return [i for i in range(len(text)) if text.startswith(term, i)]
 
 
 def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit]:
@@ -232,9 +262,14 @@ class Relevance:
     """`book 《…》`, `section 「…」`, `term 黄芪`, `quote 治缠喉风…`, or why not."""
 
 
+MARKED = re.compile(r"[「“\"‘]([^「」“”\"‘’]{2,12})[」”\"’]")
+"""A word the question marks as a term (「赤游」, “赤游”)."""
+
+
 def judge(query: str, hits: Sequence[Hit], index: Any) -> Relevance:
     """A question is about the classics when it names a book or section of the library, uses a term of its
-    vocabulary (`DomainTerms`), or quotes a retrieved passage (`QUOTE_CHARS`); else (and without hits) it is not."""
+    vocabulary (`DomainTerms`) or marks the beginning of one (「赤游」: 赤游丹), or quotes a retrieved passage
+    (`QUOTE_CHARS`); else (and without hits) it is not."""
     if not hits:
         return Relevance(False, "no passage matched")
     if "《" in query and index.scope.mask(query) is not None:
@@ -242,9 +277,14 @@ def judge(query: str, hits: Sequence[Hit], index: Any) -> Relevance:
     if ("《" in query or "「" in query) and index.sections.mask(query) is not None:
         return Relevance(True, "names a section")
     text = cjk(query)
-    terms = domain_terms(index).find(text)
+    vocab = domain_terms(index)
+    terms = vocab.find(text)
     if terms:
         return Relevance(True, f"term {terms[0]}")
+    for marked in MARKED.findall(query):  # 「赤游」指的是什么？ — the short name of a term (赤游丹)
+        longer = vocab.begins(cjk(marked)) if len(cjk(marked)) >= 2 else None
+        if longer:
+            return Relevance(True, f"term {marked} ({longer})")
     shared = max(shared_run(text, h) for h in hits)
     if shared >= QUOTE_CHARS:
         return Relevance(True, f"quotes {shared} characters of a passage")

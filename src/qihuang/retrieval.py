@@ -97,8 +97,14 @@ def char_bigrams(text: str) -> set[str]:
     return {chars[i:i + 2] for i in range(len(chars) - 1)} | set(chars)
 
 
+SHORT_BIGRAMS = 8
+"""A sentence with fewer character bigrams is scored as if it had this many: a fragment (「麦门」 where a passage
+breaks off mid-sentence) sharing one bigram with the question must not outrank the sentences that answer it."""
+
+
 def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
-    """(start, end) of the sentence run in `text` that best matches `query` (character bigram overlap)."""
+    """(start, end) of the sentence run in `text` that best matches `query` (character bigram overlap, divided by
+    the square root of the sentence's bigrams, at least SHORT_BIGRAMS)."""
     want = char_bigrams(query)
     sentences: list[tuple[int, int]] = []
     pos = 0
@@ -111,7 +117,7 @@ def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
     best, best_score = sentences[0], -1.0
     for s, e in sentences:
         got = char_bigrams(text[s:e])
-        score = len(got & want) / (1 + len(got) ** 0.5)
+        score = len(got & want) / (1 + max(len(got), SHORT_BIGRAMS) ** 0.5)
         if score > best_score:
             best, best_score = (s, e), score
     s, e = best

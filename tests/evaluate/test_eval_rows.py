@@ -25,12 +25,14 @@ SFT_SYSTEM = "你是中医古籍助手。"
 
 
 def _scripted(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-              params: Any = None, progress: Any = None, quotes: Any = None) -> list[str]:
+              params: Any = None, progress: Any = None, quotes: Any = None, until: Any = None) -> list[str]:
     """base: loops with passages, says nothing closed-book, invents a source off topic; sft (its prompts carry the
     saved system prompt): cites passage [1] with passages, declines off topic. Every prompt with passages comes with
-    text its quotations may copy (verbatim quotes on), one closed-book with none."""
+    text its quotations may copy (verbatim quotes on), one closed-book with none; every answer with where the
+    guard would stop it (the base's loop is stopped there)."""
     out = []
     assert quotes is not None and len(quotes) == len(prompts)
+    assert until is not None and len(until) == len(prompts) and until[0]("一两一两一两一两一两") and not until[0]("")
     for p, shown in zip(prompts, quotes, strict=True):
         assert bool(shown) == (QUESTION_PREFIX in p) and all(t in p for t in shown.sources)
         sft = SFT_SYSTEM in p

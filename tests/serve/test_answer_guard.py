@@ -142,3 +142,26 @@ def test_a_line_break_before_an_unsupported_sentence_is_not_sent() -> None:
                                                _make, hold=2, support=support))
     assert out == guard_answer("".join(pieces), "黄连的性味如何？", HUANGLIAN, OPEN, support).text
     assert out.startswith(OPEN + FALLBACK_LEAD) and "\n" not in out
+
+
+def test_a_generation_stopped_where_the_guard_turns_is_guarded_the_same() -> None:
+    """`stop_when`: the eval's batch decoding stops an answer where the guard would cut it (as a stream stops);
+    what users see of the stopped answer is what they would see of the whole one."""
+    from qihuang.answer_guard import Support, stop_when
+
+    q = "黄连的性味如何？"
+    support = Support.of(q, [HUANGLIAN], 0.5)
+    answers = ["黄连味苦寒，能清热燥湿。此乃《伤寒昏法》痞方法之祖也。黄连主热气。",  # unsupported second sentence
+               "黄连味苦性寒，能清热燥湿。主之主之主之主之主之主之主之",  # a loop
+               "黄连味苦寒。\n据《假托本草·黄连》：黄连味苦寒。",  # starts over
+               "黄连味苦寒，主热气目痛。",  # clean: never stops
+               "这是一种古老的说法，现代人很少使用。黄连味苦寒。"]  # nothing supported: the fallback quote
+    stopped_early = 0
+    for body in answers:
+        test = stop_when(OPEN, support)
+        end = next((n for n in range(1, len(body) + 1) if test(body[:n])), len(body))
+        stopped_early += end < len(body)
+        whole = guard_answer(OPEN + body, q, HUANGLIAN, OPEN, support)
+        assert guard_answer(OPEN + body[:end], q, HUANGLIAN, OPEN, support) == whole, body
+    assert stopped_early == 4
+    assert not stop_when(OPEN, None)("黄连味苦寒。此乃《伤寒昏法》痞方法之祖也。")  # without support: loops only

@@ -26,6 +26,15 @@ def test_domain_terms_leave_out_everyday_words() -> None:
     assert terms.find("黄芪的作用是什么") == ["黄芪"]
     assert terms.find("桂枝汤的组成") == ["桂枝汤", "桂枝"]  # longest first
     assert terms.find("卷之一说了什么") == [] and terms.find("汽车保养") == []
+    assert DomainTerms(["赤游丹毒", "赤游丹", "桂枝"]).begins("赤游") == "赤游丹"  # a term's short name
+    assert DomainTerms(["赤游丹", "桂枝"]).begins("桂枝") is None and DomainTerms(["桂枝"]).begins("汽车") is None
+
+
+def test_a_marked_short_name_of_a_term_is_about_the_classics(index: PassageIndex) -> None:
+    """「赤游」指的是什么？ — 赤游 is no term of its own, but 赤游丹 is: marked, it is the classics' word."""
+    assert judge("「调神」是什么意思？", index.search("「调神」是什么意思？", 3), index).covered  # 调神篇
+    assert not judge("调神是什么意思？", index.search("调神是什么意思？", 3), index).covered  # unmarked: no
+    assert not judge("「汽车」是什么意思？", index.search("「汽车」是什么意思？", 3), index).covered
 
 
 @pytest.mark.parametrize("question, covered", [
@@ -120,6 +129,7 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path,
         {"id": "entry", "book": "假托伤寒", "section": "卷二/桂枝汤方", "text": "桂枝三两，芍药三两，甘草二两，生姜三两，大枣十二枚。"},
         {"id": "herb", "book": "假托本草", "section": "卷一/黄连", "text": "味苦寒。主热气目痛，眦伤泣出。"},
         {"id": "other", "book": "假托本草", "section": "卷一/黄芩", "text": "黄连之属，味苦平，主诸热黄疸。"},
+        {"id": "fever", "book": "假托杂病", "section": "卷一/寒热", "text": "寒热者，寒已又热，热已又寒，属性不一。"},
     ]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
@@ -128,6 +138,9 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path,
     # the entry that lists doses comes before a commentary entry of the same name sharing the question's words
     assert [h.passage.id for h in rag.retrieve(idx, "桂枝汤由哪些药物组成？", 2)] == ["entry", "comment"]
     assert rag.retrieve(idx, "黄连的性味如何？", 1)[0].passage.id == "herb"
+    # 寒热 is a headword too, but here it is what is asked of 黄连 (寒热属性), not the subject
+    assert rag.retrieve(idx, "黄连味道和寒热属性怎样？", 1)[0].passage.id == "herb"
+    assert rag.retrieve(idx, "寒热的属性如何？", 1)[0].passage.id == "fever"
     quoted = "“小建中汤由桂枝汤倍芍药组成”出自哪里？"  # a quote keeps the passage that holds it first
     assert rag.retrieve(idx, quoted, 1)[0].passage.id == "note-1"
     monkeypatch.setattr(rag, "HEADWORDS", False)
@@ -148,6 +161,16 @@ def test_an_entry_asked_about_as_a_whole_is_shown_and_quoted_from_its_head() -> 
         assert not entry_of(herb, q), q
         assert quote_span(herb, q, 40)[0] > 0, q
     assert not entry_of(herb, "黄连有哪些别名？")  # not an aspect the entry's head states
+    assert entry_of(herb, "《假托本草》记载黄连的药性如何？")  # the book named: still the entry's head
+    assert not entry_of(herb, "《药性赋》中黄连有哪些别名？")  # the aspect word only in the book's name
+
+
+def test_a_fragment_where_a_passage_breaks_off_is_not_the_best_sentence() -> None:
+    from qihuang.answer_guard import lead_quote
+
+    p = Passage(id="m", book="假托思辨", section="卷二/麦冬论",
+                text="麦冬形象，合之本经主治，自是胃家正药。徐氏云，麦冬甘平滋润，为纯补胃阴之药。而实权舆于仲圣之麦门冬汤。麦门")
+    assert lead_quote(p, "《假托思辨》记载麦门冬的药性如何？") == "而实权舆于仲圣之麦门冬汤。"
 
 
 def test_a_section_whose_book_is_asked_is_quoted_from_its_opening() -> None:
@@ -165,6 +188,10 @@ def test_a_section_whose_book_is_asked_is_quoted_from_its_opening() -> None:
         assert not section_asked(p, q), q
     assert quote_span(p, "“故曰五苓散”出自哪部医书？", 40)[0] > 0
     assert not section_asked(Passage(id="x", book="假托", section="序", text="夫医教者。"), "《序》这一篇收在哪本古籍里？")
+    # the opening as a reader quotes it: whole sentences up to the first that ends OPENING_CHARS characters in
+    cold = Passage(id="c", book="假托时病", section="卷之二/伤风",
+                   text="伤风之病，即仲景书中风伤卫之证也，诸家已详，可毋细论耳。然其初起之大概，亦当述之。")
+    assert lead_quote(cold, "「卷之二·伤风」是哪部医书中的篇章？") == "伤风之病，即仲景书中风伤卫之证也，诸家已详，可毋细论耳。"
 
 
 def test_a_meaning_question_whose_best_sentence_repeats_it_gets_the_note_after_it() -> None:

@@ -99,23 +99,35 @@ def build_prompts(tokenizer: Any, defaults: dict[str, Any], questions: Sequence[
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None,
              grounds: Sequence[Grounding] | None = None,
-             quotes: Sequence[Quotable | None] | None = None) -> list[str]:
+             quotes: Sequence[Quotable | None] | None = None,
+             until: Sequence[Callable[[str], bool] | None] | None = None) -> list[str]:
     """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching; progress
     as answers finish); with `grounds`, a grounding's whole answer is taken as it is (nothing
     generated) and its opening is put before what the model writes — the answer serving would send. `quotes[i]`:
-    what its quotations may copy verbatim (`render_prompts`)."""
+    what its quotations may copy verbatim (`render_prompts`); `until[i]`: where answer i stops (`guard_stops`)."""
     from qihuang.decoding import generate_batch
 
     grounds = list(grounds) if grounds is not None else [None] * len(prompts)
     todo = [i for i, g in enumerate(grounds) if g is None or g.answer is None]
     outs = generate_batch(model, tokenizer, [prompts[i] for i in todo], max_new_tokens, batch_size=batch_size,
                           params=decode, progress=progress,
-                          quotes=[quotes[i] for i in todo] if quotes is not None else None) if todo else []
+                          quotes=[quotes[i] for i in todo] if quotes is not None else None,
+                          until=[until[i] for i in todo] if until is not None else None) if todo else []
     answers = [g.answer if g is not None and g.answer is not None else "" for g in grounds]
     for i, text in zip(todo, outs, strict=True):
         g = grounds[i]
         answers[i] = (g.prefix if g is not None else "") + text
     return [a.strip() for a in answers]
+
+
+def guard_stops(questions: Sequence[str], grounds: Sequence[Grounding], min_support: float
+                ) -> list[Callable[[str], bool]]:
+    """Per question, where its generation stops: where the answer guard would cut it (`answer_guard.stop_when`),
+    as a served stream stops there — nothing after the cut is decoded only to be thrown away."""
+    from qihuang.answer_guard import Support, stop_when
+
+    return [stop_when(g.prefix, Support.of(q, [h.passage for h in g.hits], min_support))
+            for q, g in zip(questions, grounds, strict=True)]
 
 
 def guard_answers(answers: Sequence[str], questions: Sequence[str], grounds: Sequence[Grounding],
@@ -225,7 +237,8 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
     questions = [it["question"] for it in items]
     prompts, quotes = render_prompts(tokenizer, defaults, questions, found, cfg.passage_chars, cfg.verbatim_quotes)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found,
-                       quotes=quotes)
+                       quotes=quotes,
+                       until=guard_stops(questions, found, cfg.answer_support) if cfg.answer_guard else None)
     shown, acts = guard_answers(answers, questions, found, cfg.answer_support) if cfg.answer_guard else (answers, [{}] * len(items))
     per = score_items(items, shown, [g.hits for g in found])
     own = score_items(items, answers, [g.hits for g in found]) if cfg.answer_guard else per
@@ -246,7 +259,8 @@ def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions
     (invented citations), declining, degenerate."""
     prompts, quotes = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars, cfg.verbatim_quotes)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds,
-                       quotes=quotes)
+                       quotes=quotes,
+                       until=guard_stops(questions, grounds, cfg.answer_support) if cfg.answer_guard else None)
     if cfg.answer_guard:
         answers = guard_answers(answers, questions, grounds, cfg.answer_support)[0]
     per = []
