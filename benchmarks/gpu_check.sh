@@ -9,8 +9,9 @@
 #   pretrain  benchmarks/pretrain_gpu.py --only 1.1B --baseline, then the anchor's own 1.1B + Liger row
 #             (../shared/bench/anchor_opt.py's settings; #14: ours >= 1.15x the best anchor)
 #   vllm      the vLLM engine, when vllm is importable (the image has none, and it is too large to carry)
-# What comes back ($OUT, at most 8 files): summary.txt (each part's status and every RESULT line), gpu_check.log
-# (all output), gpu_check.tar.gz (each part's JSON and the recipe's report).
+# What comes back ($OUT, at most 8 files): summary.txt (each part's status, then every RESULT line), gpu_check.log
+# (all output) and each part's files as it ends (recipe_report.md, sft_sft_gpu.json, pretrain_pretrain_gpu.json,
+# pretrain_anchor_hf.json) — a call cut at its limit still returns what the finished parts wrote.
 # --dry: every part on this CPU with tiny shapes and no bundle (CI: tests/test_gpu_check.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ part() {  # part NAME SECONDS FUNCTION: run it in its box (its own $OUT folder),
   local rc=$? status=ok
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="timed out"; elif [ $rc -ne 0 ]; then status="failed (exit $rc)"; fi
   echo "$name: $status in $((SECONDS - t0)) s" | tee -a "$SUMMARY" "$LOG"
+  for f in "$WORK/$name"/*; do [ -f "$f" ] && cp "$f" "$OUT/${name}_$(basename "$f")"; done  # back as it ends
 }
 
 env_part() {
@@ -95,7 +97,7 @@ vllm_part() {
 
 export DRY PY
 export -f env_part random_model recipe_part sft_part pretrain_part vllm_part
-if [ $DRY -eq 1 ]; then BOX=(120 300 300 300 60); else BOX=(90 240 100 150 30); fi
+if [ $DRY -eq 1 ]; then BOX=(120 300 300 300 60); else BOX=(60 230 100 150 20); fi  # 560 s: inside a 600 s call
 part env "${BOX[0]}" env_part
 [ $DRY -eq 0 ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 part recipe "${BOX[1]}" recipe_part
@@ -103,5 +105,4 @@ part sft "${BOX[2]}" sft_part
 part pretrain "${BOX[3]}" pretrain_part
 part vllm "${BOX[4]}" vllm_part
 grep -h "^RESULT " "$LOG" >>"$SUMMARY"
-tar -czf "$OUT/gpu_check.tar.gz" -C "$WORK" . 2>/dev/null
 cat "$SUMMARY"
