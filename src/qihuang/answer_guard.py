@@ -109,7 +109,7 @@ def fallback_quote(passage: Passage, question: str) -> str:
 @dataclass(frozen=True)
 class Support:
     """What an answer's own sentences must be drawn from: the character bigrams of the question and of the passages
-    it was shown (their titles, 朝代·作者 and text). A sentence whose bigrams are less than `min_share` found there is unsupported — for a small model,
+    it was shown. A sentence whose bigrams are less than `min_share` found there is unsupported — for a small model,
     almost always invented (titles of books that do not exist, the prompt's own instructions, made-up glosses)."""
 
     bigrams: frozenset[str]
@@ -123,8 +123,7 @@ class Support:
         (no passages) or the check is off (`min_share` 0)."""
         if min_share <= 0 or not sources:
             return None
-        shown = [f"{p.title}{p.who}{p.text}" for p in sources]  # what a prompt line shows of each
-        return cls(frozenset(b for t in (question, *shown) for b in _bigrams(t)), min_share)
+        return cls(frozenset(b for t in (question, *(p.text for p in sources)) for b in _bigrams(t)), min_share)
 
     def share(self, sentence: str) -> float | None:
         """Share of `sentence`'s bigrams that are supported; None when it has too few to judge (under 2)."""

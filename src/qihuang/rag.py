@@ -77,18 +77,12 @@ def quotable(passages: Sequence[Passage], cited: Passage | None, query: str,
 
 
 def format_context(passages: Sequence[Passage], query: str, max_chars: int = PASSAGE_CHARS) -> str:
-    """The passages block: a header, then one numbered line per passage `[n]《书名·篇名》（朝代·作者）text` (what of
-    朝代·作者 is known), then the rule."""
+    """The passages block: a header, then one numbered line per passage `[n]《书名·篇名》text`, then the rule."""
     lines = [CONTEXT_HEADER]
     for i, (p, text) in enumerate(zip(passages, shown_texts(passages, query, max_chars), strict=True), 1):
-        lines.append(f"[{i}]{p.title}{source_note(p)}{text}")
+        lines.append(f"[{i}]{p.title}{text}")
     lines.append(CONTEXT_RULE)
     return "\n".join(lines)
-
-
-def source_note(p: Passage) -> str:
-    """`（朝代·作者）` after a passage's title in the prompt ("" when neither is known): answers may say who wrote it."""
-    return f"（{p.who}）" if p.who else ""
 
 
 def rag_user_turn(question: str, passages: Sequence[Passage], max_chars: int = PASSAGE_CHARS) -> str:

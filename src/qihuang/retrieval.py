@@ -24,7 +24,7 @@ from qihuang.config import ConfigError, qihuang_home
 from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
 from qihuang.scope import BookScope, Labels, SectionScope, strip_sections, strip_titles
 
-INDEX_VERSION = 4
+INDEX_VERSION = 3
 SEARCH_VERSION = 3
 """Bumped when `PassageIndex.search` ranks differently for the same index (2: a named book scopes the search; 3: so
 does a named section, and `rag.retrieve` puts passages quoting the question first), so results cached on search
@@ -56,18 +56,11 @@ class Passage:
     """Start offset in the cleaned book."""
     end: int = 0
     """End offset in the cleaned book."""
-    author: str = ""
-    """Author of the book."""
 
     @property
     def title(self) -> str:
         """《书名·篇名》."""
         return f"《{self.book}·{self.section}》" if self.section else f"《{self.book}》"
-
-    @property
-    def who(self) -> str:
-        """朝代·作者 (清·王洪绪), what of it is known ("" for neither)."""
-        return "·".join(x for x in (self.dynasty, self.author) if x)
 
 
 @dataclass(frozen=True)
@@ -150,8 +143,7 @@ def iter_passages(path: Path) -> Iterator[Passage]:
             yield Passage(id=str(r.get("id", f"{path.stem}-{lineno}")), book=str(r.get("book", "")),
                           section=str(r.get("section", "") or ""), text=str(r["text"]),
                           dynasty=str(r.get("dynasty", "") or ""), category=str(r.get("category", "") or ""),
-                          start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0),
-                          author=str(r.get("author", "") or ""))
+                          start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0))
 
 
 def run_index_choice(run_dir: Path) -> dict[str, Any]:

@@ -105,17 +105,6 @@ def test_passage_text_is_quoted_not_followed() -> None:
     assert lines[0] == rag.CONTEXT_HEADER and lines[-1] == f"{rag.QUESTION_PREFIX}问：伪书说了什么？"
 
 
-def test_a_passage_line_says_who_wrote_it_and_answers_may_repeat_it() -> None:
-    from qihuang.answer_guard import Support
-
-    p = Passage(id="w", book="外科全生集", section="卷四", text="治缠喉风，并治一切喉症。", dynasty="清", author="王洪绪")
-    assert rag.rag_user_turn("出自哪里？", [p], 200).split("\n")[1] == "[1]《外科全生集·卷四》（清·王洪绪）治缠喉风，并治一切喉症。"
-    assert rag.source_note(Passage(id="n", book="佚书", section="", text="…")) == ""
-    support = Support.of("出自哪里？", [p], 0.5)
-    assert support is not None and support.share("《外科全生集·卷四》（清·王洪绪）") == 1.0  # shown, so supported
-    assert (support.share("清·王洪绪在书中写道：“治缠喉风，并治一切喉症。”") or 0) >= 0.5
-
-
 def test_cited_titles_marks_and_names() -> None:
     ps = [Passage(id="a", book="伤寒论", section="辨太阳病", text="…"), Passage(id="b", book="金匮要略", section="", text="…")]
     assert rag.cited_titles("据《伤寒论·辨太阳病》：太阳之为病。", ps) == [("伤寒论", "辨太阳病")]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from qihuang.rag import citations_for, prepare_prompt, source_note
+from qihuang.rag import citations_for, prepare_prompt
 from qihuang.retrieval import PassageIndex, best_span, query_tokens
 
 
@@ -66,7 +66,7 @@ def test_best_span_and_citations(index: PassageIndex) -> None:
 def test_prepare_prompt_puts_passages_with_ids(engine: Any, index: PassageIndex) -> None:
     prep = prepare_prompt(engine, [{"role": "user", "content": "桂枝汤治什么？"}], index, 3, 160, 32)
     assert prep.hits[0].passage.id == "test-003"
-    assert "[1]《拟方汇编·桂枝汤条》（测）" in prep.prompt and "问题：桂枝汤治什么？" in prep.prompt  # 朝代·作者 known
+    assert "[1]《拟方汇编·桂枝汤条》" in prep.prompt and "问题：桂枝汤治什么？" in prep.prompt
     assert prep.prompt_tokens == engine.prompts.count_tokens(prep.prompt)
     # a max_tokens that leaves room for less drops the lowest-ranked passages first
     room = engine.max_context - prep.prompt_tokens + 5
@@ -80,7 +80,7 @@ def test_prepare_prompt_puts_passages_with_ids(engine: Any, index: PassageIndex)
     from qihuang.quotes import Quotable
 
     assert prep.ground.cited is not None and len(prep.quotable.sources) == 1
-    assert f"{prep.ground.cited.title}{source_note(prep.ground.cited)}{prep.quotable.sources[0]}" in prep.prompt
+    assert f"{prep.ground.cited.title}{prep.quotable.sources[0]}" in prep.prompt
     assert prep.quotable.lead == lead_quote(prep.ground.cited, "桂枝汤治什么？") != ""
     assert prep.quotable.lead in prep.ground.cited.text
     assert fallback_quote(prep.ground.cited, "桂枝汤治什么？") == f"原文：「{prep.quotable.lead}」"
