@@ -44,22 +44,11 @@ env_part() {
   "$PY" -m pip list 2>/dev/null | grep -i -E "^(torch|transformers|trl|peft|accelerate|datasets|liger|vllm|deepspeed) " || true
 }
 
-random_model() {  # SmolLM2-135M's shape with random weights, from the carried config + tokenizer
-  "$PY" - "$1" <<'EOF'
-import shutil, sys
-from transformers import AutoConfig, AutoModelForCausalLM
-out = sys.argv[1]
-shutil.copytree(".gpucheck/model", out, dirs_exist_ok=True)
-AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out)).save_pretrained(out)
-print("random-weight model at", out)
-EOF
-}
-
 recipe_part() {
   if [ $DRY -eq 1 ]; then
     "$PY" -m qihuang run recipes/gpu.yaml --dry-run; return
   fi
-  random_model /tmp/smol135m-random || return
+  "$PY" benchmarks/sft_gpu.py --random-weights .gpucheck/model /tmp/smol135m-random || return
   QIHUANG_DATA_ROOT="$PWD/.gpucheck/data" "$PY" -m qihuang run recipes/gpu.yaml --set name=gpucheck \
     --set model=/tmp/smol135m-random --set pretrain.max_minutes=0.5 --set sft.max_minutes=0.5 \
     --set dpo.max_minutes=0.25 --set eval.heldout_qa_n=40 --set eval.mcq_limit=100 --set chat.max_new_tokens=32
@@ -96,7 +85,7 @@ vllm_part() {
 }
 
 export DRY PY
-export -f env_part random_model recipe_part sft_part pretrain_part vllm_part
+export -f env_part recipe_part sft_part pretrain_part vllm_part
 if [ $DRY -eq 1 ]; then BOX=(120 300 300 300 60); else BOX=(60 230 100 150 20); fi  # 560 s: inside a 600 s call
 part env "${BOX[0]}" env_part
 [ $DRY -eq 0 ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"

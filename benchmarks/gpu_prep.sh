@@ -39,7 +39,7 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --
   -d "$G/whl" $pins liger-kernel
 python -m pip wheel -q --no-deps -w "$G/whl" "jieba==$(python -c 'import importlib.metadata as m; print(m.version("jieba"))')"
 
-ls "$DATA/classics" | awk -v n="$BOOKS" 'BEGIN{srand(0)} {f[NR]=$0} END{step=NR/n; for(i=0;i<n;i++) print f[int(i*step)+1]}' \
+ls "$DATA/classics" | awk -v n="$BOOKS" '{f[NR]=$0} END{step=NR/n; for(i=0;i<n;i++) print f[int(i*step)+1]}' \
   | while read -r book; do cp "$DATA/classics/$book" "$G/data/classics/"; done
 cp "$DATA/general_sft/alpaca_zh_demo_1k.json" "$DATA/general_sft/medical_sft_1k.jsonl" "$G/data/general_sft/"
 cp "$DATA/preference/dpo_zh_500.jsonl" "$G/data/preference/"

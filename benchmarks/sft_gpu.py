@@ -29,9 +29,10 @@ SHARED_DATA = "general_sft/medical_sft_1k.jsonl"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def with_weights(model: str, tmp: Path) -> Path:
+def with_weights(model: str, out: Path) -> Path:
     """A loadable model directory: a prepared model (`qihuang.models.prepare_model`), a directory with weights, or
-    a config + tokenizer directory given random weights of its shape (saved under `tmp`)."""
+    a config + tokenizer directory given random weights of its shape (written to `out`; benchmarks/gpu_check.sh
+    uses it for the recipe too: `python benchmarks/sft_gpu.py --random-weights DIR OUT`)."""
     from qihuang.models import prepare_model
 
     path = Path(model)
@@ -41,34 +42,34 @@ def with_weights(model: str, tmp: Path) -> Path:
         return path
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    out = tmp / "random-model"
-    shutil.copytree(path, out)
+    shutil.copytree(path, out, dirs_exist_ok=True)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).save_pretrained(out)
     return out
 
 
-class Clock:
-    """A trainer callback timing the steps after the first `warmup` (synchronising the GPU at both ends)."""
+def clock(warmup: int) -> Any:
+    """A trainer callback timing the steps after the first `warmup` (synchronising the GPU at both ends): its
+    `start` and `end` are perf_counter seconds."""
+    from transformers import TrainerCallback
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.start, self.end = 0.0, 0.0
 
-    def _now(self) -> float:
-        import torch
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == warmup:
+                self.start = _now()
+            self.end = _now()
 
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
+    return Clock()
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if state.global_step == self.warmup:
-            self.start = self._now()
-        self.end = self._now()
 
-    def __getattr__(self, name: str) -> Any:  # every other TrainerCallback event: nothing to do
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+def _now() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def ours(model_dir: Path, data: Path, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -88,14 +89,14 @@ def ours(model_dir: Path, data: Path, a: argparse.Namespace, tmp: Path) -> dict[
     model, tok, _ = load_start_model(model_dir, dtype=place.load_dtype("full"))
     train, _, _ = build_data(cfg, tok, tmp / "ours")
     ds = to_dataset(train, True, a.max_length, 0)
-    clock = Clock(a.warmup)
-    trainer = build_trainer(cfg, place.place(model), tok, ds, None, tmp / "ours-ckpt", [clock], place)
+    timer = clock(a.warmup)
+    trainer = build_trainer(cfg, place.place(model), tok, ds, None, tmp / "ours-ckpt", [timer], place)
     trainer.args.save_strategy = "no"
     trainer.train()
     seen = trainer.qihuang_collator.batch_tokens  # real tokens of each micro-batch collated
     per_batch = sum(seen) / max(1, len(seen))
     timed = (a.steps - a.warmup) * cfg.grad_accum * per_batch
-    return {"tokens_per_s": timed / max(clock.end - clock.start, 1e-9), "seconds": clock.end - clock.start,
+    return {"tokens_per_s": timed / max(timer.end - timer.start, 1e-9), "seconds": timer.end - timer.start,
             "real_tokens_per_row": per_batch / a.batch_size, "device": place.device, "precision": place.precision}
 
 
@@ -125,13 +126,13 @@ def plain_trl(model_dir: Path, data: Path, a: argparse.Namespace, tmp: Path) -> 
                      max_length=a.max_length, bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda, report_to=[],
                      save_strategy="no", logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True,
                      learning_rate=2e-5)
-    clock = Clock(a.warmup)
+    timer = clock(a.warmup)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[clock])
+                         callbacks=[timer])
     lengths = [min(len(r["input_ids"]), a.max_length) for r in trainer.train_dataset]
     trainer.train()
     timed = (a.steps - a.warmup) * a.batch_size * sum(lengths) / len(lengths)  # rows are drawn at random
-    return {"tokens_per_s": timed / max(clock.end - clock.start, 1e-9), "seconds": clock.end - clock.start,
+    return {"tokens_per_s": timed / max(timer.end - timer.start, 1e-9), "seconds": timer.end - timer.start,
             "real_tokens_per_row": sum(lengths) / len(lengths)}
 
 
@@ -146,7 +147,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--out", default=os.environ.get("OUT", tempfile.gettempdir()))
     ap.add_argument("--smoke", action="store_true", help="the CPU, tiny-llama, 3 steps of 2 x 128 tokens (CI)")
+    ap.add_argument("--random-weights", nargs=2, metavar=("DIR", "OUT"),
+                    help="only write DIR's config + tokenizer with random weights to OUT, and exit")
     a = ap.parse_args()
+    if a.random_weights:
+        print("random-weight model at", with_weights(a.random_weights[0], Path(a.random_weights[1])))
+        return
     if a.smoke:
         a.model, a.steps, a.warmup, a.batch_size, a.max_length, a.samples = "tiny-llama", 3, 1, 2, 128, 24
     from qihuang.config import data_file
@@ -154,7 +160,7 @@ def main() -> None:
     data = a.data or data_file(SHARED_DATA)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        model_dir = with_weights(a.model, tmp)
+        model_dir = with_weights(a.model, tmp / "random-model")
         print(f"model={a.model} data={data} steps={a.steps} (timed after {a.warmup}) batch={a.batch_size} "
               f"max_length={a.max_length}", flush=True)
         base = plain_trl(model_dir, data, a, tmp)

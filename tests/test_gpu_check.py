@@ -31,3 +31,22 @@ def test_gpu_check_dry_runs_every_part(tmp_path: Path) -> None:
     assert "1.1B full CPT + liger" in log  # the anchor's own row ran (its dry shape)
     assert (tmp_path / "sft_sft_gpu.json").exists() and (tmp_path / "pretrain_pretrain_gpu.json").exists()
     assert len([f for f in tmp_path.iterdir() if f.is_file()]) <= 8  # what the device tool brings back
+
+
+def test_random_weights_of_a_carried_config_and_tokenizer(tmp_path: Path) -> None:
+    """What travels to the GPU machine is a config + tokenizer; the check gives that shape random weights."""
+    import shutil
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.models import prepare_model
+
+    carried = tmp_path / "carried"
+    shutil.copytree(prepare_model("tiny-llama"), carried, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sft_gpu.py"), "--random-weights", str(carried),
+                          str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert model.config.hidden_size == AutoModelForCausalLM.from_pretrained(prepare_model("tiny-llama")).config.hidden_size
+    assert (tmp_path / "model" / "tokenizer.json").exists()

@@ -119,6 +119,8 @@ DOSE = re.compile(r"[一二三四五六七八九十百半两\d]+\s*(?:两|钱|�
 """A dose (三两, 二钱, 十二枚): what a formula's ingredient list is made of."""
 ENTRY_ASKS = re.compile(r"组成|由哪些|性味|药性|气味|味道|寒热属性|功效|功用|效用|作用|主治|治什么|用法|煎服|服法")
 """What a question asks of an entry as a whole (its head says it), unlike a term or sentence inside it."""
+_BOOK_NAMES = re.compile(r"《[^《》]*》")
+"""A book's name in a question (an aspect word inside it, 《药性赋》, is not asked)."""
 
 
 def section_head(passage: Passage) -> str:
@@ -137,9 +139,6 @@ def entry_of(passage: Passage, query: str) -> bool:
     head = head.removesuffix("方") if len(head) > 2 else head
     text = cjk(query)
     return len(head) >= 2 and head in text and longest_shared(text, cjk(passage.text)) < QUOTE_CHARS
-
-
-_BOOK_NAMES = re.compile(r"《[^《》]*》")
 
 
 SOURCE_ASKS = re.compile(r"出自|出处|哪部|哪本|哪一部|收在|收于|篇章|典籍|著作")
@@ -216,15 +215,9 @@ def headword_in(query: str, index: Any) -> str | None:
         if index not in _HEADS:
             _HEADS[index] = DomainTerms(section_terms(index.sections.names), _generic_freq())
         heads = _HEADS[index]
-    text = cjk(query)
-    asked = [m.span() for m in ENTRY_ASKS.finditer(text)]
-    found = [t for t in heads.find(text)
-             if not all(any(s <= i and i + len(t) <= e for s, e in asked) for i in _positions(text, t))]
+    text = ENTRY_ASKS.sub("|", cjk(query))  # the aspect asked is no subject
+    found = heads.find(text)
     return min(found, key=lambda t: (-len(t), text.find(t))) if found else None
-
-
-def _positions(text: str, term: str) -> list[int]:
-    return [i for i in range(len(text)) if text.startswith(term, i)]
 
 
 def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit]:
@@ -282,7 +275,7 @@ def judge(query: str, hits: Sequence[Hit], index: Any) -> Relevance:
     if terms:
         return Relevance(True, f"term {terms[0]}")
     for marked in MARKED.findall(query):  # 「赤游」指的是什么？ — the short name of a term (赤游丹)
-        longer = vocab.begins(cjk(marked)) if len(cjk(marked)) >= 2 else None
+        longer = vocab.begins(cjk(marked))
         if longer:
             return Relevance(True, f"term {marked} ({longer})")
     shared = max(shared_run(text, h) for h in hits)
