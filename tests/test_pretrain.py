@@ -16,6 +16,8 @@ from qihuang.config import ConfigError
 from qihuang.pretrain import PretrainConfig, pretrain
 from qihuang.runs import StageDir, run_stage
 from qihuang.tokenizer import TokenizerConfig, extend_tokenizer
+from tests.finetune.helpers import _DEEPSPEED as DEEPSPEED
+from tests.finetune.helpers import accelerate_launch, assert_loads, cpu_config
 from tests.training.helpers import write_passages
 
 QIHUANG = str(Path(sys.executable).parent / "qihuang")
@@ -199,14 +201,19 @@ def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path],
     assert lrs[-1] < 0.5 * max(lrs)  # annealed well below the peak by the end of the budget
 
 
+def _args(out: Path, model: Path, data: tuple[Path, Path], extra: list[str]) -> list[str]:
+    """`pretrain` and its flags for the tiny runs (later flags in `extra` override earlier ones)."""
+    return ["pretrain", "--model", str(model), "--train", str(data[0]), "--heldout", str(data[1]), "--out", str(out),
+            "--seq-len", "32", "--batch-size", "2", "--warmup-steps", "1", "--general-ratio", "0", "--eval-chars",
+            "200", "--eval-seq-len", "64", "--no-tensorboard", "--no-eval-base", "--checkpoint-every-minutes", "0",
+            "--learning-rate", "3e-3", *extra]
+
+
 def _cli(out: Path, model: Path, data: tuple[Path, Path], extra: list[str], env: dict[str, str] | None = None,
          launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    args = [*(launcher or [QIHUANG]), "pretrain", "--model", str(model), "--train", str(data[0]), "--heldout",
-            str(data[1]), "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--warmup-steps", "1",
-            "--general-ratio", "0", "--eval-chars", "200", "--eval-seq-len", "64", "--no-tensorboard",
-            "--no-eval-base", "--checkpoint-every-minutes", "0", "--learning-rate", "3e-3", *extra]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=300)
+    return subprocess.run([*(launcher or [QIHUANG]), *_args(out, model, data, extra)], capture_output=True,
+                          text=True, env=full_env, timeout=300)
 
 
 def test_exact_resume_after_kill(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
@@ -274,24 +281,67 @@ def test_loop_settings_are_the_config() -> None:
         LoopSettings(log_every=0)
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
-    extra = ["--max-steps", "4", "--checkpoint-every-steps", "0", "--batch-size", "1", "--learning-rate", "1e-3"]
+_TWO_PROC = ["--max-steps", "4", "--checkpoint-every-steps", "0", "--batch-size", "1", "--learning-rate", "1e-3"]
+"""Flags of the 2-process runs: 4 steps of 1 sequence per process x grad_accum 2 (a global batch of 4 sequences)."""
+
+
+def _single_process(tmp_path: Path, extended: Path, data: tuple[Path, Path]) -> Path:
+    """One process with the 2-process runs' global batch: batch 1 x grad_accum 4."""
     single = StageDir(tmp_path / "single")
-    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=0, batch_size=1, grad_accum=2, learning_rate=1e-3,
+    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=0, batch_size=1, grad_accum=4, learning_rate=1e-3,
                          eval_chars=200, eval_base=False, **{k: v for k, v in FAST.items()
                                                             if k not in ("eval_chars", "batch_size")})
     run_stage(single, cfg, lambda: pretrain(cfg, extended, *data, single))
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
-                "--no-python", QIHUANG]
-    ddp = _cli(tmp_path / "ddp", extended, data, extra, launcher=torchrun)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["global_batch"] == 2
-    s, d = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    return single.path
+
+
+def _assert_matches(single: Path, multi: Path, base: Path, rel: float, atol: float) -> None:
+    """Two processes logged the single process's losses (one row per step: the main process alone logs) and saved
+    its weights, which training moved away from `base`'s."""
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 4
+    s, d = _losses(single), _losses(multi)
     assert sorted(s) == sorted(d) == [1, 2, 3, 4]
     for k in s:
-        assert d[k] == pytest.approx(s[k], rel=1e-5)
-    ws, wd = _weights(tmp_path / "single" / "model"), _weights(tmp_path / "ddp" / "model")
+        assert d[k] == pytest.approx(s[k], rel=rel)
+    ws, wd, w0 = _weights(single / "model"), _weights(multi / "model"), _weights(base)
+    assert any(not torch.equal(ws[k], w0[k]) for k in ws)
     for k in ws:
-        torch.testing.assert_close(wd[k], ws[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wd[k], ws[k], rtol=1e-4, atol=atol)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    single = _single_process(tmp_path, extended, data)
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
+                "--no-python", QIHUANG]
+    ddp = _cli(tmp_path / "ddp", extended, data, [*_TWO_PROC, "--grad-accum", "2"], launcher=torchrun)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    _assert_matches(single, tmp_path / "ddp", extended, rel=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@DEEPSPEED
+def test_deepspeed_zero2_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`accelerate launch` with a CPU copy of the shipped deepspeed_zero2.yaml (gloo): the loop's own micro-batches
+    and LR schedule through DeepSpeed's engine (optimizer state and gradients sharded over the 2 processes) give
+    the single process's losses and weights, also when killed after step 3 and resumed from DeepSpeed's
+    checkpoint of step 2; the saved model loads."""
+    single = _single_process(tmp_path, extended, data)
+    config = cpu_config(tmp_path / "zero2.yaml", 2, "deepspeed_zero2.yaml")
+    args = _args(tmp_path / "zero2", extended, data, [*_TWO_PROC, "--grad-accum", "2", "--checkpoint-every-steps", "2"])
+    os.environ["QIHUANG_FAULT_AT_STEP"] = "3"  # both processes kill -9 themselves after step 3
+    try:
+        killed = accelerate_launch(config, args)
+    finally:
+        del os.environ["QIHUANG_FAULT_AT_STEP"]
+    assert killed.returncode != 0 and not (tmp_path / "zero2" / "done").exists()
+    assert list((tmp_path / "zero2" / "checkpoints").glob("step-0000002/**/*optim_states.pt"))  # DeepSpeed's files
+    run = accelerate_launch(config, args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "zero2" / "summary.json").read_text())["resumed_from_step"] == 2
+    _assert_matches(single, tmp_path / "zero2", extended, rel=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "zero2" / "summary.json").read_text())["distributed_type"] == "DEEPSPEED"
+    assert_loads(tmp_path / "zero2" / "model")
+    rows = [json.loads(line) for line in (tmp_path / "zero2" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 for r in rows if "loss" in r)  # the engine's norm before clipping

@@ -279,19 +279,19 @@ def _bpc_summary(before: dict[str, Any], after: dict[str, Any], eval_texts: list
 def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, out: StageDir) -> dict[str, Any]:
     """Train on `train` passages (+ general mix), write the (merged) model into out.path/'model'."""
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoTokenizer
 
     from qihuang.models import check_tokenizer_files
     from qihuang.training.loop import train_loop  # looked up at run time (benchmarks/grad_norm_tensors.py wraps it)
     from qihuang.training.metrics import plot_loss
+    from qihuang.training.zero import make_accelerator
 
     stage_t0 = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     placement = resolve_placement(cfg.device, cfg.precision, "pretrain")
-    accelerator = Accelerator(cpu=placement.device == "cpu", mixed_precision=placement.accelerate_mixed_precision)
+    accelerator = make_accelerator(placement.device, placement.accelerate_mixed_precision)
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     metrics = out.metrics()
@@ -310,7 +310,8 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     summary: dict[str, Any] = {**{k: v for k, v in result.items() if k != "evals"}, **chars,
                                "train_blocks": data.n_blocks, "mode": cfg.mode, "seq_len": cfg.seq_len,
                                "global_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
-                               "processes": accelerator.num_processes, "device": str(accelerator.device)}
+                               "processes": accelerator.num_processes, "device": str(accelerator.device),
+                               "distributed_type": str(accelerator.distributed_type.value)}
     if main:
         final = _final_model(cfg, model)
         after = evaluate(final)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qihuang.training import zero
 from qihuang.training.checkpoint import list_checkpoints
 from qihuang.training.data import PackedData
 from qihuang.training.loopstate import Clock, LoopCheckpoints, LoopState, ScheduleFit
@@ -130,7 +131,11 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     size = _ModelSize.of(model, params, s.seq_len)  # before accelerate.prepare (ZeRO-3 would shard)
     peak = peak_tflops(accelerator.device, s.peak_tflops)
     opt = _optimizer(model, params, s, accelerator.device)
+    deepspeed = zero.is_deepspeed(accelerator)
+    if deepspeed:
+        zero.configure(accelerator, s)
     loss_mod, opt = accelerator.prepare(CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile), opt)
+    engine = loss_mod if deepspeed else None  # DeepSpeed's engine runs backward and the optimizer step itself
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
     ckpts = LoopCheckpoints(accelerator, ckpt_root, s.keep_checkpoints, warn)
@@ -157,8 +162,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         if fit is not None and state.step == fit.at and not state.schedule_fitted:
             _fit_schedule(fit, state, s, accelerator, train_seconds or 0.0, clock, report)
         lr = _set_lr(opt, state, s)
-        nll_sum = _accumulate(loss_mod, opt, data, ids, n_valid, s, accelerator)
-        outcome = _optimizer_step(nll_sum, n_valid, lr, params, opt, guard, s.clip, accelerator)
+        nll_sum = _accumulate(loss_mod, opt, data, ids, n_valid, s, accelerator, engine)
+        outcome = _optimizer_step(nll_sum, n_valid, lr, params, opt, guard, s.clip, accelerator, engine)
         if outcome.decision == "rollback":
             state = _rollback(state, outcome.loss, s, ckpts, guard, clock, report)
             continue
@@ -208,9 +213,10 @@ def _set_lr(opt: Any, state: LoopState, s: LoopSettings) -> float:
 
 
 def _accumulate(loss_mod: Any, opt: Any, data: PackedData, ids: Any, n_valid: int, s: LoopSettings,
-                accelerator: Any) -> Any:
-    """Forward and backward of this process's micro-batches of the step (gradients synchronised on the last);
-    their summed NLL. Out of memory: MicroBatchTooLarge, naming the largest micro-batch that fits."""
+                accelerator: Any, engine: Any = None) -> Any:
+    """Forward and backward of this process's micro-batches of the step (gradients synchronised on the last;
+    through DeepSpeed's `engine` when there is one); their summed NLL. Out of memory: MicroBatchTooLarge, naming
+    the largest micro-batch that fits."""
     import torch
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -219,10 +225,14 @@ def _accumulate(loss_mod: Any, opt: Any, data: PackedData, ids: Any, n_valid: in
         for a in range(s.grad_accum):
             lo = (a * world + rank) * s.batch_size
             batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.batch_size]).items()}
-            sync = contextlib.nullcontext() if a == s.grad_accum - 1 else accelerator.no_sync(loss_mod)
+            last = a == s.grad_accum - 1
+            sync = contextlib.nullcontext() if last or engine is not None else accelerator.no_sync(loss_mod)
             with sync, accelerator.autocast():
                 nll = loss_mod(**batch)
-                accelerator.backward(nll * world / n_valid)
+                if engine is not None:
+                    zero.backward(engine, nll * world / n_valid, last)
+                else:
+                    accelerator.backward(nll * world / n_valid)
             nll_sum += nll.detach().float()
     except torch.OutOfMemoryError:
         opt.zero_grad(set_to_none=True)
@@ -241,9 +251,13 @@ def _too_large(loss_mod: Any, data: PackedData, s: LoopSettings, accelerator: An
 
 
 def _optimizer_step(nll_sum: Any, n_valid: int, lr: float, params: list[Any], opt: Any, guard: SpikeGuard,
-                    clip: float, accelerator: Any) -> _Outcome:
-    """Reduce the loss over the processes, clip, let the guard decide; apply the step if it is ok."""
+                    clip: float, accelerator: Any, engine: Any = None) -> _Outcome:
+    """Reduce the loss over the processes, clip, let the guard decide; apply the step if it is ok. Under
+    DeepSpeed the engine clips and steps (`zero.step`): the guard judges the loss alone, before the step."""
     loss = float(accelerator.reduce(nll_sum, reduction="sum")) / n_valid
+    if engine is not None:
+        decision = guard.check(loss)
+        return _Outcome(loss, lr, zero.step(engine, opt, decision == "ok"), decision)
     # the norm before clipping (clip=0: max_norm=inf only measures it; DeepSpeed clips inside and gives None);
     # a skipped step's gradient is dropped
     norm = accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
