@@ -322,14 +322,17 @@ def test_ddp_two_processes_match_single(extended: Path, data: tuple[Path, Path],
 
 @pytest.mark.slow
 @DEEPSPEED
-def test_deepspeed_zero2_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
-    """`accelerate launch` with a CPU copy of the shipped deepspeed_zero2.yaml (gloo): the loop's own micro-batches
-    and LR schedule through DeepSpeed's engine (optimizer state and gradients sharded over the 2 processes) give
-    the single process's losses and weights, also when killed after step 3 and resumed from DeepSpeed's
-    checkpoint of step 2; the saved model loads."""
+@pytest.mark.parametrize("preset", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_deepspeed_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path,
+                                              preset: str) -> None:
+    """`accelerate launch` with a CPU copy of a shipped DeepSpeed preset (gloo): the loop's own micro-batches and LR
+    schedule through DeepSpeed's engine (ZeRO-2: optimizer state and gradients sharded over the 2 processes; ZeRO-3:
+    parameters too, evaluated on both, gathered at the end) give the single process's losses and weights, also when
+    killed after step 3 and resumed from DeepSpeed's checkpoint of step 2; the saved model loads."""
     single = _single_process(tmp_path, extended, data)
-    config = cpu_config(tmp_path / "zero2.yaml", 2, "deepspeed_zero2.yaml")
-    args = _args(tmp_path / "zero2", extended, data, [*_TWO_PROC, "--grad-accum", "2", "--checkpoint-every-steps", "2"])
+    config = cpu_config(tmp_path / "ds.yaml", 2, preset)
+    args = _args(tmp_path / "zero2", extended, data, [*_TWO_PROC, "--grad-accum", "2", "--checkpoint-every-steps", "2",
+                                                      "--eval-every", "2"])
     os.environ["QIHUANG_FAULT_AT_STEP"] = "3"  # both processes kill -9 themselves after step 3
     try:
         killed = accelerate_launch(config, args)
@@ -345,3 +348,14 @@ def test_deepspeed_zero2_two_processes_match_single(extended: Path, data: tuple[
     assert_loads(tmp_path / "zero2" / "model")
     rows = [json.loads(line) for line in (tmp_path / "zero2" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["grad_norm"] > 0 for r in rows if "loss" in r)  # the engine's norm before clipping
+    assert [r["step"] for r in rows if "bpc" in r and not r.get("final")] == [0, 2]  # before; the killed run at 2
+
+
+@pytest.mark.slow
+@DEEPSPEED
+def test_lora_under_zero3_is_refused_before_training(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    config = cpu_config(tmp_path / "ds.yaml", 2, "deepspeed_zero3.yaml")
+    run = accelerate_launch(config, _args(tmp_path / "out", extended, data, [*_TWO_PROC, "--mode", "lora"]))
+    assert run.returncode != 0
+    assert "mode=lora under DeepSpeed ZeRO-3 is not supported" in run.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()

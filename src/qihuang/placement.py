@@ -92,9 +92,8 @@ def launch_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
 def check_launch(stage: str, cuda: bool | None = None, env: Mapping[str, str] | None = None) -> None:
     """Refuse, before any work, an `accelerate launch` that cannot run here as asked (a ConfigError naming why):
     a GPU config — `use_cpu: false`, or bf16/fp16 mixed precision, under DDP, FSDP or DeepSpeed — where torch
-    sees no GPU; DeepSpeed ZeRO-3 for pretrain (its loop evaluates and saves on the main process; ZeRO-1/2 run,
-    `training.zero`; SFT and DPO run under ZeRO-2/3 through the Hugging Face trainer); a DeepSpeed config
-    that DeepSpeed's own parser rejects (its message). A plain single process passes untouched."""
+    sees no GPU; a DeepSpeed config that DeepSpeed's own parser rejects (its message). A plain single process
+    passes untouched."""
     env = os.environ if env is None else env
     deepspeed, fsdp = launch_flag("ACCELERATE_USE_DEEPSPEED", env), launch_flag("ACCELERATE_USE_FSDP", env)
     if not (deepspeed or fsdp or int(env.get("WORLD_SIZE", "1") or 1) > 1):
@@ -108,10 +107,6 @@ def check_launch(stage: str, cuda: bool | None = None, env: Mapping[str, str] | 
         raise ConfigError(f"{stage}: launched with a GPU accelerate config (use_cpu: false / mixed_precision: "
                           f"{mixed}) but torch sees no GPU; for CPU processes use a copy with use_cpu: true and "
                           "mixed_precision: no")
-    if deepspeed and stage == "pretrain" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3":
-        raise ConfigError("pretrain: DeepSpeed ZeRO-3 is not supported by the pretraining loop (parameters sharded "
-                          "across processes); launch pretrain with deepspeed_zero2.yaml, ddp.yaml or fsdp.yaml — "
-                          "sft and dpo run under ZeRO-3")
     if deepspeed:
         check_deepspeed_config(stage)
 

@@ -211,20 +211,25 @@ def _load_for_training(cfg: PretrainConfig, model_dir: Path, extension: dict[str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qihuang.runs import write_json
+    from qihuang.training.zero import whole, zero_stage
 
     before_file = out.path / "bpc_before.json"
     before: dict[str, Any] = json.loads(before_file.read_text()) if before_file.exists() else {}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    if not before and accelerator.is_main_process:
-        before = {"before": evaluate(model)}
+    sharded = zero_stage(accelerator) >= 3  # loaded sharded (zero.Init): a forward is a collective, all evaluate
+    if not before and (accelerator.is_main_process or sharded):
+        with whole(model, accelerator):
+            before = {"before": evaluate(model)}
         base_dir = extension.get("base_model")
         if cfg.eval_base and base_dir and Path(base_dir, "config.json").exists():
             bm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-            before["base"] = evaluate(bm, AutoTokenizer.from_pretrained(base_dir))
+            with whole(bm, accelerator):
+                before["base"] = evaluate(bm, AutoTokenizer.from_pretrained(base_dir))
             del bm
-        write_json(before_file, before)
-        if before["before"]:
-            metrics.log(step=0, **before["before"])
+        if accelerator.is_main_process:
+            write_json(before_file, before)
+            if before["before"]:
+                metrics.log(step=0, **before["before"])
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         before = json.loads(before_file.read_text()) if before_file.exists() else {}
@@ -250,6 +255,25 @@ def _final_model(cfg: PretrainConfig, model: Any) -> Any:
         final._qihuang_detach.remove()
     final.eval()
     return final
+
+
+def _from_gathered(model_dir: Path, weights: dict[str, Any]) -> Any:
+    """The trained model rebuilt, unsharded (not through zero.Init), from the weights DeepSpeed ZeRO-3 gathered
+    (named as the loss wrapper names them: `model.` + the Hugging Face names), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.training.zero import unsharded_loading
+
+    with unsharded_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    state = {k.removeprefix("model."): v.float() for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"pretrain: the weights gathered from ZeRO-3 do not fit {model_dir}: missing "
+                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return model.eval()
 
 
 def _save_model(model: Any, tok: Any, extension: dict[str, Any], target: Path) -> None:
@@ -285,13 +309,16 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     from qihuang.models import check_tokenizer_files
     from qihuang.training.loop import train_loop  # looked up at run time (benchmarks/grad_norm_tensors.py wraps it)
     from qihuang.training.metrics import plot_loss
-    from qihuang.training.zero import make_accelerator
+    from qihuang.training.zero import make_accelerator, zero_stage
 
     stage_t0 = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     placement = resolve_placement(cfg.device, cfg.precision, "pretrain")
     accelerator = make_accelerator(placement.device, placement.accelerate_mixed_precision)
+    if cfg.mode == "lora" and zero_stage(accelerator) >= 3:
+        raise ConfigError("pretrain: mode=lora under DeepSpeed ZeRO-3 is not supported (the adapter is merged on "
+                          "unsharded weights); launch LoRA pretraining with deepspeed_zero2.yaml or ddp.yaml")
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     metrics = out.metrics()
@@ -305,6 +332,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     train_seconds = _train_seconds(cfg, before, stage_t0)
     result = train_loop(model, data, cfg, accelerator, out.path / "checkpoints", metrics, train_seconds,
                         evaluate if cfg.eval_every else None)
+    gathered = result.pop("gathered_weights", None)  # ZeRO-3: the sharded weights, whole, on the main process
     accelerator.free_memory()  # the prepared optimizer's moments: not needed to evaluate and save the model
 
     summary: dict[str, Any] = {**{k: v for k, v in result.items() if k != "evals"}, **chars,
@@ -313,7 +341,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
                                "processes": accelerator.num_processes, "device": str(accelerator.device),
                                "distributed_type": str(accelerator.distributed_type.value)}
     if main:
-        final = _final_model(cfg, model)
+        final = _from_gathered(model_dir, gathered) if gathered is not None else _final_model(cfg, model)
         after = evaluate(final)
         _save_model(final, tok, extension, out.path / "model")
         summary.update(_bpc_summary(before, after, eval_texts))

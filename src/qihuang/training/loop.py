@@ -96,6 +96,11 @@ class _Report:
             self.metrics.log(**values)
 
 
+def _numel(p: Any) -> int:
+    """A parameter's element count, also when DeepSpeed ZeRO-3 loaded it sharded (an empty placeholder)."""
+    return int(getattr(p, "ds_numel", 0) or p.numel())
+
+
 @dataclass(frozen=True)
 class _ModelSize:
     """Parameters, trainable parameters and training FLOPs per token of the model."""
@@ -106,8 +111,8 @@ class _ModelSize:
 
     @classmethod
     def of(cls, model: Any, trainable: list[Any], seq_len: int) -> _ModelSize:
-        n_params = sum(p.numel() for p in model.parameters())
-        n_train = sum(p.numel() for p in trainable)
+        n_params = sum(_numel(p) for p in model.parameters())
+        n_train = sum(_numel(p) for p in trainable)
         cfg = getattr(model, "config", None) or model.get_base_model().config
         return cls(n_params, n_train, flops_per_token(n_params, n_train, cfg.num_hidden_layers, cfg.hidden_size,
                                                       seq_len))
@@ -125,7 +130,8 @@ class _Outcome:
 
 def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, ckpt_root: Path, metrics: Any,
                train_seconds: float | None, evaluate: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train `model` in place; resumes from `ckpt_root` if it holds a checkpoint. Returns counters."""
+    """Train `model` in place; resumes from `ckpt_root` if it holds a checkpoint. Returns counters, and under
+    DeepSpeed ZeRO-3 the trained weights gathered on the main process (`gathered_weights`; else None)."""
     main = accelerator.is_main_process
     params = [p for p in model.parameters() if p.requires_grad]
     size = _ModelSize.of(model, params, s.seq_len)  # before accelerate.prepare (ZeRO-3 would shard)
@@ -136,6 +142,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         zero.configure(accelerator, s)
     loss_mod, opt = accelerator.prepare(CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile), opt)
     engine = loss_mod if deepspeed else None  # DeepSpeed's engine runs backward and the optimizer step itself
+    sharded = zero.zero_stage(accelerator) >= 3  # a forward is a collective: every process evaluates
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
     ckpts = LoopCheckpoints(accelerator, ckpt_root, s.keep_checkpoints, warn)
@@ -171,7 +178,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         if main and (state.step % s.log_every == 0 or state.step == s.max_steps):
             _log_step(state, outcome, guard.skipped, clock, report)
         if evaluate and s.eval_every > 0 and state.step % s.eval_every == 0 and state.step < s.max_steps:
-            _evaluate(evaluate, loss_mod, state, accelerator, report)
+            _evaluate(evaluate, loss_mod, state, accelerator, report, sharded)
             clock.win_t = time.time()
         if _checkpoint_due(s, state.step, clock):
             ckpts.save(state, guard, clock)
@@ -179,7 +186,9 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
             os.kill(os.getpid(), signal.SIGKILL)
     tb.close()
     report.pbar.close()
-    return _result(state, guard, clock, size, stop_reason, resumed_from)
+    result = _result(state, guard, clock, size, stop_reason, resumed_from)
+    result["gathered_weights"] = zero.gathered_weights(accelerator, engine) if sharded else None
+    return result
 
 
 def _progress_bar(state: LoopState, main: bool) -> Any:
@@ -308,13 +317,15 @@ def _log_step(state: LoopState, outcome: _Outcome, skipped: int, clock: Clock, r
 
 
 def _evaluate(evaluate: Callable[[Any], dict[str, Any]], loss_mod: Any, state: LoopState, accelerator: Any,
-              report: _Report) -> None:
-    """Periodic evaluation on the main process (kept in the counters for the summary); the others wait."""
-    if report.main:
+              report: _Report, everywhere: bool = False) -> None:
+    """Periodic evaluation on the main process (kept in the counters for the summary), the others wait; on every
+    process when the parameters are sharded (ZeRO-3: each forward gathers them from all processes)."""
+    if report.main or everywhere:
         res = evaluate(accelerator.unwrap_model(loss_mod).model)
-        state.evals.append({"step": state.step, **res})
-        report.metrics.log(step=state.step, **res)
-        report.tb.log(state.step, res)
+        if report.main:
+            state.evals.append({"step": state.step, **res})
+            report.metrics.log(step=state.step, **res)
+            report.tb.log(state.step, res)
     accelerator.wait_for_everyone()
 
 
