@@ -359,3 +359,14 @@ def test_lora_under_zero3_is_refused_before_training(extended: Path, data: tuple
     assert run.returncode != 0
     assert "mode=lora under DeepSpeed ZeRO-3 is not supported" in run.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_on_the_cpu_says_it_runs_as_ddp(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    """accelerate picks FSDP only on an accelerator: an FSDP launch on the CPU trains replicated, and says so."""
+    config = cpu_config(tmp_path / "fsdp.yaml", 2, "fsdp.yaml")
+    run = accelerate_launch(config, _args(tmp_path / "out", extended, data, [*_TWO_PROC, "--max-steps", "1"]))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    warnings = [r["message"] for r in rows if r.get("event") == "warning"]
+    assert any("asked for FSDP but pretrain runs MULTI_CPU" in m for m in warnings), warnings

@@ -300,6 +300,19 @@ def _bpc_summary(before: dict[str, Any], after: dict[str, Any], eval_texts: list
     return summary
 
 
+def _accelerator(cfg: PretrainConfig) -> Any:
+    """The stage's Accelerator on the device and precision `cfg` resolves to (`qihuang.placement`); LoRA under
+    DeepSpeed ZeRO-3 is refused here, before any work."""
+    from qihuang.training.zero import make_accelerator, zero_stage
+
+    placement = resolve_placement(cfg.device, cfg.precision, "pretrain")
+    accelerator = make_accelerator(placement.device, placement.accelerate_mixed_precision)
+    if cfg.mode == "lora" and zero_stage(accelerator) >= 3:
+        raise ConfigError("pretrain: mode=lora under DeepSpeed ZeRO-3 is not supported (the adapter is merged on "
+                          "unsharded weights); launch LoRA pretraining with deepspeed_zero2.yaml or ddp.yaml")
+    return accelerator
+
+
 def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, out: StageDir) -> dict[str, Any]:
     """Train on `train` passages (+ general mix), write the (merged) model into out.path/'model'."""
     import torch
@@ -309,19 +322,18 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     from qihuang.models import check_tokenizer_files
     from qihuang.training.loop import train_loop  # looked up at run time (benchmarks/grad_norm_tensors.py wraps it)
     from qihuang.training.metrics import plot_loss
-    from qihuang.training.zero import make_accelerator, zero_stage
+    from qihuang.training.zero import fsdp_not_run
 
     stage_t0 = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    placement = resolve_placement(cfg.device, cfg.precision, "pretrain")
-    accelerator = make_accelerator(placement.device, placement.accelerate_mixed_precision)
-    if cfg.mode == "lora" and zero_stage(accelerator) >= 3:
-        raise ConfigError("pretrain: mode=lora under DeepSpeed ZeRO-3 is not supported (the adapter is merged on "
-                          "unsharded weights); launch LoRA pretraining with deepspeed_zero2.yaml or ddp.yaml")
+    accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     metrics = out.metrics()
+    unsharded = fsdp_not_run(accelerator)
+    if unsharded and main:
+        metrics.log(event="warning", message=unsharded)
     model_dir = Path(model_dir)
     tok = AutoTokenizer.from_pretrained(str(check_tokenizer_files(model_dir)))
     extension = _load_extension(model_dir)
