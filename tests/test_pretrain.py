@@ -333,11 +333,7 @@ def test_deepspeed_two_processes_match_single(extended: Path, data: tuple[Path, 
     config = cpu_config(tmp_path / "ds.yaml", 2, preset)
     args = _args(tmp_path / "zero2", extended, data, [*_TWO_PROC, "--grad-accum", "2", "--checkpoint-every-steps", "2",
                                                       "--eval-every", "2"])
-    os.environ["QIHUANG_FAULT_AT_STEP"] = "3"  # both processes kill -9 themselves after step 3
-    try:
-        killed = accelerate_launch(config, args)
-    finally:
-        del os.environ["QIHUANG_FAULT_AT_STEP"]
+    killed = accelerate_launch(config, args, extra_env={"QIHUANG_FAULT_AT_STEP": "3"})  # both kill -9 after step 3
     assert killed.returncode != 0 and not (tmp_path / "zero2" / "done").exists()
     assert list((tmp_path / "zero2" / "checkpoints").glob("step-0000002/**/*optim_states.pt"))  # DeepSpeed's files
     run = accelerate_launch(config, args)

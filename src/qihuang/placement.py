@@ -89,6 +89,17 @@ def launch_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
     return env.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
+def sharding_not_run(runs: str, who: str) -> str | None:
+    """Why `who` does not shard as `accelerate launch` asked (None when it does): `runs` is the distributed type it
+    got (accelerate 1.15 selects FSDP only on an accelerator, so on the CPU an FSDP config trains as plain DDP,
+    MULTI_CPU over gloo, every process holding the whole model)."""
+    asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if launch_flag(env)]
+    if not asked or runs in ("FSDP", "DEEPSPEED"):
+        return None
+    return f"accelerate launch asked for {asked[0]} but {who} runs {runs} (replicated model, no sharding)"
+
+
 def check_launch(stage: str, cuda: bool | None = None, env: Mapping[str, str] | None = None) -> None:
     """Refuse, before any work, an `accelerate launch` that cannot run here as asked (a ConfigError naming why):
     a GPU config — `use_cpu: false`, or bf16/fp16 mixed precision, under DDP, FSDP or DeepSpeed — where torch

@@ -13,7 +13,7 @@ import click
 
 from qihuang.cliutil import config_options, model_passages_options, run_stage_command
 from qihuang.config import ConfigError, check_ranges
-from qihuang.placement import Device, Precision
+from qihuang.placement import Device, Precision, sharding_not_run
 from qihuang.placement import resolve as resolve_placement
 from qihuang.runs import StageDir
 from qihuang.training.settings import LoopSettings
@@ -322,7 +322,6 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     from qihuang.models import check_tokenizer_files
     from qihuang.training.loop import train_loop  # looked up at run time (benchmarks/grad_norm_tensors.py wraps it)
     from qihuang.training.metrics import plot_loss
-    from qihuang.training.zero import fsdp_not_run
 
     stage_t0 = time.time()
     if cfg.threads:
@@ -331,7 +330,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     metrics = out.metrics()
-    unsharded = fsdp_not_run(accelerator)
+    unsharded = sharding_not_run(accelerator.distributed_type.value, "pretrain")
     if unsharded and main:
         metrics.log(event="warning", message=unsharded)
     model_dir = Path(model_dir)

@@ -47,10 +47,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def accelerate_launch(config: Path, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """`accelerate launch --config_file config -m qihuang args…` with this checkout's `src` first on the path."""
+def accelerate_launch(config: Path, args: list[str], timeout: int = 300,
+                      extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch --config_file config -m qihuang args…` with this checkout's `src` first on the path
+    (and `extra_env` set in the processes' environment)."""
     path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(extra_env or {})}
     cmd = [ACCELERATE, "launch", "--config_file", str(config), "--main_process_port", str(_free_port()),
            "-m", "qihuang", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

@@ -111,17 +111,13 @@ def total(count: int) -> int:
 
 
 def mode_warning(trainer: Any) -> str | None:
-    """Why the trainer does not run the sharding that `accelerate launch` was asked for (None when it does):
-    accelerate (1.15) selects FSDP only on an accelerator, so on the CPU an FSDP config silently trains in plain
-    DDP (MULTI_CPU, gloo), every process holding the whole model."""
-    from qihuang.placement import launch_flag
+    """Why the trainer does not run the sharding that `accelerate launch` was asked for (None when it does;
+    `placement.sharding_not_run`)."""
+    from qihuang.placement import sharding_not_run
 
-    asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-             if launch_flag(env)]
-    runs = trainer.accelerator.distributed_type
-    if not asked or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         return None
-    return f"accelerate launch asked for {asked[0]} but the trainer runs {runs.value} (replicated model, no sharding)"
+    return sharding_not_run(trainer.accelerator.distributed_type.value, "the trainer")
 
 
 def warn_mode(trainer: Any, metrics: Any) -> None:

@@ -25,17 +25,6 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
     return Accelerator(cpu=device == "cpu" and not deepspeed, mixed_precision=mixed_precision)
 
 
-def fsdp_not_run(accelerator: Any) -> str | None:
-    """Why the loop does not shard as `accelerate launch` asked (None when it does): accelerate (1.15) selects FSDP
-    only on an accelerator, so on the CPU an FSDP config trains as plain DDP, every process holding the whole model."""
-    from qihuang.placement import launch_flag
-
-    runs = accelerator.distributed_type.value
-    if not launch_flag("ACCELERATE_USE_FSDP") or runs == "FSDP":
-        return None
-    return f"accelerate launch asked for FSDP but pretrain runs {runs} (replicated model, no sharding)"
-
-
 def is_deepspeed(accelerator: Any) -> bool:
     """Whether `accelerate launch` put this process under DeepSpeed."""
     from accelerate.utils import DistributedType
