@@ -207,7 +207,8 @@ class BatchDecoder:
     def _prefill_group(self, fresh: list[Request]) -> None:
         """Run the new prompts as one left-padded batch, then join their cache rows to the running batch."""
         import torch
-        from transformers import DynamicCache
+
+        from qihuang.serve.kvcache import growing_cache
 
         width = max(len(r.prompt_ids) for r in fresh)
         ids = torch.zeros((len(fresh), width), dtype=torch.long)
@@ -218,7 +219,7 @@ class BatchDecoder:
             attn[i, width - n:] = 1
             req.length = n
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config)
         logits = self._forward(ids.to(self.device), attn.to(self.device), positions.to(self.device), cache)
         self._join(cache, attn.to(self.device), fresh)
         self._emit([(req, req.pick(logits[i], req.rep)) for i, req in enumerate(fresh)])
@@ -302,9 +303,11 @@ class BatchDecoder:
 
         import torch
 
+        from qihuang.serve.kvcache import replace
+
         for old, new in zip(self.cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], dim=0)
-            old.values = torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], dim=0)
+            replace(old, torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], dim=0),
+                    torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], dim=0))
         self.attn = torch.cat([left_pad(self.attn, 1), left_pad(attn, 1)], dim=0)
         self.rows.extend(fresh)
 
@@ -321,6 +324,8 @@ class BatchDecoder:
         live = self.attn.index_select(0, idx)
         first = int(live.any(dim=0).nonzero()[0])  # leading columns that are padding for every row
         self.attn = live[:, first:]
+        from qihuang.serve.kvcache import replace
+
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
-            layer.values = layer.values.index_select(0, idx)[:, :, first:]
+            replace(layer, layer.keys.index_select(0, idx)[:, :, first:],
+                    layer.values.index_select(0, idx)[:, :, first:])

@@ -182,9 +182,11 @@ class Engine:
         self.suppressed = list(suppressed_ids(tokenizer))
         from qihuang.serve.batching import BatchDecoder, batchable
 
+        self.growing = batchable(model)
+        """Whether one-stream decoding appends to a `serve.kvcache.growing_cache` (plain full-attention layers)."""
         self.batcher: BatchDecoder | None = None
         """Continuous batching of concurrent requests (None: one request at a time, interleaved token by token)."""
-        if max_batch > 1 and not self.static and batchable(model):
+        if max_batch > 1 and not self.static and self.growing:
             self.batcher = BatchDecoder(model, self.eos_ids, self._mask, self._cache_kw, max_batch, self._lock)
 
     @classmethod
@@ -254,6 +256,8 @@ class Engine:
         import torch
         from transformers import DynamicCache
 
+        from qihuang.serve.kvcache import growing_cache
+
         gen = None
         if not params.greedy:
             gen = torch.Generator(device=self.device)
@@ -265,7 +269,7 @@ class Engine:
         if self.static:
             yield from self._static_stream(prompt_ids, params, cancelled, gen, rep)
             return
-        cache = DynamicCache()
+        cache = growing_cache(self.model.config) if self.growing else DynamicCache()
         logits = self._forward(prompt_ids, cache, keep=1)
         nxt = self._pick(logits[-1], params, gen, rep)
         seq = list(prompt_ids)  # prompt + generated: what drafts are looked up in
