@@ -55,7 +55,8 @@ def _side(args: argparse.Namespace) -> dict[str, Any]:
     answers = generate_batch(model.eval(), tok, prompts, args.max_new_tokens, batch_size=args.batch_size,
                              params=DecodeParams(), quotes=quotes)
     seconds = time.perf_counter() - t0
-    return {"answers": answers, "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"answers": answers, "seconds": seconds, "peak_mb": peak_mb}
 
 
 def main() -> None:

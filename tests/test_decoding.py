@@ -66,3 +66,38 @@ def test_until_ends_each_answer_where_its_test_turns_true(tiny: tuple[Any, Any])
     assert any(len(c) < len(f) for c, f in zip(cut, full, strict=True))
     with pytest.raises(ValueError, match="until"):
         generate_batch(model, tok, PROMPTS, 4, until=[None])
+
+
+def test_a_token_budget_bounds_the_batch_and_keeps_the_answers(tiny: tuple[Any, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batch_tokens`: rows x the widest reach (prompt + new tokens) stays within the budget at every step, so short
+    prompts decode more rows at once than long ones; a prompt wider than the budget still runs, alone; the answers
+    are those of the unbounded batch."""
+    from qihuang.decoding import generate_batch
+    from qihuang.serve import batching
+    from qihuang.template import encode_text
+
+    model, tok = tiny
+    prompts = ["一", "脉浮", "问：", "二", "三", "四"] + ["太阳之为病，脉浮，头项强痛而恶寒。" * 6] * 3
+    new = 8
+    reach = [len(encode_text(tok, p)) + new for p in prompts]
+    budget = 3 * max(reach)  # three long rows; the short ones fit many more
+    seen: list[tuple[int, int]] = []  # (rows, widest reach) of every decode step
+    real = batching.BatchDecoder._step
+
+    def spy(self: Any) -> None:
+        seen.append((len(self.rows), max(r.length + r.max_new_tokens - r.produced for r in self.rows)))
+        real(self)
+
+    monkeypatch.setattr(batching.BatchDecoder, "_step", spy)
+    free = generate_batch(model, tok, prompts, new, batch_size=9)
+    assert max(rows for rows, _ in seen) == 9
+    seen.clear()
+    assert generate_batch(model, tok, prompts, new, batch_size=9, batch_tokens=budget) == free
+    assert all(rows * width <= budget for rows, width in seen)
+    short = max(reach[:6])
+    assert max(rows for rows, width in seen if width <= short) > 3  # short prompts only: more than 3 rows
+    assert max(rows for rows, width in seen if width > short) <= 3
+    seen.clear()
+    assert generate_batch(model, tok, prompts, new, batch_size=9, batch_tokens=1) == free  # each alone
+    assert {rows for rows, _ in seen} == {1}

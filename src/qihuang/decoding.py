@@ -203,9 +203,10 @@ def suppress_mask(ids: Sequence[int]) -> Callable[[Any], Any]:
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
                    params: DecodeParams | None = None, progress: Callable[[int, int], None] | None = None,
                    lookup_draft: int = 8, quotes: Sequence[Quotable | None] | None = None,
-                   until: Sequence[Callable[[str], bool] | None] | None = None) -> list[str]:
+                   until: Sequence[Callable[[str], bool] | None] | None = None, batch_tokens: int = 0) -> list[str]:
     """Greedy answers to rendered `prompts` (chat template applied), decoded by the server's continuous batcher
-    (`serve.batching.BatchDecoder`): up to `batch_size` rows per forward over a left-padded KV cache, a finished
+    (`serve.batching.BatchDecoder`): up to `batch_size` rows per forward over a left-padded KV cache (and, with
+    `batch_tokens`, no more rows than keep rows x (prompt + max_new_tokens) within it), a finished
     row's place taken by the next prompt at once (no row waits for the longest of a fixed batch); repetition
     control on the generated tokens; an extended vocabulary's untrained byte fragments never generated; each row
     stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact). Order is kept;
@@ -229,7 +230,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     if not batchable(model):
         return _generate_fixed(model, tokenizer, prompts, max_new_tokens, batch_size, params, progress, quotes)
     mask = suppress_mask(suppressed_ids(tokenizer))
-    decoder = BatchDecoder(model, stop_token_ids(model, tokenizer), mask, cache_kwarg(model), max_batch=batch_size)
+    decoder = BatchDecoder(model, stop_token_ids(model, tokenizer), mask, cache_kwarg(model), max_batch=batch_size,
+                           max_tokens=batch_tokens)
 
     def pick(logits: Any, rep: Repetition) -> int:
         return int(rep.apply(logits).argmax())

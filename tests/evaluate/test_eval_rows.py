@@ -25,7 +25,8 @@ SFT_SYSTEM = "你是中医古籍助手。"
 
 
 def _scripted(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-              params: Any = None, progress: Any = None, quotes: Any = None, until: Any = None) -> list[str]:
+              params: Any = None, progress: Any = None, quotes: Any = None, until: Any = None,
+              batch_tokens: int = 0) -> list[str]:
     """base: loops with passages, says nothing closed-book, invents a source off topic; sft (its prompts carry the
     saved system prompt): cites passage [1] with passages, declines off topic. Every prompt with passages comes with
     text its quotations may copy (verbatim quotes on), one closed-book with none; every answer with where the

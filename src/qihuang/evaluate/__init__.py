@@ -90,7 +90,11 @@ class EvalConfig:
     """Retrieval rows' quotations copy the passages shown verbatim (`qihuang.quotes`; as serve's
     RetrievalConfig.verbatim_quotes)."""
     qa_batch_size: int = 16
-    """Questions answered per batched forward (`qihuang.decoding.generate_batch`)."""
+    """Questions answered per batched forward at most (`qihuang.decoding.generate_batch`)."""
+    qa_batch_tokens: int = 0
+    """KV positions the questions decoded together may hold (rows x the widest prompt + qa_max_new_tokens; 0 = no
+    bound): with a large qa_batch_size, short closed-book prompts decode many rows at once, long retrieval prompts
+    fewer, in about the same memory."""
     offtopic: bool = True
     """Also ask 30 off-topic questions (cars, tax, programming, sports …) with retrieval, for every model with a
     retrieval row: rates of invented citations and of declining."""
@@ -106,7 +110,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_ranges("eval", self, answer_support=(0, 1, False))
-        for name in ("bpc_max_chars", "mcq_limit", "mcq_shots", "qa_limit", "heldout_qa_n"):
+        for name in ("bpc_max_chars", "mcq_limit", "mcq_shots", "qa_limit", "heldout_qa_n", "qa_batch_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("mcq_batch_size", "mcq_gen_tokens", "qa_max_new_tokens", "qa_batch_size"):

@@ -172,7 +172,7 @@ def qa_cmd(model: str, files: tuple[str, ...], out: Path | None, cfg: EvalConfig
     specs += [parse_spec(f, cfg.qa_limit) for f in cfg.qa_files]
     for path, limit in specs:
         s, _ = evaluate_qa_set(m, tok, load_qa(path, limit), cfg.qa_max_new_tokens, defaults=chat_defaults(model_dir),
-                               batch_size=cfg.qa_batch_size)
+                               batch_size=cfg.qa_batch_size, batch_tokens=cfg.qa_batch_tokens)
         faith = "–" if s["faithfulness"] is None else f"{100 * s['faithfulness']:.1f}%"
         click.echo(f"{path}: ROUGE-L {100 * s['rouge_l']:.1f}%, BLEU-4 {s['bleu4']:.1f}, length {s['length']:.0f} "
                    f"chars, faithfulness {faith} (n={s['n']}, skipped {s['skipped']})")

@@ -100,8 +100,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
              progress: Callable[[int, int], None] | None = None, decode: DecodeParams | None = None,
              grounds: Sequence[Grounding] | None = None,
              quotes: Sequence[Quotable | None] | None = None,
-             until: Sequence[Callable[[str], bool] | None] | None = None) -> list[str]:
-    """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching; progress
+             until: Sequence[Callable[[str], bool] | None] | None = None, batch_tokens: int = 0) -> list[str]:
+    """Stripped answers in input order through `qihuang.decoding.generate_batch` (continuous batching within
+    `batch_size` rows and `batch_tokens` KV positions; progress
     as answers finish); with `grounds`, a grounding's whole answer is taken as it is (nothing
     generated) and its opening is put before what the model writes — the answer serving would send. `quotes[i]`:
     what its quotations may copy verbatim (`render_prompts`); `until[i]`: where answer i stops (`guard_stops`)."""
@@ -112,7 +113,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     outs = generate_batch(model, tokenizer, [prompts[i] for i in todo], max_new_tokens, batch_size=batch_size,
                           params=decode, progress=progress,
                           quotes=[quotes[i] for i in todo] if quotes is not None else None,
-                          until=[until[i] for i in todo] if until is not None else None) if todo else []
+                          until=[until[i] for i in todo] if until is not None else None,
+                          batch_tokens=batch_tokens) if todo else []
     answers = [g.answer if g is not None and g.answer is not None else "" for g in grounds]
     for i, text in zip(todo, outs, strict=True):
         g = grounds[i]
@@ -238,7 +240,8 @@ def run_row(model: Any, tokenizer: Any, defaults: dict[str, Any], items: list[di
     prompts, quotes = render_prompts(tokenizer, defaults, questions, found, cfg.passage_chars, cfg.verbatim_quotes)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, progress, grounds=found,
                        quotes=quotes,
-                       until=guard_stops(questions, found, cfg.answer_support) if cfg.answer_guard else None)
+                       until=guard_stops(questions, found, cfg.answer_support) if cfg.answer_guard else None,
+                       batch_tokens=cfg.qa_batch_tokens)
     shown, acts = guard_answers(answers, questions, found, cfg.answer_support) if cfg.answer_guard else (answers, [{}] * len(items))
     per = score_items(items, shown, [g.hits for g in found])
     own = score_items(items, answers, [g.hits for g in found]) if cfg.answer_guard else per
@@ -260,7 +263,8 @@ def run_offtopic(model: Any, tokenizer: Any, defaults: dict[str, Any], questions
     prompts, quotes = render_prompts(tokenizer, defaults, questions, grounds, cfg.passage_chars, cfg.verbatim_quotes)
     answers = generate(model, tokenizer, prompts, cfg.qa_max_new_tokens, cfg.qa_batch_size, grounds=grounds,
                        quotes=quotes,
-                       until=guard_stops(questions, grounds, cfg.answer_support) if cfg.answer_guard else None)
+                       until=guard_stops(questions, grounds, cfg.answer_support) if cfg.answer_guard else None,
+                       batch_tokens=cfg.qa_batch_tokens)
     if cfg.answer_guard:
         answers = guard_answers(answers, questions, grounds, cfg.answer_support)[0]
     per = []

@@ -134,14 +134,14 @@ def score_answers(items: Sequence[QAItem], answers: Sequence[str]) -> tuple[dict
 
 def evaluate_qa_set(model: Any, tokenizer: Any, data: QASet, max_new_tokens: int = 96,
                     progress: Callable[[int, int], None] | None = None, defaults: dict[str, Any] | None = None,
-                    batch_size: int = 16) -> tuple[dict[str, Any], list[dict]]:
+                    batch_size: int = 16, batch_tokens: int = 0) -> tuple[dict[str, Any], list[dict]]:
     """Answer every item closed-book with the served prompt (chat template + the model's saved `defaults`), in
     batches through `qihuang.decoding.generate_batch`, and score the answers."""
     from qihuang.evaluate.conditions import generate, render
 
     t0 = time.time()
     prompts = [render(tokenizer, defaults or {}, [{"role": "user", "content": it.question}]) for it in data.items]
-    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress, batch_tokens=batch_tokens)
     summary, per = score_answers(data.items, answers)
     summary.update({"format": data.format, "skipped": len(data.skipped),
                     "skipped_rows": [s["row"] for s in data.skipped], "max_new_tokens": max_new_tokens,

@@ -192,7 +192,7 @@ def _qa_files(cfg: EvalConfig, label: str, heldout_qa: Path | None, model: Calla
         def qa(key: str = key, path: Path = path, limit: int = limit) -> dict[str, Any]:
             summary, per = evaluate_qa_set(*model(), load_qa(path, limit), cfg.qa_max_new_tokens,
                                            progress=progress_logger(log, label, key), defaults=defaults,
-                                           batch_size=cfg.qa_batch_size)
+                                           batch_size=cfg.qa_batch_size, batch_tokens=cfg.qa_batch_tokens)
             summary["file"] = str(path)
             write_jsonl(out_dir / "predictions" / f"{safe_name(label)}__qa__{safe_name(key)}.jsonl", per)
             log.log(event="qa", label=label, file=key, rouge_l=summary["rouge_l"],

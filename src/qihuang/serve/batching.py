@@ -69,14 +69,20 @@ class BatchDecoder:
     running KV cache, then decodes one token for every row per forward."""
 
     def __init__(self, model: Any, eos_ids: frozenset[int], mask: Callable[[Any], Any], cache_kw: str,
-                 max_batch: int = 16, lock: threading.Lock | None = None) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+                 max_batch: int = 16, lock: threading.Lock | None = None, max_tokens: int = 0) -> None:
+        if max_batch < 1 or max_tokens < 0:
+            raise ValueError(f"need max_batch >= 1 and max_tokens >= 0, got {max_batch} and {max_tokens}")
         self.model = model
         self.eos_ids = eos_ids
         self.mask = mask
         self.cache_kw = cache_kw
         self.max_batch = max_batch
+        self.max_tokens = max_tokens
+        """KV positions the batch may come to hold (rows x the widest row's prompt + new tokens; 0 = no bound): a
+        request waits while admitting it would go beyond, so short prompts decode many rows at once and long ones
+        fewer, in about the same memory."""
+        self._held: Request | None = None
+        """The next request in line, taken from `pending` but not admitted yet (it did not fit)."""
         self.lock = lock or threading.Lock()
         self.device = next(model.parameters()).device
         self.pending: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -114,7 +120,7 @@ class BatchDecoder:
         tokens: dict[int, list[int]] = {id(r): [] for r in requests}
         live = list(requests)
         try:
-            while self.rows or not self.pending.empty():
+            while self.rows or self._held is not None or not self.pending.empty():
                 fresh = self._admit(block=False)
                 if fresh:
                     self._prefill(fresh)
@@ -125,7 +131,7 @@ class BatchDecoder:
                 if progress and len(live) < before:
                     progress(len(requests) - len(live), len(requests))
         except BaseException:
-            self.rows, self.cache, self.attn = [], None, None
+            self.rows, self.cache, self.attn, self._held = [], None, None, None
             while not self.pending.empty():
                 self.pending.get_nowait()
             raise
@@ -164,14 +170,31 @@ class BatchDecoder:
     def _admit(self, block: bool = True) -> list[Request]:
         """New requests to join: block while the batch is empty (when `block`), else take what is waiting."""
         fresh: list[Request] = []
-        if not self.rows and block:
+        if not self.rows and block and self._held is None:
             fresh.append(self.pending.get())
         while len(self.rows) + len(fresh) < self.max_batch:
-            try:
-                fresh.append(self.pending.get_nowait())
-            except queue.Empty:
+            req, self._held = self._held, None
+            if req is None:
+                try:
+                    req = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+            if not self._fits([*self.rows, *fresh], req):
+                self._held = req
                 break
+            fresh.append(req)
         return [r for r in fresh if not self._finish_if_cancelled(r)]
+
+    def _fits(self, batch: list[Request], req: Request) -> bool:
+        """Whether `req` may join `batch` within `max_tokens` (always into an empty batch): rows x the widest
+        reach, a row's reach being what its cache will hold at its end (prompt + all its new tokens)."""
+        if not self.max_tokens or not batch:
+            return True
+
+        def reach(r: Request) -> int:
+            return (r.length or len(r.prompt_ids)) + r.max_new_tokens - r.produced
+
+        return (len(batch) + 1) * max(reach(r) for r in [*batch, req]) <= self.max_tokens
 
     def _finish_if_cancelled(self, req: Request) -> bool:
         if req.cancelled():
