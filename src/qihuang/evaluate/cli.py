@@ -87,7 +87,7 @@ def _show(out: Path) -> None:
 
 @click.group("eval")
 def eval_cli() -> None:
-    """Evaluation: bpc, mcq, qa, compare."""
+    """Evaluation: bpc, mcq, qa, compare; paired (two answer files side by side)."""
 
 
 @eval_cli.command("bpc")
@@ -224,3 +224,31 @@ def compare_cmd(specs: tuple[str, ...], out: Path, heldout: Path | None, heldout
     heldout_qa = _run_file(heldout_qa, run_dir, "instruct/heldout_qa.jsonl")
     _evaluate(cfg, models, heldout, heldout_qa, out, _run_index(index, run_dir))
     _show(out)
+
+
+@eval_cli.command("paired")
+@click.argument("a", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("b", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--labels", default="A,B", show_default=True, help="Names of the two in the tables: `A,B`.")
+@click.option("--n-boot", type=click.IntRange(100, 100000), default=1000, show_default=True,
+              help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the comparison as JSON here.")
+def paired_cmd(a: Path, b: Path, labels: str, n_boot: int, seed: int, out: Path | None) -> None:
+    """B − A on the same questions: two answer files an eval wrote (`OUT/predictions/<label>__rows__<condition>.jsonl`,
+    e.g. an ablation's final row and the run's own), every per-answer metric and ROUGE-L / faithfulness by question
+    type, each with its paired 95% bootstrap interval."""
+    from qihuang.evaluate.paired import check_aligned, load_predictions, markdown, paired
+    from qihuang.runs import write_json
+
+    names = [x.strip() for x in labels.split(",")]
+    if len(names) != 2 or not all(names):
+        raise click.BadParameter("give two names: `A,B`", param_hint="--labels")
+    rows_a, rows_b = load_predictions(a), load_predictions(b)
+    check_aligned(rows_a, rows_b, str(a), str(b))
+    result = paired(rows_a, rows_b, n_boot, seed)
+    click.echo(markdown(result, names[0], names[1]), nl=False)
+    if out is not None:
+        write_json(out, {"a": str(a), "b": str(b), "labels": names, **result})
+        click.echo(f"written: {out}")
