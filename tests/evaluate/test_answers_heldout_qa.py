@@ -12,7 +12,7 @@ from qihuang.config import ConfigError
 from qihuang.evaluate import EvalConfig
 from qihuang.evaluate.answers import answer_flags, citation_accuracy, is_degenerate, section_matches
 from qihuang.evaluate.conditions import aggregate, resolve_models, resolve_rows, score_items
-from qihuang.evaluate.heldout_qa import balanced_sample, build_heldout_qa
+from qihuang.evaluate.heldout_qa import balanced_sample, build_heldout_qa, names_its_book
 from qihuang.evaluate.offtopic import OFFTOPIC_QUESTIONS
 from qihuang.evaluate.qa import QAItem, score_answers
 from qihuang.instruct.textutil import Lexicon
@@ -111,6 +111,15 @@ def test_build_heldout_qa(tmp_path: Path) -> None:
     # references of attribution questions cite their own book: the scorer accepts the generators' style
     attr = [r for r in recs if r["task_type"] in ("出处", "篇名归属")]
     assert attr and all(citation_accuracy(r["reference"], r["book"], r["section"]).right_book for r in attr)
+    # every other question names its book: 「黄芪的性味是什么？」 has a right answer in every herbal of the library
+    assert all(f"《{r['book']}》" in r["question"] for r in recs if r not in attr)
+
+
+def test_a_question_that_does_not_name_its_book_is_left_out() -> None:
+    assert not names_its_book("请说明杏仁的性味。", "本草思辨录", "药物性味")
+    assert names_its_book("《本草思辨录》记载杏仁的药性如何？", "本草思辨录", "药物性味")
+    assert names_its_book("「上工治未病」这句话出自哪部医书？", "金匮要略", "出处")
+    assert names_its_book("《序》这一篇收在哪本古籍里？", "本草思辨录", "篇名归属")
 
 
 def test_balanced_sample() -> None:

@@ -19,6 +19,15 @@ PASSAGES_PER_QUESTION = 20
 """At most n * this many passages (spread evenly over the file) are put through the generators."""
 CANDIDATES_PER_PASSAGE = 8
 """Pairs kept per passage before sampling (the generators' own diversity pick)."""
+ASKS_FOR_SOURCE = frozenset({"出处", "篇名归属"})
+"""Question types that ask which book a text is from, so name none by design."""
+
+
+def names_its_book(question: str, book: str, task_type: str) -> bool:
+    """Whether a held-out question can be scored against its one book's reference: it names the book, or asks for
+    the source. A question that does not (「请说明杏仁的性味。」) has a right answer in every book of the library that
+    speaks of it (本草便读: 苦辛…温; 本草思辨录: 苦温), so a reference from one book scores the others as wrong."""
+    return task_type in ASKS_FOR_SOURCE or not book or f"《{book}》" in question
 
 
 def read_passages(path: Path) -> list[Passage]:
@@ -82,7 +91,8 @@ def balanced_sample(records: Iterable[dict[str, Any]], n: int, seed: int) -> lis
 def build_heldout_qa(heldout_passages: Path, n: int, seed: int, lexicon: Lexicon | None = None,
                      generators: list[str] | None = None) -> list[dict[str, Any]]:
     """A QA set from the held-out books: every offline generator (attribution, section_book, clauses, formula, herb,
-    cloze, lexicon) over the held-out passages, then a sample of n balanced by task type.
+    cloze, lexicon) over the held-out passages, questions that do not name their book left out (`names_its_book`),
+    then a sample of n balanced by task type.
 
     Each record: question, reference (the generator's answer), source (passage text), book, section, passage_id,
     task_type, generator."""
@@ -93,10 +103,11 @@ def build_heldout_qa(heldout_passages: Path, n: int, seed: int, lexicon: Lexicon
     seen: set[str] = set()
     cands: list[dict[str, Any]] = []
     for pair in generate_offline(passages, names, lex, CANDIDATES_PER_PASSAGE, seed):
-        if not pair.answer.strip() or not pair.question.strip() or pair.question in seen:
+        p = by_id[pair.passage_id]
+        if (not pair.answer.strip() or not pair.question.strip() or pair.question in seen
+                or not names_its_book(pair.question, p.book, pair.task_type)):
             continue
         seen.add(pair.question)
-        p = by_id[pair.passage_id]
         cands.append({"question": pair.question, "reference": pair.answer, "source": p.text, "book": p.book,
                       "section": p.section, "passage_id": p.id, "task_type": pair.task_type,
                       "generator": pair.generator})
@@ -123,7 +134,7 @@ def write_qa(path: Path, records: list[dict[str, Any]]) -> str:
     return sha256_file(path)
 
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 """Bumped when the held-out-book QA builder changes, so a cached set is rebuilt."""
 
 
