@@ -76,9 +76,9 @@ def test_files_of_other_questions_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('{"question": "q", "task_type": "出处", "rouge_l": 0.5}\n{"question": "q2", "task_', r"bad\.jsonl:2: not JSON"),
+    ('{"question": "q", "task_type": "出处", "rouge_l": 0.5}\n{"question": "q2", "task_', r"bad\.jsonl:2: not valid JSON"),
     ('{"question": "q", "task_type": "出处"}\n', r"bad\.jsonl:1: missing rouge_l"),
-    ('[1, 2]\n', r"bad\.jsonl:1: expected a JSON object, got list"),
+    ('[1, 2]\n', r"bad\.jsonl:1: expected a JSON object"),
     ("\n\n", r"bad\.jsonl: no answers"),
 ])
 def test_a_broken_file_is_named_with_its_line(tmp_path: Path, text: str, message: str) -> None:

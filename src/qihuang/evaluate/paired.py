@@ -3,15 +3,16 @@ of every per-answer metric, overall and by question type — how an ablation is 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from qihuang.config import ConfigError
 from qihuang.evaluate.compare import ci_points, pct, points
 from qihuang.evaluate.conditions import PAIRED_METRICS, vectors
 from qihuang.evaluate.stats import paired_diff
+from qihuang.runs import read_jsonl_lines
 
 REQUIRED = ("question", "task_type", "rouge_l")
 """Fields every line of a predictions file must have (what `qihuang eval compare` writes per answer)."""
@@ -21,25 +22,16 @@ BY_TYPE = ("rouge_l", "faithfulness")
 
 def load_predictions(path: Path) -> list[dict[str, Any]]:
     """One eval row's answers (`<out>/predictions/<label>__rows__<condition>.jsonl`); a line that is not a JSON
-    object with REQUIRED fields is an error naming the file and line."""
+    object with REQUIRED fields is an error naming the file and line (`runs.read_jsonl_lines`)."""
     rows: list[dict[str, Any]] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        for n, row in read_jsonl_lines(path, ConfigError):
+            missing = [k for k in REQUIRED if k not in row]
+            if missing:
+                raise ConfigError(f"{path}:{n}: missing {', '.join(missing)} (not an eval predictions file?)")
+            rows.append(row)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read predictions ({e})") from e
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n}: not JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in REQUIRED if k not in row]
-        if missing:
-            raise ConfigError(f"{path}:{n}: missing {', '.join(missing)} (not an eval predictions file?)")
-        rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: no answers")
     return rows
@@ -55,10 +47,6 @@ def check_aligned(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], a_na
                               f"{b_name} {y['question'][:40]!r}: not the same questions")
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
-
-
 def _compare(a: list[dict[str, Any]], b: list[dict[str, Any]], metrics: Sequence[str], n_boot: int,
              seed: int) -> dict[str, dict[str, float]]:
     va, vb = vectors(a), vectors(b)
@@ -68,7 +56,7 @@ def _compare(a: list[dict[str, Any]], b: list[dict[str, Any]], metrics: Sequence
         both = [(x, y) for x, y in zip(va[m], vb[m], strict=True) if x is not None and y is not None]
         if d is None or not both:
             continue
-        out[m] = {"a": _mean([x for x, _ in both]), "b": _mean([y for _, y in both]), "n": len(both), **d}
+        out[m] = {"a": fmean(x for x, _ in both), "b": fmean(y for _, y in both), "n": len(both), **d}
     return out
 
 
