@@ -145,6 +145,18 @@ def test_a_recipe_with_an_earlier_pretrain_name_is_told_the_name_now(tmp_path: P
     assert f"{p}.pretrain: unknown key(s) ['{old}']" in msg and f"'{old}': did you mean '{new}'?" in msg, msg
 
 
+def test_a_stage_seed_is_refused_not_ignored(tmp_path: Path) -> None:
+    """Every stage runs with the recipe's seed (`pipeline._stage_config`), so `--set sft.seed=1` would train with seed
+    0 and say nothing: it stops with the key and where the seed is set instead."""
+    from qihuang.pipeline import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nmodel: tiny-llama\nsft: {max_steps: 2}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"r\.yaml: sft\.seed: a recipe has one seed .*--set seed=N"):
+        load_recipe(p, {"sft.seed": 1})
+    assert load_recipe(p, {"seed": 1}).seed == 1 and load_recipe(p).sft.max_steps == 2
+
+
 def test_a_key_far_from_every_name_gets_no_guess() -> None:
     from qihuang.config import from_mapping
     from qihuang.finetune.sft import SFTConfig

@@ -119,6 +119,10 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+    seeded = [k for k, v in data.items() if isinstance(v, dict) and "seed" in v] if isinstance(data, dict) else []
+    if seeded:  # _stage_config gives every stage the recipe's seed: a stage's own would be ignored without a word
+        raise ConfigError(f"{path}: {', '.join(f'{k}.seed' for k in seeded)}: a recipe has one seed for every stage; "
+                          "set `seed:` at the top level (--set seed=N)")
     return from_mapping(Recipe, data, where=str(path))
 
 
