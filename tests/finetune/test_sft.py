@@ -204,6 +204,27 @@ def test_sft_lora_end_to_end_and_resume(tmp_path: Path, tiny_model_dir: Path) ->
     assert s3["resumed_from"] is None and s3["steps"] == 9
 
 
+def test_neftune_noise_reaches_training(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`neftune_noise_alpha` puts noise on the embeddings the trainer trains on: two runs without it train the same
+    adapter, one with it another (and a negative alpha is refused)."""
+    from safetensors.torch import load_file
+
+    data = _write(tmp_path / "train.jsonl", _dialogues(12))
+
+    def adapter(name: str, alpha: float | None) -> dict[str, Any]:
+        cfg = SFTConfig(data=[data], max_length=96, max_steps=2, batch_size=4, learning_rate=1e-2, lora_r=4,
+                        val_fraction=0, qa_samples=0, early_stopping_patience=0, neftune_noise_alpha=alpha)
+        out = StageDir(tmp_path / name)
+        run_stage(out, cfg, lambda: sft(cfg, tiny_model_dir, out))
+        return load_file(str(out.path / "adapter" / "adapter_model.safetensors"))
+
+    plain, again, noisy = adapter("a", None), adapter("b", None), adapter("c", 50.0)
+    assert all(plain[k].equal(again[k]) for k in plain)
+    assert any(not plain[k].equal(noisy[k]) for k in plain)
+    with pytest.raises(ConfigError, match="neftune_noise_alpha"):
+        SFTConfig(neftune_noise_alpha=-1.0)
+
+
 def test_full_fine_tuning_moves_every_weight_kind(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
