@@ -1,6 +1,7 @@
 """What a user may see of a generated answer: a continuation that turns degenerate (a loop, punctuation noise) or
 stops being supported by the passages it was given (invented text) is cut where it turns, and an answer left with
-nothing of its own quotes its cited passage instead (an extractive fallback, marked as the original text). Serve, chat
+nothing of its own (noise, the question repeated) quotes its cited passage instead (an extractive fallback, marked as
+the original text); a verbatim quotation of that passage is the answer's own (`quotes_source`). Serve, chat
 and eval all pass answers through it (`rag.answer_chunks`, `evaluate.conditions.guard_answers`)."""
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ def own_chars(answer: str, question: str) -> int:
     if question and echoes_question(answer, question):
         return 0
     return len(WORD_CHAR.findall(body_of(answer)))
+
+
+_QUOTATION = re.compile(r"\s*(?:原文(?:为|作)?[：:]?)?(?P<open>[“「『])(?P<text>[^“”「」『』]+)(?P<close>[”」』])[。；，！？]?\s*")
+
+
+def quotes_source(body: str, cited: Passage) -> bool:
+    """Whether `body` (an answer after its citation) is one quotation (“…”, 「…」 or 『…』, after an optional 原文：) of
+    at least MIN_OWN_CHARS word characters that the cited passage holds word for word: the source confirming the
+    citation. Such an answer says something of its own even where the question quotes the same words — the sentence
+    an attribution question asks about, a fill-in question's sentence with the blank filled — and is kept rather
+    than replaced by the fallback quote."""
+    from qihuang.quotes import MARKS
+    from qihuang.rag import clean_passage_text
+    from qihuang.textmetrics import WORD_CHAR
+
+    m = _QUOTATION.fullmatch(body)
+    if m is None or MARKS[m["open"]] != m["close"] or len(WORD_CHAR.findall(m["text"])) < MIN_OWN_CHARS:
+        return False
+    return m["text"].strip() in clean_passage_text(cited.text)
 
 
 def lead_quote(passage: Passage, question: str) -> str:
@@ -177,8 +197,8 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
         if start + own < len(text):
             out.text = text = text[:start + own].rstrip() if own else text[:start]
             out.cut = out.unsupported = True
-    if cited is not None and own_chars(text[len(prefix):] if text.startswith(prefix) else text, question) \
-            < MIN_OWN_CHARS:
+    body = text[len(prefix):] if text.startswith(prefix) else text
+    if cited is not None and own_chars(body, question) < MIN_OWN_CHARS and not quotes_source(body, cited):
         out.text, out.fallback = prefix + fallback_quote(cited, question), True  # what little was left: noise
     return out
 

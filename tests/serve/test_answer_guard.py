@@ -38,6 +38,21 @@ def test_noise_or_an_echo_falls_back_to_the_cited_passage() -> None:
     assert guard_answer("", "问", None).text == ""  # nothing cited: nothing to quote
 
 
+def test_a_verbatim_quotation_of_the_cited_passage_is_kept_though_the_question_quotes_it() -> None:
+    attribution = "“苦能燥湿，寒能清热。”出自哪部医书？"
+    for body in ("“苦能燥湿，寒能清热。”", "「苦能燥湿，寒能清热。」", "原文：「苦能燥湿，寒能清热。」"):
+        out = guard_answer(OPEN + body, attribution, HUANGLIAN, OPEN)
+        assert out.text == OPEN + body and not out.fallback, body
+    cloze = guard_answer(OPEN + "“黄连味苦寒，主热气目痛。”", "补全原文：黄连味苦寒，主____目痛。", HUANGLIAN, OPEN)
+    assert not cloze.fallback and cloze.text.endswith("主热气目痛。”")
+    for body in ("“苦能燥湿，寒能清火。”",  # not the passage's words
+                 "“苦能燥湿”",  # too short to be an answer of its own
+                 "“苦能燥湿，寒能清热。」",  # marks that do not pair
+                 "“苦能燥湿，寒能清热。”出自哪部医书？"):  # the question again
+        out = guard_answer(OPEN + body, attribution, HUANGLIAN, OPEN)
+        assert out.fallback and out.text.startswith(OPEN + FALLBACK_LEAD), body
+
+
 @dataclass
 class FakeChunk:
     text: str
