@@ -106,6 +106,39 @@ def quotes_source(body: str, cited: Passage) -> bool:
     return m["text"].strip() in clean_passage_text(cited.text)
 
 
+_ENDS_SENTENCE = "。！？；!?;"
+_ENDS_CLAUSE = "，、：,:"
+OMITTED = "……"
+"""What stands for the rest of a quotation closed at a clause that does not end its sentence."""
+
+
+def close_quotation(text: str, start: int = 0) -> tuple[int, str]:
+    """Where to end `text` when a quotation after `start` was left open — a generation that ran out of tokens
+    inside it (a quotation only ends by its closing mark: `quotes.QuoteCopy`) — and what to close it with:
+    (characters of `text` to keep, the closing to append). The quotation ends at its last finished clause: after a
+    sentence end the mark closes it; after a clause mark (，、：) OMITTED stands for the rest; with no finished clause
+    it is dropped (the text before its mark). `(len(text), "")` when every quotation is closed."""
+    from qihuang.quotes import MARKS
+
+    stack: list[tuple[int, str]] = []
+    for i in range(start, len(text)):
+        ch = text[i]
+        if stack and ch == MARKS[stack[-1][1]]:
+            stack.pop()
+        elif ch in MARKS:
+            stack.append((i, ch))
+    if not stack:
+        return len(text), ""
+    at = stack[0][0]
+    inner = text[at + 1:]
+    end = max((k for k, ch in enumerate(inner) if ch in _ENDS_SENTENCE + _ENDS_CLAUSE), default=None)
+    if end is None:
+        return len(text[:at].rstrip()), ""
+    keep = at + 1 + end + (1 if inner[end] in _ENDS_SENTENCE else 0)
+    still = [ch for i, ch in stack if i < keep]  # marks opened in what is kept, outermost first
+    return keep, ("" if inner[end] in _ENDS_SENTENCE else OMITTED) + "".join(MARKS[ch] for ch in reversed(still))
+
+
 def lead_quote(passage: Passage, question: str) -> str:
     """The cited passage's sentences that match the question best (`relevance.quote_span`: the head of an entry the
     question names, else the best-matching sentence run), as a prompt shows text (`rag.clean_passage_text`) and
@@ -178,6 +211,8 @@ class Guarded:
     """The answer a user sees."""
     cut: bool = False
     """A degenerate continuation was cut off."""
+    closed: str = ""
+    """What closed a quotation the generation left open (`close_quotation`: OMITTED and the marks), "" for none."""
     fallback: bool = False
     """The answer quotes its cited passage instead of saying nothing of its own."""
     unsupported: bool = False
@@ -197,7 +232,11 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
         if start + own < len(text):
             out.text = text = text[:start + own].rstrip() if own else text[:start]
             out.cut = out.unsupported = True
-    body = text[len(prefix):] if text.startswith(prefix) else text
+    start = len(prefix) if text.startswith(prefix) else 0
+    keep, out.closed = close_quotation(text, start)
+    if keep < len(text) or out.closed:
+        out.text = text = text[:keep] + out.closed
+    body = text[start:]
     if cited is not None and own_chars(body, question) < MIN_OWN_CHARS and not quotes_source(body, cited):
         out.text, out.fallback = prefix + fallback_quote(cited, question), True  # what little was left: noise
     return out
@@ -236,8 +275,8 @@ def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, pr
     final = guard_answer(full, question, cited, prefix, support)
     if final.text.startswith(full[:sent]):
         rest = final.text[sent:]
-    else:  # the cut fell inside what was sent already: finish with the fallback's quote alone
-        rest = fallback_quote(cited, question) if final.fallback and cited is not None else ""
+    else:  # the cut fell inside what was sent already: finish with the fallback's quote, or close the quotation
+        rest = fallback_quote(cited, question) if final.fallback and cited is not None else final.closed
     reason = "stop" if final.cut else (last.finish_reason if last is not None else "stop")
     yield make_chunk(rest, last, reason or "stop")
 

@@ -47,10 +47,30 @@ def test_a_verbatim_quotation_of_the_cited_passage_is_kept_though_the_question_q
     assert not cloze.fallback and cloze.text.endswith("主热气目痛。”")
     for body in ("“苦能燥湿，寒能清火。”",  # not the passage's words
                  "“苦能燥湿”",  # too short to be an answer of its own
-                 "“苦能燥湿，寒能清热。」",  # marks that do not pair
                  "“苦能燥湿，寒能清热。”出自哪部医书？"):  # the question again
         out = guard_answer(OPEN + body, attribution, HUANGLIAN, OPEN)
         assert out.fallback and out.text.startswith(OPEN + FALLBACK_LEAD), body
+
+
+def test_a_quotation_the_token_budget_cut_ends_at_its_last_clause_and_is_closed() -> None:
+    from qihuang.answer_guard import OMITTED
+
+    q = "黄连的性味如何？"
+    for body, shown in (("“黄连味苦寒，主热气目痛。苦能燥", "“黄连味苦寒，主热气目痛。”"),  # at a sentence end
+                        ("“黄连味苦寒，主热气目痛。苦能燥湿，寒能", f"“黄连味苦寒，主热气目痛。苦能燥湿{OMITTED}”"),  # at a clause
+                        ("黄连味苦性寒，能清热燥湿。「苦能", "黄连味苦性寒，能清热燥湿。"),  # no clause: dropped
+                        ("“黄连「苦寒，主热」目痛，苦", f"“黄连「苦寒，主热」目痛{OMITTED}”")):  # marks inside it
+        out = guard_answer(OPEN + body, q, HUANGLIAN, OPEN)
+        assert out.text == OPEN + shown and not out.fallback, body
+    whole = OPEN + "“黄连味苦寒，主热气目痛。”"
+    assert guard_answer(whole, q, HUANGLIAN, OPEN).text == whole  # closed: unchanged
+    nothing = guard_answer(OPEN + "“黄连", q, HUANGLIAN, OPEN)  # nothing finished: the fallback quote
+    assert nothing.fallback and nothing.text.startswith(OPEN + FALLBACK_LEAD)
+    # streamed: the client already has text past the last clause; the quotation is closed after it
+    stop = threading.Event()
+    pieces = [OPEN, "“黄连味苦寒，主热气目痛。苦能燥湿，", "寒能清"]
+    out_chunks = list(guard_stream(_stream(pieces, [], stop), q, HUANGLIAN, OPEN, stop, _make, hold=0))
+    assert "".join(c.text for c in out_chunks) == OPEN + f"“黄连味苦寒，主热气目痛。苦能燥湿，寒能清{OMITTED}”"
 
 
 @dataclass
