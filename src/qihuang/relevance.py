@@ -7,7 +7,7 @@ import functools
 import re
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,11 +170,66 @@ def quote_span(passage: Passage, query: str, max_chars: int) -> tuple[int, int]:
     text = passage.text
     if entry_of(passage, query) or section_asked(passage, query):
         return 0, _opening(text, max_chars)
-    s, e = best_span(text, query, max_chars)
+    asked = what_is_asked(passage, query)
+    s, e = best_span(text, asked, max_chars, rank=sentence_rank(asked))
     said = char_bigrams(text[s:e])
     if MEANING_ASKS.search(query) and said and len(said & char_bigrams(query)) >= ECHO_SHARE * len(said):
         return s, _whole_sentences(text, s, max_chars)
     return s, e
+
+
+_PLACES = re.compile(r"《[^《》]*》|「[^「」]*」")
+
+
+def what_is_asked(passage: Passage, query: str) -> str:
+    """`query` without the names of where to look: book titles (《…》) and the passage's section set in 「」 as a path
+    (「卷之三·春伤于风夏生飧泄大意·洞泄」, two levels or more, or the book's name) — they say which passage, not which
+    of its sentences (in 《时病论》「…·洞泄」中是怎样论述“下利清谷”的, 「…乃为洞泄。」 is not the sentence on 下利清谷).
+    A single name in 「」 stays: it is the term asked about (《时病论》中「寒疟」指的是什么？)."""
+    levels = {n for n in re.split(r"[/·]", passage.section) if n}
+
+    def place(m: re.Match[str]) -> str:
+        name = m.group()[1:-1]
+        if m.group().startswith("《"):
+            return "|"
+        parts = [n for n in re.split(r"[/·]", name) if n]
+        located = name == passage.book or (len(parts) >= 2 and all(n in levels for n in parts))
+        return "|" if located else m.group()
+
+    return _PLACES.sub(place, query)
+
+
+_MARKED = re.compile(r"[“「『]([^“”「」『』|]{2,})[”」』]")
+
+
+def marked_terms(query: str) -> list[str]:
+    """What a question sets in quotation marks (“下利清谷”, 「赤游」, a quoted sentence), without the marks that end
+    its clauses: a sentence holding them is the one asked about (`retrieval.best_span`'s `prefer`)."""
+    return [t for t in (m.strip("。，；：、？！ ") for m in _MARKED.findall(query)) if len(t) >= 2]
+
+
+DEFINITION_ASKS = re.compile(r"指的是什么|什么叫|何谓|何为|什么是|是什么意思|什么意思|含义|界定|定义")
+"""A question asking what a term is: the sentence that defines it answers."""
+_DEFINES = (re.compile(r"([\u4e00-\u9fff]{2,6})者[，,]"), re.compile(r"(?:名为|名曰|谓之|是为|命曰)([\u4e00-\u9fff]{2,6})"))
+
+
+def defines_word_of(sentence: str, query: str) -> bool:
+    """Whether `sentence` defines a word (two characters or more) that `query` holds, in the classics' own forms:
+    「冬温者，冬应寒而反温…」 (X者，…), 「…名曰冬温」 (名为 / 名曰 / 谓之 / 是为 / 命曰 X)."""
+    head, tail = _DEFINES
+    for m in head.finditer(sentence):  # X者: the word ends at 者
+        if any(m.group(1)[-k:] in query for k in range(2, len(m.group(1)) + 1)):
+            return True
+    return any(m.group(1)[:k] in query for m in tail.finditer(sentence) for k in range(2, len(m.group(1)) + 1))
+
+
+def sentence_rank(asked: str) -> Callable[[str], int]:
+    """How `best_span` ranks a sentence for the question `asked` (`what_is_asked`) before its overlap: one point
+    for each term the question marks (`marked_terms`) that the sentence holds, and, where the question asks what a
+    term is (DEFINITION_ASKS), one more for a sentence that defines a word of it (`defines_word_of`)."""
+    terms = marked_terms(asked)
+    define = DEFINITION_ASKS.search(asked) is not None
+    return lambda sentence: sum(t in sentence for t in terms) + int(define and defines_word_of(sentence, asked))
 
 
 MEANING_ASKS = re.compile(r"意思|解释|含义|何谓|何意|指什么|什么是|释义|白话|怎么理解|如何理解")

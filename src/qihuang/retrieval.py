@@ -11,7 +11,7 @@ import os
 import re
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -102,9 +102,11 @@ SHORT_BIGRAMS = 8
 breaks off mid-sentence) sharing one bigram with the question must not outrank the sentences that answer it."""
 
 
-def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
+def best_span(text: str, query: str, max_chars: int = 120,
+              rank: Callable[[str], int] | None = None) -> tuple[int, int]:
     """(start, end) of the sentence run in `text` that best matches `query` (character bigram overlap, divided by
-    the square root of the sentence's bigrams, at least SHORT_BIGRAMS)."""
+    the square root of the sentence's bigrams, at least SHORT_BIGRAMS); with `rank`, a sentence it ranks higher
+    comes first whatever its overlap (`relevance.quote_span`: the words a question marks, a definition asked)."""
     want = char_bigrams(query)
     sentences: list[tuple[int, int]] = []
     pos = 0
@@ -114,10 +116,11 @@ def best_span(text: str, query: str, max_chars: int = 120) -> tuple[int, int]:
             pos += len(part)
     if not sentences:
         return 0, 0
-    best, best_score = sentences[0], -1.0
+    best, best_score = sentences[0], (-1, -1.0)
     for s, e in sentences:
         got = char_bigrams(text[s:e])
-        score = len(got & want) / (1 + max(len(got), SHORT_BIGRAMS) ** 0.5)
+        score = (rank(text[s:e]) if rank is not None else 0,
+                 len(got & want) / (1 + max(len(got), SHORT_BIGRAMS) ** 0.5))
         if score > best_score:
             best, best_score = (s, e), score
     s, e = best

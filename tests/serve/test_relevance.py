@@ -201,3 +201,30 @@ def test_a_meaning_question_whose_best_sentence_repeats_it_gets_the_note_after_i
     assert fallback_quote(p, "“阴阳者，天地之道也”是什么意思？") == "原文：「天地之道也。（道者。阴阳之理也。）万物之纲纪。」"
     # where a sentence stands, the sentence itself is the answer
     assert fallback_quote(p, "“阴阳者，天地之道也”出自哪里？") == "原文：「天地之道也。」"
+
+
+def test_the_quoted_sentence_is_the_one_on_the_term_asked_not_on_the_chapter_named() -> None:
+    """Held-out questions of the demo (session 21): the chapter's name in the question matched a sentence echoing
+    it (「…乃为洞泄。」) and the question's own term (“下利清谷”) lost; a definition asked got a sentence merely
+    using the word."""
+    from qihuang.answer_guard import lead_quote
+    from qihuang.relevance import defines_word_of, marked_terms, what_is_asked
+
+    p = Passage(id="d", book="假托时病", section="卷之三/春伤于风夏生飧泄大意/洞泄",
+                text="经云：春伤于风，夏生飧泄，邪气留连，乃为洞泄。考其脉象，软缓乏力，下利清谷，小便短赤是也。")
+    q = "《假托时病》「卷之三·春伤于风夏生飧泄大意·洞泄」中是怎样论述“下利清谷”的？"
+    assert what_is_asked(p, q) == "||中是怎样论述“下利清谷”的？"
+    assert marked_terms(what_is_asked(p, q)) == ["下利清谷"]
+    assert lead_quote(p, q) == "考其脉象，软缓乏力，下利清谷，小便短赤是也。"
+    # a single name in 「」 is the term asked about, not a place, even where a section bears it
+    herb = Passage(id="h", book="假托本草", section="卷二/寒疟", text="寒疟之证，发时头痛。寒疟者，寒长热短也。")
+    assert what_is_asked(herb, "《假托本草》中「寒疟」指的是什么？") == "|中「寒疟」指的是什么？"
+    # a definition asked: the sentence that defines the word (X者， / 名曰X), not one that uses it
+    warm = Passage(id="w", book="假托时病", section="卷八/冬温",
+                   text="冬温虽发于冬时，用药与伤寒迥别。昔贤谓冬应寒而反温，人感之而即病者，名曰冬温是也。")
+    assert lead_quote(warm, "什么叫冬温？请依据《假托时病》回答。") == "昔贤谓冬应寒而反温，人感之而即病者，名曰冬温是也。"
+    assert defines_word_of("寒疟者，寒长热短也。", "「寒疟」指的是什么？")
+    assert not defines_word_of("寒疟之证，发时头痛。", "「寒疟」指的是什么？")
+    assert not defines_word_of("病者，寒长热短也。", "「寒疟」指的是什么？")  # a word the question does not hold
+    # where the question asks nothing of a definition, a use of the word is as good as any
+    assert lead_quote(warm, "《假托时病》里提到冬时的原文是什么？") == "冬温虽发于冬时，用药与伤寒迥别。"
