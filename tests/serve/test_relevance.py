@@ -228,3 +228,13 @@ def test_the_quoted_sentence_is_the_one_on_the_term_asked_not_on_the_chapter_nam
     assert not defines_word_of("病者，寒长热短也。", "「寒疟」指的是什么？")  # a word the question does not hold
     # where the question asks nothing of a definition, a use of the word is as good as any
     assert lead_quote(warm, "《假托时病》里提到冬时的原文是什么？") == "冬温虽发于冬时，用药与伤寒迥别。"
+
+
+def test_a_section_whose_book_is_asked_cites_its_first_passage_among_the_hits() -> None:
+    later = Passage(id="b:900-960", book="假托明理", section="卷上/项强", text="其或太阳中风。加之寒湿而成痉者。", start=900)
+    first = Passage(id="b:700-760", book="假托明理", section="卷上/项强", text="伤寒项强。何以明之。项背强者。", start=700)
+    other = Passage(id="c:10-60", book="假托本草", section="卷一/葛根", text="葛根治项强。", start=10)
+    hits = [Hit(later, 9.0, 1), Hit(other, 8.0, 2), Hit(first, 7.0, 3)]
+    assert cited_passage("「卷上·项强」是哪部医书中的篇章？", hits) is first  # its opening is the section's
+    # any other question: the best-matching hit, the retriever's rank breaking ties, as before
+    assert cited_passage("《假托明理》「卷上·项强」中是怎样论述“太阳中风”的？", hits) is later
