@@ -366,13 +366,17 @@ def quotes_first(query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
 
 def cited_passage(query: str, hits: Sequence[Hit]) -> Passage | None:
     """The passage an answer cites: the hit sharing the longest run of characters with the question (a quoted
-    sentence, a section name), the retriever's rank breaking ties; None without hits. Where the question asks
-    which book a section belongs to (`section_asked`), the section's first passage among the hits: its opening is
-    the section's, what a reader quotes to show it (「伤寒项强。何以明之。」, not a later passage's first line)."""
+    sentence, a section name), then, where the question asks what a term is (DEFINITION_ASKS), one that defines a
+    word of it (「冬温者，冬应寒而反温…」 over a formula's 「治冬温…」), the retriever's rank breaking ties; None
+    without hits. Where the question asks which book a section belongs to (`section_asked`), the section's first
+    passage among the hits: its opening is the section's, what a reader quotes to show it (「伤寒项强。何以明之。」,
+    not a later passage's first line)."""
     if not hits:
         return None
     text = cjk(query)
-    best = max(hits, key=lambda h: (shared_run(text, h), -h.rank)).passage
+    define = DEFINITION_ASKS.search(query) is not None
+    best = max(hits, key=lambda h: (shared_run(text, h), define and defines_word_of(h.passage.text, query),
+                                    -h.rank)).passage
     if not section_asked(best, query):
         return best
     same = [h.passage for h in hits if (h.passage.book, h.passage.section) == (best.book, best.section)]

@@ -238,3 +238,15 @@ def test_a_section_whose_book_is_asked_cites_its_first_passage_among_the_hits() 
     assert cited_passage("「卷上·项强」是哪部医书中的篇章？", hits) is first  # its opening is the section's
     # any other question: the best-matching hit, the retriever's rank breaking ties, as before
     assert cited_passage("《假托明理》「卷上·项强」中是怎样论述“太阳中风”的？", hits) is later
+
+
+def test_a_definition_asked_cites_the_passage_that_defines_the_word() -> None:
+    """The demo's chat sample (session 21): three hits all sharing 冬温, the retriever's first a formula's 「治冬温…」;
+    the answer quoted it, not the passage that says what 冬温 is."""
+    formula = Passage(id="f:1-30", book="假托时病", section="卷八/备用成方", text="治冬温内寒外热，肢节疼痛。")
+    defining = Passage(id="f:40-90", book="假托时病", section="卷八/冬温",
+                       text="冬温虽发于冬时。昔贤谓冬应寒而反温，人感之而即病者，名曰冬温是也。")
+    hits = [Hit(formula, 9.0, 1), Hit(defining, 8.0, 2)]
+    assert cited_passage("《假托时病》中的“冬温”指的是什么？", hits) is defining
+    assert cited_passage("什么叫冬温？", hits) is defining
+    assert cited_passage("《假托时病》里提到冬温的原文是什么？", hits) is formula  # no definition asked: rank
