@@ -106,7 +106,7 @@ def quotes_source(body: str, cited: Passage) -> bool:
     return m["text"].strip() in clean_passage_text(cited.text)
 
 
-_ENDS_SENTENCE = "。！？；!?;"
+_ENDS_SENTENCE = SENTENCE_MARKS.replace("\n", "")  # a quotation holds no line break
 _ENDS_CLAUSE = "，、：,:"
 OMITTED = "……"
 """What stands for the rest of a quotation closed at a clause that does not end its sentence."""
