@@ -210,7 +210,10 @@ def marked_terms(query: str) -> list[str]:
 
 DEFINITION_ASKS = re.compile(r"指的是什么|什么叫|何谓|何为|什么是|是什么意思|什么意思|含义|界定|定义")
 """A question asking what a term is: the sentence that defines it answers."""
-_DEFINES = (re.compile(r"([\u4e00-\u9fff]{2,6})者[，,]"), re.compile(r"(?:名为|名曰|谓之|是为|命曰)([\u4e00-\u9fff]{2,6})"))
+NAMING = "(?:名为|名曰|谓之|是为|命曰)"
+"""The verbs by which the classics name what a sentence has described (「…身热，名曰赤游」): the one list that the
+sentence ranking here and the offline definition questions (`instruct.offline`) both read."""
+_DEFINES = (re.compile(r"([\u4e00-\u9fff]{2,6})者[，,]"), re.compile(NAMING + r"([\u4e00-\u9fff]{2,6})"))
 
 
 def defines_word_of(sentence: str, query: str) -> bool:

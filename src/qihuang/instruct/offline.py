@@ -28,8 +28,9 @@ from qihuang.instruct.textutil import (
     trim_unbalanced,
     who,
 )
+from qihuang.relevance import NAMING
 
-_DEFINE = re.compile(r"([^。！？；]{2,60}?(?:名为|名曰|谓之|是为|命曰)([\u4e00-\u9fff]{2,5})[。！？；])")
+_DEFINE = re.compile(r"([^。！？；]{2,60}?" + NAMING + r"([\u4e00-\u9fff]{2,5})[。！？；])")
 _ZHE_YE = re.compile(r"(?:^|[。！？；])\s*(?:所谓)?([\u4e00-\u9fff]{2,6})者，([^。！？；]{4,60})也[。；]")
 
 
