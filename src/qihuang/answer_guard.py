@@ -135,8 +135,25 @@ def close_quotation(text: str, start: int = 0) -> tuple[int, str]:
     if end is None:
         return len(text[:at].rstrip()), ""
     keep = at + 1 + end + (1 if inner[end] in _ENDS_SENTENCE else 0)
-    still = [ch for i, ch in stack if i < keep]  # marks opened in what is kept, outermost first
-    return keep, ("" if inner[end] in _ENDS_SENTENCE else OMITTED) + "".join(MARKS[ch] for ch in reversed(still))
+    return keep, ("" if inner[end] in _ENDS_SENTENCE else OMITTED) + _closers(text[at:keep])
+
+
+_BRACKETS = {"（": "）", "(": ")", "〔": "〕", "［": "］", "[": "]"}
+"""A note's opening bracket → its closing one: a quotation cut inside an interlinear note closes the note too."""
+
+
+def _closers(kept: str) -> str:
+    """The closing marks of the quotations and notes `kept` leaves open, innermost first."""
+    from qihuang.quotes import MARKS
+
+    pairs = {**MARKS, **_BRACKETS}
+    open_: list[str] = []
+    for ch in kept:
+        if open_ and ch == pairs[open_[-1]]:
+            open_.pop()
+        elif ch in pairs:
+            open_.append(ch)
+    return "".join(pairs[ch] for ch in reversed(open_))
 
 
 def lead_quote(passage: Passage, question: str) -> str:

@@ -53,15 +53,18 @@ def test_a_verbatim_quotation_of_the_cited_passage_is_kept_though_the_question_q
 
 
 def test_a_quotation_the_token_budget_cut_ends_at_its_last_clause_and_is_closed() -> None:
-    from qihuang.answer_guard import OMITTED
+    from qihuang.answer_guard import OMITTED, close_quotation
 
     q = "黄连的性味如何？"
     for body, shown in (("“黄连味苦寒，主热气目痛。苦能燥", "“黄连味苦寒，主热气目痛。”"),  # at a sentence end
                         ("“黄连味苦寒，主热气目痛。苦能燥湿，寒能", f"“黄连味苦寒，主热气目痛。苦能燥湿{OMITTED}”"),  # at a clause
                         ("黄连味苦性寒，能清热燥湿。「苦能", "黄连味苦性寒，能清热燥湿。"),  # no clause: dropped
-                        ("“黄连「苦寒，主热」目痛，苦", f"“黄连「苦寒，主热」目痛{OMITTED}”")):  # marks inside it
+                        ("“黄连「苦寒，主热」目痛，苦", f"“黄连「苦寒，主热」目痛{OMITTED}”"),  # marks inside it
+                        ("“黄连味苦寒（一作大寒，主热", f"“黄连味苦寒（一作大寒{OMITTED}）”")):  # inside a note
         out = guard_answer(OPEN + body, q, HUANGLIAN, OPEN)
         assert out.text == OPEN + shown and not out.fallback, body
+    text = "“黄连「苦寒，主热」目痛苦"  # the last clause mark is inside a quotation closed after it: both close
+    assert close_quotation(text) == (len("“黄连「苦寒"), f"{OMITTED}」”")
     whole = OPEN + "“黄连味苦寒，主热气目痛。”"
     assert guard_answer(whole, q, HUANGLIAN, OPEN).text == whole  # closed: unchanged
     nothing = guard_answer(OPEN + "“黄连", q, HUANGLIAN, OPEN)  # nothing finished: the fallback quote
