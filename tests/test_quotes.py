@@ -145,6 +145,30 @@ def test_the_first_quotation_copies_the_lead_whole_and_the_next_any_clause(tok: 
     assert all(mark.startswith(q.vocab.pieces[i]) or q.vocab.pieces[i].startswith(mark) for i in q.allowed())
 
 
+def test_an_answer_that_starts_copying_the_lead_without_a_mark_copies_it_whole(tok: Any) -> None:
+    from qihuang.decoding import DecodeParams, Repetition
+
+    lead = "不治已乱治未乱，此之谓也。"
+    # the model starts on 不治 but wants the other clause (不治已病…) and to stop early: the lead is copied whole
+    rep = Repetition(DecodeParams(), quotes=_copy(tok, [SOURCE], lead))
+    text = _decode_wanting(tok, rep, "不治已病治未病。好", steps=40)
+    assert text.startswith(lead), text
+    q = _copy(tok, [SOURCE], lead)
+    _feed(tok, q, "\n" + lead)  # white space first, then the lead: copied, closed, nothing constrained after it
+    assert not q.inside and q.allowed() is None
+    _feed(tok, q, "「是故圣人不治已病治未病")  # the next quotation is free to copy any clause
+    assert q.inside and tok.encode("」", add_special_tokens=False)[0] in q.allowed()
+    free = _copy(tok, [SOURCE], lead)
+    _feed(tok, free, "是说不治")  # an answer that does not start with the lead is not held to it, later either
+    assert free.allowed() is None and not free.inside
+    back = _copy(tok, [SOURCE], lead)
+    ids = _feed(tok, back, "不治")
+    assert back.inside
+    for _ in ids:
+        back.pop()
+    assert not back.inside and not back._begun
+
+
 def _decode_wanting(tok: Any, rep: Any, want: str, steps: int = 60) -> str:
     """Greedy decoding by a 'model' whose favourite next token is always the next one of `want` (then any other in
     id order): what the constraint lets through."""

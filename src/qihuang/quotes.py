@@ -25,6 +25,10 @@ copied fragments (「升胃降」 out of 脾升胃降) and scored 1.2 ROUGE-L po
 (「桂枝三两 芍药」) at equal scores."""
 
 
+_BARE = b""
+"""The "closing mark" of a quotation opened without one (a bare copy of the lead): it ends at the lead's end."""
+
+
 @dataclass(frozen=True)
 class Quotable:
     """What one answer's quotations may copy."""
@@ -83,7 +87,8 @@ class QuoteCopy:
     quotation — a quotation is whole clauses — unless that repeats an earlier quotation of the answer word for word
     (a loop): it must then copy on. A quotation that reaches the end of its span can only close (or, repeating, ends
     unconstrained: nothing is left to copy). With a `lead`, the answer's first quotation copies it whole and closes
-    at its end."""
+    at its end; an answer that starts copying the lead without a mark (its first characters are the lead's) copies
+    it whole too, and goes on free after it."""
 
     def __init__(self, vocab: QuoteVocab, sources: Sequence[str], lead: str = "") -> None:
         self.vocab = vocab
@@ -100,8 +105,9 @@ class QuoteCopy:
         self._cands: list[tuple[int, int]] = []  # (source, offset) where the copy may go on; source -1: the mark
         self._text = b""  # what the open quotation copied so far
         self._quoted: frozenset[bytes] = frozenset()  # the answer's closed quotations (none may be repeated)
-        self._history: list[tuple[bytes, bytes | None, list[tuple[int, int]], bytes, frozenset[bytes]]] = []
+        self._history: list[tuple[bytes, bytes | None, list[tuple[int, int]], bytes, frozenset[bytes], bool]] = []
         self._first: list[int] | None = None  # `allowed` right after a mark opens (the same for every quotation)
+        self._begun = False  # the answer has more than white space (a bare copy of the lead starts it or never)
 
     @property
     def inside(self) -> bool:
@@ -115,20 +121,36 @@ class QuoteCopy:
 
     def push(self, token: int) -> None:
         """Append one generated token."""
-        self._history.append((self._tail, self._closer, self._cands, self._text, self._quoted))
+        self._history.append((self._tail, self._closer, self._cands, self._text, self._quoted, self._begun))
         token = int(token)
         raw = (self.vocab.pieces[token] if 0 <= token < len(self.vocab.pieces) else None) or b""
         if self._closer is not None:
             self._advance(raw)
+            return
+        if not self._begun and self._bare_lead(raw):
             return
         self._tail = (self._tail + raw)[-_TAIL:]
         opened = next((c for o, c in _OPENERS.items() if self._tail.endswith(o)), None)
         if opened is not None and self.sources:
             self._closer, self._cands, self._text = opened, self._lead if self._pinned else self._starts, b""
 
+    def _bare_lead(self, raw: bytes) -> bool:
+        """At the answer's start: a piece that begins the lead (after white space) opens a quotation without a mark
+        (`_BARE`), which copies the lead whole and ends at its end. True when it did."""
+        body = raw.lstrip()
+        if not body:
+            return False
+        self._begun = True
+        if not (self._pinned and self.sources) or not self.sources[-1].startswith(body):
+            return False
+        self._closer, self._cands, self._text = _BARE, [(len(self.sources) - 1, len(body))], body
+        if len(body) == len(self.sources[-1]):
+            self._close()
+        return True
+
     def pop(self) -> None:
         """Remove the last token pushed (undoes `push`)."""
-        self._tail, self._closer, self._cands, self._text, self._quoted = self._history.pop()
+        self._tail, self._closer, self._cands, self._text, self._quoted, self._begun = self._history.pop()
 
     def _seq(self, k: int) -> bytes:
         assert self._closer is not None
@@ -148,6 +170,12 @@ class QuoteCopy:
             self._close()
             return
         copy = [c for c in nxt if c[0] >= 0]
+        if self._closer == _BARE:  # a bare copy of the lead: ends with it, nothing to close
+            self._text += raw
+            self._cands = nxt
+            if any(p >= len(self.sources[k]) for k, p in copy):
+                self._close()
+            return
         if copy:
             self._text += raw
             ends = (any(p >= len(self.sources[k]) for k, p in copy) if self._pinned  # the lead: at its end only
