@@ -78,6 +78,10 @@ def test_bad_yaml_names_file(tmp_path: Path) -> None:
     p.write_text("- 1\n- 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(Outer, p)
+    # a key given twice (the later line silently won in plain YAML) names the key and both lines
+    p.write_text("steps: 3\ninner:\n  mode: a\n  mode: b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml: .*key 'mode' appears twice \(lines 3 and 4\)"):
+        load_config(Outer, p)
 
 
 def test_field_docs_are_read() -> None:
