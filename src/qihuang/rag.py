@@ -28,7 +28,8 @@ NOT_COVERED = "所给资料中没有关于这个问题的记载，无法据此�
 PASSAGES_K = 2
 """Passages put into a prompt: the default of every stage that builds prompts with passages (instruct, eval, serve).
 Two instead of three (session 22, benchmarks/RESULTS.md): the demo's retrieval prompts ~480 tokens instead of ~630,
-its SFT and retrieval rows ~25% faster, and the trained model's answers as good (+0.8 [-0.4, +1.9] ROUGE-L)."""
+its retrieval rows ~15% faster (the final model's 251 s → 216 s), its SFT records short enough to pack into rows of
+640 tokens, and the trained model's answers as good (+0.8 [-0.4, +1.9] ROUGE-L against three)."""
 PASSAGE_CHARS = 60
 """Characters shown of each passage (centred on the sentence that best matches the question), same default
 everywhere. Prompt tokens are what a CPU pays for (prefill runs at ~300 tokens/s on 2 cores for 135M)."""
