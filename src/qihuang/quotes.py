@@ -141,10 +141,13 @@ class QuoteCopy:
         if not body:
             return False
         self._begun = True
-        if not (self._pinned and self.sources) or not self.sources[-1].startswith(body):
+        if not self._pinned or self._lead is None:
             return False
-        self._closer, self._cands, self._text = _BARE, [(len(self.sources) - 1, len(body))], body
-        if len(body) == len(self.sources[-1]):
+        k = self._lead[0][0]  # the lead's index among the sources
+        if not self.sources[k].startswith(body):
+            return False
+        self._closer, self._cands, self._text = _BARE, [(k, len(body))], body
+        if len(body) == len(self.sources[k]):
             self._close()
         return True
 
