@@ -131,6 +131,32 @@ def best_span(text: str, query: str, max_chars: int = 120,
     return s, min(e, s + max_chars)
 
 
+COPIED_CHARS = 6
+"""Characters an answer must copy from a passage in one run for `copied_span` to show the words it copied."""
+
+
+def copied_span(text: str, answer: str, max_chars: int = 120) -> tuple[int, int] | None:
+    """(start, end) of the sentences of `text` holding the longest run of characters `answer` copies from it (at
+    least COPIED_CHARS): the quotation a citation shows is the one the answer used (not the sentence of the
+    passage closest to the question); None where the answer copies less."""
+    import difflib
+
+    m = difflib.SequenceMatcher(None, text, answer, autojunk=False).find_longest_match(0, len(text), 0, len(answer))
+    if len("".join(CJK.findall(text[m.a:m.a + m.size]))) < COPIED_CHARS:
+        return None
+    starts = [0] + [b.end() for b in SENTENCE_END.finditer(text, 0, m.a) if b.end() <= m.a]
+    s = max(x for x in starts if x <= m.a)
+    e = m.a + m.size
+    if text[m.a:e].rstrip("）)」』”]〕 ")[-1:] not in "。！？；!?;\n":  # the copy stops mid-sentence: finish it
+        end = SENTENCE_END.search(text, e)
+        e = end.end() if end else len(text)
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    return s, min(e, s + max_chars)
+
+
 def iter_passages(path: Path) -> Iterator[Passage]:
     """Passages of a JSONL file (records with at least `text`; ConfigError names the bad line)."""
     with open(path, encoding="utf-8") as fh:

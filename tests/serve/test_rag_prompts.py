@@ -132,6 +132,24 @@ def test_an_answer_that_only_repeats_the_question_cites_nothing() -> None:
     assert rag.citations_for(hits, question, "据《素问集注·阴阳应象大论》：……")[0]["cited"]
 
 
+def test_a_citation_shows_the_words_the_answer_copied() -> None:
+    """The chat sample of session 22: the answer quoted 「天地之道也。（道者…地生于静。）」 and its citation showed
+    「太极静而生阴。」, the short sentence of it closest to question + answer; it now shows the copied sentences."""
+    from qihuang.retrieval import Hit
+
+    text = "阴阳者。天地之道也。（道者。阴阳之理也。太极静而生阴。动而生阳。天生于动。地生于静。）万物之纲纪。"
+    p = Passage(id="x", book="素问集注", section="阴阳应象大论", text=text)
+    question = "“阴阳者，天地之道也”是什么意思？"
+    answer = "据《素问集注·阴阳应象大论》：“天地之道也。（道者。阴阳之理也。太极静而生阴。动而生阳。天生于动。地生于静。）”"
+    cite = rag.citations_for([Hit(p, 1.0, 1)], question, answer)[0]
+    assert cite["quote"] == "天地之道也。（道者。阴阳之理也。太极静而生阴。动而生阳。天生于动。地生于静。）"
+    assert text[cite["quote_start"] - p.start:cite["quote_end"] - p.start] == cite["quote"]
+    part = rag.citations_for([Hit(p, 1.0, 1)], question, "是说“阴阳之理也。太极静而生”")[0]
+    assert part["quote"] == "阴阳之理也。太极静而生阴。"  # a copy that stops mid-sentence: the sentence whole
+    free = rag.citations_for([Hit(p, 1.0, 1)], question, "阴阳是天地的大道。")[0]
+    assert free["quote"] == "天地之道也。"  # nothing copied: the sentence closest to question and answer
+
+
 def test_trained_answers_cite_once() -> None:
     """The opening names the source; a citation the generator's answer opens with itself is dropped (answers that
     cited twice taught the model to write `据《…》：据《…》：` and nothing else)."""

@@ -226,12 +226,20 @@ def _rouge(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], s
 
 
 def _probe_losses(trainer: Any, probe_ds: Any, use_val: bool) -> dict[str, float | None]:
-    """Validation loss (None without validation data) and the loss on a probe of training dialogues."""
+    """Validation loss (None without validation data; the trainer's own when it evaluated at this very step) and the
+    loss on a probe of training dialogues."""
     from qihuang.finetune.distributed import evaluable
 
     with evaluable(trainer):
-        return {"val_loss": trainer.evaluate()["eval_loss"] if use_val else None,
-                "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+        val = (_logged_eval_loss(trainer) or trainer.evaluate()["eval_loss"]) if use_val else None
+        return {"val_loss": val, "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+
+
+def _logged_eval_loss(trainer: Any) -> float | None:
+    """The validation loss the trainer logged at its current step (the last step's evaluation), else None."""
+    state = trainer.state
+    last = next((r for r in reversed(state.log_history) if "eval_loss" in r), None)
+    return float(last["eval_loss"]) if last and state.global_step > 0 and last.get("step") == state.global_step else None
 
 
 def _train(trainer: Any, cfg: SFTConfig, ckpt_dir: Path, use_val: bool) -> tuple[Any, str | None, int]:
