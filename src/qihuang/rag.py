@@ -116,13 +116,17 @@ HEADWORDS = True
 
 def retrieve(index: PassageIndex | None, query: str, k: int) -> list[Hit]:
     """The top-k hits for `query` (none without an index, with k = 0 or an empty query): BM25's best
-    `relevance.POOL`, passages quoting the question first (`relevance.quotes_first`). Training records (instruct),
+    `relevance.POOL` (a name spelt the classics' way: `relevance.LIBRARY_SPELLINGS`; a text printed twice once),
+    passages quoting the question first (`relevance.quotes_first`). Training records (instruct),
     serve, chat and eval all retrieve through this function."""
-    from qihuang.relevance import POOL, by_headword, quotes_first
+    from qihuang.relevance import POOL, by_headword, library_spelling, quotes_first
 
     if index is None or k <= 0 or not query.strip():
         return []
-    ranked = quotes_first(query, index.search(query, max(k, POOL)), max(k, POOL))
+    query = library_spelling(query)
+    pool = index.search(query, max(k, POOL))
+    unique = [h for i, h in enumerate(pool) if all(h.passage.text != o.passage.text for o in pool[:i])]
+    ranked = quotes_first(query, unique, max(k, POOL))
     return by_headword(query, ranked, index, k) if HEADWORDS else ranked[:k]
 
 

@@ -262,6 +262,18 @@ def _whole_sentences(text: str, start: int, max_chars: int) -> int:
     return end if end is not None and end - start >= max_chars // 4 else stop
 
 
+LIBRARY_SPELLINGS = {"黄芪": "黄耆"}
+"""Names a reader writes the modern way and the classics another (what retrieval searches for instead): the herb
+entries of the library head 黄耆 (13 books), none 黄芪, so 「黄芪的性味」 found no entry of it."""
+
+
+def library_spelling(query: str) -> str:
+    """`query` with LIBRARY_SPELLINGS' modern names written as the classics write them."""
+    for modern, classical in LIBRARY_SPELLINGS.items():
+        query = query.replace(modern, classical)
+    return query
+
+
 _HEADS: weakref.WeakKeyDictionary[Any, DomainTerms] = weakref.WeakKeyDictionary()
 
 
@@ -278,15 +290,26 @@ def headword_in(query: str, index: Any) -> str | None:
     return min(found, key=lambda t: (-len(t), text.find(t))) if found else None
 
 
+def _quotes(query: str, head: str | None, hit: Hit) -> bool:
+    """Whether `query` quotes `hit` (a shared run of QUOTE_CHARS characters) by more than naming `head`: a run
+    holding the headword counts when it goes two characters past it (「和解之剂·阴阳水」, not 「小柴胡汤的」)."""
+    text = cjk(query)
+    if head is None:
+        return shared_run(text, hit) >= QUOTE_CHARS
+    return (shared_run(cjk(query.replace(head, "|")), hit) >= QUOTE_CHARS
+            or shared_run(text, hit) >= max(QUOTE_CHARS, len(head) + 2))
+
+
 def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit]:
     """`hits` (already `quotes_first`), or — when none of them quotes the question and it names a section headword
     without marks (桂枝汤由哪些药物组成？) — the sections of that name first: their opening passages (the entries'
     heads), then their other passages, each searched on the question's other words, then the rest: a formula or herb
     question is answered from the formula's or herb's own entry, not from passages sharing its commonest words."""
-    text = cjk(query)
-    if "《" in query or "「" in query or any(shared_run(text, h) >= QUOTE_CHARS for h in hits):
+    if "《" in query or "「" in query:
         return list(hits[:k])
     head = headword_in(query, index)
+    if any(_quotes(query, head, h) for h in hits):
+        return list(hits[:k])
     names = f"「{head}」" + ("" if head is None or head.endswith("方") else f"「{head}方」")  # 桂枝汤 / 桂枝汤方
     mask = index.sections.mask(names) if head is not None else None
     if mask is None:

@@ -147,6 +147,28 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path,
     assert rag.retrieve(idx, "桂枝汤由哪些药物组成？", 1)[0].passage.id != "entry"  # what it fixes
 
 
+def test_a_long_name_a_modern_spelling_and_a_text_printed_twice_still_find_the_entry(tmp_path: Path) -> None:
+    """What the demo's server answered in session 23: 「小柴胡汤的组成是什么？」 quoted 「小柴胡汤的」 (five shared
+    characters) from a modern essay, printed twice in its book, so both passages shown were the essay's one text;
+    「黄芪的性味」 found no entry (the classics write 黄耆)."""
+    essay = "后世论小柴胡汤的和法，小建中汤的补法，皆本于此，其组成之义详见各方。"
+    rows = [
+        {"id": "essay-1", "book": "今人论集", "section": "总论", "text": essay},
+        {"id": "essay-2", "book": "今人论集", "section": "总论", "text": essay},
+        {"id": "entry", "book": "假托伤寒", "section": "卷二/小柴胡汤方", "text": "柴胡半斤，黄芩三两，人参三两，半夏半升。"},
+        {"id": "herb", "book": "假托本草", "section": "卷一/黄耆", "text": "味甘微温。主痈疽久败疮，排脓止痛。"},
+        {"id": "other", "book": "假托本草", "section": "卷一/人参", "text": "味甘微寒。主补五脏，黄芩为之使。"},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
+                                       ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    idx = PassageIndex.open(path, rebuild=True)
+    assert rag.retrieve(idx, "小柴胡汤的组成是什么？", 1)[0].passage.id == "entry"
+    assert rag.retrieve(idx, "后世论小柴胡汤的和法出自哪里？", 1)[0].passage.id == "essay-1"  # a real quote still wins
+    assert [h.passage.id for h in rag.retrieve(idx, "小建中汤的补法", 3)].count("essay-2") == 0  # one text, once
+    assert rag.retrieve(idx, "黄芪的性味是什么？", 1)[0].passage.id == "herb"
+
+
 def test_an_entry_asked_about_as_a_whole_is_shown_and_quoted_from_its_head() -> None:
     from qihuang.answer_guard import fallback_quote
     from qihuang.relevance import entry_of, quote_span
