@@ -321,7 +321,7 @@ def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit
     heads = heads[:k]
     merged: list[Hit] = []
     for h in [*heads, *index.search_within(rest, mask, k), *hits]:
-        if all(h.passage.id != m.passage.id for m in merged):
+        if all(h.passage.id != m.passage.id and h.passage.text != m.passage.text for m in merged):
             merged.append(h)
     return [Hit(h.passage, h.score, rank) for rank, h in enumerate(merged[:k], 1)]
 
