@@ -186,14 +186,19 @@ class Support:
     """Bigrams of word characters (CJK, letters, digits) of the question and the passages."""
     min_share: float
     """Least share of a sentence's bigrams found in `bigrams` for it to count as supported."""
+    texts: tuple[str, ...] = ()
+    """The passages' text as a prompt shows it (`rag.clean_passage_text`): what a sentence may begin by copying."""
 
     @classmethod
     def of(cls, question: str, sources: Sequence[Passage], min_share: float) -> Support | None:
         """The support of an answer to `question` shown `sources`; None when there is nothing to check against
         (no passages) or the check is off (`min_share` 0)."""
+        from qihuang.rag import clean_passage_text
+
         if min_share <= 0 or not sources:
             return None
-        return cls(frozenset(b for t in (question, *(p.text for p in sources)) for b in _bigrams(t)), min_share)
+        return cls(frozenset(b for t in (question, *(p.text for p in sources)) for b in _bigrams(t)), min_share,
+                   tuple(clean_passage_text(p.text) for p in sources))
 
     def share(self, sentence: str) -> float | None:
         """Share of `sentence`'s bigrams that are supported; None when it has too few to judge (under 2)."""
@@ -204,12 +209,39 @@ class Support:
 
     def supported_length(self, text: str) -> int:
         """Length of the part of `text` before its first unsupported sentence (all of it when every sentence is
-        supported)."""
+        supported). A sentence that opens by copying a passage (at least MIN_OWN_CHARS word characters, with or
+        without quote marks) and goes on without a mark is two: the copy, and what is glued to it, judged alone
+        (「桂枝三两 … 大枣十二枚 汤方（桂枝三头）原文」 keeps the copy)."""
         for m in _SENTENCE.finditer(text):
+            glued = self._copied(m.group())
+            if glued:
+                share = self.share(m.group()[glued:])
+                if share is not None and share < self.min_share:
+                    return m.start() + glued
+                continue
             share = self.share(m.group())
             if share is not None and share < self.min_share:
                 return m.start()
         return len(text)
+
+    def _copied(self, sentence: str) -> int:
+        """Where the text glued to a sentence's opening copy of a passage starts (after the copy and any marks
+        closing it); 0 when the sentence does not open with such a copy or nothing but marks follows it."""
+        from qihuang.textmetrics import WORD_CHAR
+
+        start = len(sentence) - len(sentence.lstrip(_OPENING))
+        end = start
+        while end < len(sentence) and any(sentence[start:end + 1] in t for t in self.texts):
+            end += 1
+        if len(WORD_CHAR.findall(sentence[start:end])) < MIN_OWN_CHARS:
+            return 0
+        end += len(sentence[end:]) - len(sentence[end:].lstrip(_CLOSING))
+        rest = sentence[end:]
+        return end if rest and rest[0] not in _ENDS_SENTENCE + _ENDS_CLAUSE and WORD_CHAR.search(rest) else 0
+
+
+_OPENING = " \t\n“「『（(：:"
+_CLOSING = "”」』）)"
 
 
 _SENTENCE = re.compile(f"[^{SENTENCE_MARKS}]+[{SENTENCE_MARKS}]*|[{SENTENCE_MARKS}]+")

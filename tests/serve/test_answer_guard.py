@@ -203,3 +203,21 @@ def test_a_generation_stopped_where_the_guard_turns_is_guarded_the_same() -> Non
         assert guard_answer(OPEN + body[:end], q, HUANGLIAN, OPEN, support) == whole, body
     assert stopped_early == 4
     assert not stop_when(OPEN, None)("黄连味苦寒。此乃《伤寒昏法》痞方法之祖也。")  # without support: loops only
+
+
+def test_text_glued_to_a_copy_of_the_passage_is_judged_on_its_own() -> None:
+    """Run X's chat sample: 「据《医宗金鉴·…/桂枝汤方》：桂枝三两 … 大枣（擘）十二枚 汤方（桂枝三头）原文」 — a copy of the
+    entry with no mark after it, then invented words in the same "sentence", which the copy's bigrams carried."""
+    from qihuang.answer_guard import Support, stop_when
+
+    entry = Passage(id="g", book="假托金鉴", section="桂枝汤方",
+                    text="桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 大枣（擘）十二枚 右五味，以水七升，微火煮取三升。")
+    q, opening = "桂枝汤由哪些药物组成？", "据《假托金鉴·桂枝汤方》："
+    support = Support.of(q, [entry], 0.5)
+    copy = "桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 大枣（擘）十二枚"
+    for glued in (f"{copy} 汤方（桂枝三头）原文", f"“{copy}”汤方（桂枝三头）原文。"):
+        out = guard_answer(opening + glued, q, entry, opening, support)
+        assert out.unsupported and out.text.rstrip("”") == opening + "“" * glued.startswith("“") + copy, out.text
+        assert stop_when(opening, support)(glued + "。")  # a stream / the eval's decoding stops there too
+    for kept in (f"{copy} 右五味，以水七升", f"{copy}。以水七升", f"{copy}，芍药三两"):  # the passage goes on; a mark
+        assert guard_answer(opening + kept, q, entry, opening, support).text == opening + kept
