@@ -80,7 +80,9 @@ def quotable(passages: Sequence[Passage], cited: Passage | None, query: str,
 
 
 def format_context(passages: Sequence[Passage], query: str, max_chars: int = PASSAGE_CHARS) -> str:
-    """The passages block: a header, then one numbered line per passage `[n]《书名·篇名》text`, then the rule."""
+    """The passages block: a header, then one numbered line per passage `[n]《书名·篇名》text`, then the rule. (With
+    the book's dynasty and author after the title, the base model answered worse and fell back more: RESULTS
+    session 23.)"""
     lines = [CONTEXT_HEADER]
     for i, (p, text) in enumerate(zip(passages, shown_texts(passages, query, max_chars), strict=True), 1):
         lines.append(f"[{i}]{p.title}{text}")
@@ -301,6 +303,6 @@ def citations_for(hits: list[Hit], query: str, answer: str, max_quote: int = 120
         overlap = len(char_bigrams(quote) & own)
         by_title = (p.book, p.section) in named or (p.book, "") in named
         out.append({"index": i, "id": p.id, "book": p.book, "section": p.section, "title": p.title,
-                    "dynasty": p.dynasty, "quote": quote, "quote_start": p.start + s, "quote_end": p.start + e,
+                    "dynasty": p.dynasty, "author": p.author, "quote": quote, "quote_start": p.start + s, "quote_end": p.start + e,
                     "score": round(hit.score, 4), "cited": f"[{i}]" in answer or by_title or overlap >= 4})
     return out

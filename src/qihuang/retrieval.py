@@ -24,11 +24,12 @@ from qihuang.config import ConfigError, qihuang_home
 from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
 from qihuang.scope import BookScope, Labels, SectionScope, strip_sections, strip_titles
 
-INDEX_VERSION = 3
-SEARCH_VERSION = 3
+INDEX_VERSION = 4
+"""Bumped when an index folder's format changes (4: stored passages carry their book's author)."""
+SEARCH_VERSION = 4
 """Bumped when `PassageIndex.search` ranks differently for the same index (2: a named book scopes the search; 3: so
-does a named section, and `rag.retrieve` puts passages quoting the question first), so results cached on search
-(eval rows) are recomputed."""
+does a named section, and `rag.retrieve` puts passages quoting the question first; 4: a formula name is no quotation
+of a passage, a text printed twice is one hit), so results cached on search (eval rows) are recomputed."""
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
 CHUNK_DOCS = 8192
 RUN_FILES = ("library.jsonl", "train.jsonl")
@@ -52,6 +53,8 @@ class Passage:
     """Dynasty of the book."""
     category: str = ""
     """Category of the book."""
+    author: str = ""
+    """Author of the book (as its header gives it)."""
     start: int = 0
     """Start offset in the cleaned book."""
     end: int = 0
@@ -172,7 +175,7 @@ def iter_passages(path: Path) -> Iterator[Passage]:
             yield Passage(id=str(r.get("id", f"{path.stem}-{lineno}")), book=str(r.get("book", "")),
                           section=str(r.get("section", "") or ""), text=str(r["text"]),
                           dynasty=str(r.get("dynasty", "") or ""), category=str(r.get("category", "") or ""),
-                          start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0))
+                          author=str(r.get("author", "") or ""), start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0))
 
 
 def run_index_choice(run_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from .conftest import PASSAGES
 
 def _corpus() -> dict[str, CorpusPassage]:
     return {p["id"]: CorpusPassage(id=p["id"], book=p["book"], category=p["category"], section=p["section"],
-                                   start=p["start"], end=p["end"], text=p["text"], dynasty=p["dynasty"])
+                                   start=p["start"], end=p["end"], text=p["text"], dynasty=p["dynasty"],
+                                   author=p.get("author", ""))
             for p in PASSAGES}
 
 
@@ -43,6 +44,8 @@ def test_serving_builds_the_prompt_training_used(engine: Any, index: PassageInde
     served = rag.prepare_prompt(engine, [{"role": "user", "content": pair.question}], index, cfg.passages_k,
                                 cfg.passage_chars, 32)
     assert [h.passage.id for h in served.hits] == record["meta"]["passages"]
+    assert "\n[1]《拟方汇编·桂枝汤条》桂枝汤主营卫不和" in served.prompt
+    assert [c["author"] for c in rag.citations_for(served.hits, pair.question, "")][:1] == ["拟医"]  # from the index
     # the served prompt ends with the answer's opening, the citation the trained answer starts with
     opening = served.ground.prefix
     assert opening == "据《拟方汇编·桂枝汤条》：" and record["conversations"][1]["value"].startswith(opening)

@@ -19,7 +19,7 @@ from qihuang.retrieval import PassageIndex
 def index_passage(p: Passage) -> IndexPassage:
     """A corpus passage as the retriever holds it."""
     return IndexPassage(id=p.id, book=p.book, section=p.section, text=p.text, dynasty=p.dynasty,
-                        category=p.category, start=p.start, end=p.end)
+                        category=p.category, author=p.author, start=p.start, end=p.end)
 
 
 def _window_holds_span(gold: IndexPassage, question: str, span: tuple[int, int], chars: int) -> bool:

@@ -123,6 +123,7 @@ class Citation(BaseModel):
     section: str
     title: str
     dynasty: str = ""
+    author: str = ""
     quote: str
     quote_start: int = Field(description="Character offset of the quote in the cleaned book")
     quote_end: int
