@@ -303,6 +303,7 @@ def citations_for(hits: list[Hit], query: str, answer: str, max_quote: int = 120
         overlap = len(char_bigrams(quote) & own)
         by_title = (p.book, p.section) in named or (p.book, "") in named
         out.append({"index": i, "id": p.id, "book": p.book, "section": p.section, "title": p.title,
-                    "dynasty": p.dynasty, "author": p.author, "quote": quote, "quote_start": p.start + s, "quote_end": p.start + e,
+                    "dynasty": p.dynasty, "author": p.author, "quote": quote, "quote_start": p.start + s,
+                    "quote_end": p.start + e,
                     "score": round(hit.score, 4), "cited": f"[{i}]" in answer or by_title or overlap >= 4})
     return out

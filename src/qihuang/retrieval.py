@@ -175,7 +175,8 @@ def iter_passages(path: Path) -> Iterator[Passage]:
             yield Passage(id=str(r.get("id", f"{path.stem}-{lineno}")), book=str(r.get("book", "")),
                           section=str(r.get("section", "") or ""), text=str(r["text"]),
                           dynasty=str(r.get("dynasty", "") or ""), category=str(r.get("category", "") or ""),
-                          author=str(r.get("author", "") or ""), start=int(r.get("start", 0) or 0), end=int(r.get("end", 0) or 0))
+                          author=str(r.get("author", "") or ""), start=int(r.get("start", 0) or 0),
+                          end=int(r.get("end", 0) or 0))
 
 
 def run_index_choice(run_dir: Path) -> dict[str, Any]:

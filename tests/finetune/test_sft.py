@@ -183,7 +183,7 @@ def test_sft_lora_end_to_end_and_resume(tmp_path: Path, tiny_model_dir: Path) ->
     assert s["qa_rouge_l_before"] is not None and s["best_checkpoint"]
     assert (out.path / "adapter" / "adapter_config.json").exists() and (out.path / "loss.png").exists()
     assert any("loss" in m for m in out.metrics().read())
-    evals = [m for m in out.metrics().read() if "eval_loss" in m]  # before, at steps 4 and 8: the last one reused
+    evals = [m for m in out.metrics().read() if "eval_loss" in m]  # before, at steps 4 and 8 (the last reused)
     assert [m["step"] for m in evals] == [0, 4, 8] and round(evals[-1]["eval_loss"], 4) == s["val_loss_after"]
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     tuned = AutoModelForCausalLM.from_pretrained(str(out.path / "model"))

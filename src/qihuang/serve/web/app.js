@@ -33,7 +33,8 @@ function renderSources(box, citations) {
     quote.textContent = c.quote;
     const meta = document.createElement("div");
     meta.className = "meta";
-    meta.textContent = `${[c.dynasty, c.author].filter(Boolean).join("·")}${c.dynasty || c.author ? " · " : ""}passage ${c.id} · chars ${c.quote_start}–${c.quote_end}`;
+    const who = [c.dynasty, c.author].filter(Boolean).join("·");
+    meta.textContent = `${who ? who + " · " : ""}passage ${c.id} · chars ${c.quote_start}–${c.quote_end}`;
     card.append(summary, quote, meta);
     box.appendChild(card);
   }
