@@ -63,6 +63,7 @@ def test_web_chat_streams_and_cites(tiny_model_dir: Path, index: Any, tmp_path: 
                 card.locator("summary").click()
                 assert card.locator("blockquote").is_visible()
                 assert "桂枝汤" in card.locator("blockquote").inner_text()
+                assert card.locator(".meta").inner_text().startswith("测·拟医 · passage test-003")  # dynasty·author
                 assert page.locator("details.source").count() >= 2
                 page.screenshot(path=str(shot), full_page=True)
                 assert all(u.startswith(srv.url) for u in requests), requests  # nothing from a CDN
