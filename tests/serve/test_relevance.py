@@ -118,6 +118,14 @@ def test_server_sends_the_decline_and_the_citation_opening(engine: Any, index: P
         srv.stop()
 
 
+def _index_of(rows: list[dict[str, str]], tmp_path: Path) -> PassageIndex:
+    """An index over `rows` (id, book, section, text), each its own passage."""
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
+                                       ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return PassageIndex.open(path, rebuild=True)
+
+
 def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """桂枝汤由哪些药物组成？ — BM25 favours passages sharing 组成/药物 (modern notes on other formulas); the formula's
@@ -131,10 +139,7 @@ def test_a_named_formula_or_herb_is_answered_from_its_own_entry(tmp_path: Path,
         {"id": "other", "book": "假托本草", "section": "卷一/黄芩", "text": "黄连之属，味苦平，主诸热黄疸。"},
         {"id": "fever", "book": "假托杂病", "section": "卷一/寒热", "text": "寒热者，寒已又热，热已又寒，属性不一。"},
     ]
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
-                                       ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    idx = PassageIndex.open(path, rebuild=True)
+    idx = _index_of(rows, tmp_path)
     # the entry that lists doses comes before a commentary entry of the same name sharing the question's words
     assert [h.passage.id for h in rag.retrieve(idx, "桂枝汤由哪些药物组成？", 2)] == ["entry", "comment"]
     assert rag.retrieve(idx, "黄连的性味如何？", 1)[0].passage.id == "herb"
@@ -159,10 +164,7 @@ def test_a_long_name_a_modern_spelling_and_a_text_printed_twice_still_find_the_e
         {"id": "herb", "book": "假托本草", "section": "卷一/黄耆", "text": "味甘微温。主痈疽久败疮，排脓止痛。"},
         {"id": "other", "book": "假托本草", "section": "卷一/人参", "text": "味甘微寒。主补五脏，黄芩为之使。"},
     ]
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({**r, "category": "医经", "start": 0, "end": len(r["text"])},
-                                       ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    idx = PassageIndex.open(path, rebuild=True)
+    idx = _index_of(rows, tmp_path)
     assert rag.retrieve(idx, "小柴胡汤的组成是什么？", 1)[0].passage.id == "entry"
     assert rag.retrieve(idx, "后世论小柴胡汤的和法出自哪里？", 1)[0].passage.id == "essay-1"  # a real quote still wins
     assert [h.passage.id for h in rag.retrieve(idx, "小建中汤的补法", 3)].count("essay-2") == 0  # one text, once

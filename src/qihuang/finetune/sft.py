@@ -239,8 +239,9 @@ def _logged_eval_loss(trainer: Any) -> float | None:
     """The validation loss the trainer logged at its current step (the last step's evaluation), else None."""
     state = trainer.state
     last = next((r for r in reversed(state.log_history) if "eval_loss" in r), None)
-    at_step = last is not None and state.global_step > 0 and last.get("step") == state.global_step
-    return float(last["eval_loss"]) if at_step and last is not None else None
+    if last is None or state.global_step == 0 or last.get("step") != state.global_step:
+        return None
+    return float(last["eval_loss"])
 
 
 def _train(trainer: Any, cfg: SFTConfig, ckpt_dir: Path, use_val: bool) -> tuple[Any, str | None, int]:
