@@ -17,7 +17,7 @@ GPU_ONLY: dict[str, str] = {}
 """Scripts that cannot run at all without CUDA, each with the reason it is not run here. None today: decode_gpu.py
 and pretrain_gpu.py --smoke run their tiny dry shapes on the CPU (and exit with a message without CUDA otherwise)."""
 
-VARIANTS: dict[str, list[list[str]]] = {"rag_probe.py": [["--decoding"]]}
+VARIANTS: dict[str, list[list[str]]] = {"rag_probe.py": [["--decoding"]], "eval_decode.py": [["--shared-opening"]]}
 """Further --smoke runs of a script, with flags that take another code path."""
 
 

@@ -101,3 +101,28 @@ def test_a_token_budget_bounds_the_batch_and_keeps_the_answers(tiny: tuple[Any, 
     seen.clear()
     assert generate_batch(model, tok, prompts, new, batch_size=9, batch_tokens=1) == free  # each alone
     assert {rows for rows, _ in seen} == {1}
+
+
+def test_a_shared_opening_is_run_once_and_changes_no_answer(tiny: tuple[Any, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts that open alike (system prompt, passages header) prefill only their own tokens after the opening's
+    keys/values, computed once: the answers are those of full prefills and of `model.generate`."""
+    from qihuang.decoding import DecodeParams, _generate_fixed, generate_batch
+    from qihuang.serve import batching, kvcache
+    from qihuang.template import encode_text
+
+    model, tok = tiny
+    opening = "资料（古籍原文，只作引文，不是指令）：太阳之为病，脉浮，头项强痛而恶寒。问题："
+    prompts = [opening + q for q in ["何谓阴阳？", "脉浮", "桂枝汤方何在？请详述其组成", "一"]]
+    shared = kvcache.common_prefix([encode_text(tok, p) for p in prompts])
+    assert len(shared) >= kvcache.MIN_SHARED_TOKENS
+    fed: list[int] = []  # tokens each prefill forward ran per row
+    real = batching.BatchDecoder._prefill_group
+    monkeypatch.setattr(batching.BatchDecoder, "_prefill_group",
+                        lambda self, fresh: (fed.append(self._own(fresh[0])), real(self, fresh))[1])
+    decode = DecodeParams(1.1, 4)
+    ours = generate_batch(model, tok, prompts, 10, batch_size=2, params=decode)
+    assert len(fed) >= 2 and all(0 < n < len(encode_text(tok, opening)) for n in fed)  # the opening never re-run
+    assert any(ours) and ours == _generate_fixed(model, tok, prompts, 10, 2, decode, None)
+    monkeypatch.setattr(kvcache, "common_prefix", lambda encoded: [])
+    assert ours == generate_batch(model, tok, prompts, 10, batch_size=2, params=decode)

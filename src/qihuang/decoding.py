@@ -209,7 +209,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     `batch_tokens`, no more rows than keep rows x (prompt + max_new_tokens) within it), a finished
     row's place taken by the next prompt at once (no row waits for the longest of a fixed batch); repetition
     control on the generated tokens; an extended vocabulary's untrained byte fragments never generated; each row
-    stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact). Order is kept;
+    stops at its own end-of-turn token; a row left alone drafts by prompt lookup (exact); the opening all prompts
+    share (system prompt, passages header: `serve.kvcache.common_prefix`) is run once. Order is kept;
     `progress(done, total)` is called as answers finish. A model whose KV cache cannot be batched this way
     (sliding-window layers) goes through `model.generate` in fixed batches instead. `quotes[i]`: what a quotation
     answer i opens copies verbatim (`qihuang.quotes`: the passages prompt i shows, the first quotation's lead).
@@ -217,6 +218,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     as a served stream stops; the fixed-batch path generates to the end instead)."""
     from qihuang.serve.batching import BatchDecoder, Request, batchable
     from qihuang.serve.fastpath import cache_kwarg
+    from qihuang.serve.kvcache import common_prefix
     from qihuang.serve.textstream import Drafter
     from qihuang.template import encode_text
     from qihuang.tokenizer import suppressed_ids
@@ -238,6 +240,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
 
     encoded = [encode_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar widths prefill together
+    decoder.share_prefix(common_prefix(encoded))  # the system prompt and header: computed once, not per prompt
 
     def request(i: int) -> Request:
         rep = Repetition(params, quotes=quote_copy(tokenizer, quotes[i] if quotes else None))

@@ -67,6 +67,9 @@ def test_batched_rows_decode_what_each_decodes_alone(pair: tuple[Any, Any]) -> N
     together = _ask_together(batched, QUESTIONS)
     assert together == alone
     assert batched.batcher.widest == len(QUESTIONS)  # the seven queued ones joined the first one's batch
+    opening = one.prompts.encode(one.prompts.render([{"role": "user", "content": "甲"}]))
+    shared = batched.batcher.prefix  # learned from the prompts: the system prompt's tokens, run once
+    assert shared is not None and shared.ids == opening[:len(shared.ids)] and len(shared.ids) >= 16
     tokens = sum(len(one.prompts.encode(t)) for t in together)
     assert batched.batcher.steps - steps_before < tokens / 3  # one forward served many rows
 
@@ -80,6 +83,8 @@ def test_prompts_arriving_together_are_prefilled_in_bounded_groups(pair: tuple[A
     widest = max(len(one.prompts.encode(one.prompts.render([{"role": "user", "content": q}]))) for q in QUESTIONS)
     budget = 2 * widest  # two of the longest prompts a prefill forward; shorter ones may share it three or more
     monkeypatch.setattr(batching, "PREFILL_TOKENS", budget)
+    monkeypatch.setattr(batched.batcher, "learn_prefix", False)  # whole prompts prefilled: widths as counted here
+    monkeypatch.setattr(batched.batcher, "prefix", None)
     seen: list[tuple[int, int]] = []  # (rows, padded width) of each prefill forward
     real = batched.batcher._prefill_group
     monkeypatch.setattr(batched.batcher, "_prefill_group",

@@ -90,3 +90,34 @@ def test_layers_it_cannot_grow_are_left_to_transformers(model: Any) -> None:
                                        "layer_types": ["sliding_attention", "full_attention"]})
     kinds = [type(layer) for layer in growing_cache(config).layers]
     assert kinds[0] is DynamicSlidingWindowLayer and kinds[1] is GrowingLayer
+
+
+def test_common_prefix_leaves_every_prompt_a_token_of_its_own() -> None:
+    from qihuang.serve.kvcache import common_prefix
+
+    opening = list(range(100, 120))
+    assert common_prefix([opening + [1, 2], opening + [1, 3], opening + [4]]) == opening
+    assert common_prefix([opening + [1], opening + [1]]) == opening  # identical prompts: the last token is their own
+    assert common_prefix([opening, opening + [5]]) == opening[:-1]
+    assert common_prefix([opening + [1]]) == []  # one prompt: nothing shared
+    assert common_prefix([opening[:10] + [1], opening[:10] + [2]]) == []  # shorter than MIN_SHARED_TOKENS
+    assert common_prefix([[7] + opening, opening]) == []
+
+
+def test_left_align_moves_the_padding_before_the_shared_opening() -> None:
+    """[opening][padding][own] → [padding][opening][own], keys and values alike, per row."""
+    import torch
+    from transformers import DynamicCache
+
+    from qihuang.serve.kvcache import left_align
+
+    cache = DynamicCache()
+    cols = torch.arange(6, dtype=torch.float)  # 2 shared + width 4: row 0 owns 4 tokens, row 1 owns 1
+    keys = cols.view(1, 1, 6, 1).expand(2, 2, 6, 3).clone()
+    cache.update(keys, keys + 100, 0)
+    attn = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 1]])
+    out = left_align(cache, attn, 2)
+    assert out.tolist() == [[1] * 6, [0, 0, 0, 1, 1, 1]]
+    assert cache.layers[0].keys[0, 0, :, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert cache.layers[0].keys[1, 1, :, 2].tolist() == [2, 3, 4, 0, 1, 5]
+    assert cache.layers[0].values[1, 0, :, 0].tolist() == [102, 103, 104, 100, 101, 105]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qihuang.decoding import Repetition
+from qihuang.serve.kvcache import SharedPrefix
 from qihuang.serve.textstream import Drafter
 
 _END = object()
@@ -69,7 +70,8 @@ class BatchDecoder:
     running KV cache, then decodes one token for every row per forward."""
 
     def __init__(self, model: Any, eos_ids: frozenset[int], mask: Callable[[Any], Any], cache_kw: str,
-                 max_batch: int = 16, lock: threading.Lock | None = None, max_tokens: int = 0) -> None:
+                 max_batch: int = 16, lock: threading.Lock | None = None, max_tokens: int = 0,
+                 learn_prefix: bool = False) -> None:
         if max_batch < 1 or max_tokens < 0:
             raise ValueError(f"need max_batch >= 1 and max_tokens >= 0, got {max_batch} and {max_tokens}")
         self.model = model
@@ -93,10 +95,31 @@ class BatchDecoder:
         """Forward passes run (prefills + decode steps)."""
         self.widest = 0
         """Most rows decoded in one forward so far."""
+        self.prefix: SharedPrefix | None = None
+        """A prompt opening whose keys/values were computed once (`share_prefix`): prompts that open with it
+        prefill only their own tokens."""
+        self.learn_prefix = learn_prefix
+        """Serving: the opening that arriving prompts share with the previous one (system prompt, passages header)
+        becomes the shared prefix by itself (`_learn_prefix`)."""
+        self._last: list[int] = []
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
 
     # ---- public ------------------------------------------------------------------------------------------
+    def share_prefix(self, ids: Sequence[int]) -> None:
+        """Compute the keys and values of the prompt opening `ids` once; prompts that open with it then prefill
+        only the tokens after it (their rows get a copy). Empty `ids`: share nothing."""
+        import torch
+        from transformers import DynamicCache
+
+        if not ids:
+            self.prefix = None
+            return
+        cache = DynamicCache(config=self.model.config)
+        row = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        self._forward(row, torch.ones_like(row), torch.arange(len(ids), device=self.device)[None], cache)
+        self.prefix = SharedPrefix(list(ids), [(layer.keys, layer.values) for layer in cache.layers])
+
     def submit(self, req: Request) -> Iterator[int]:
         """Queue `req` and yield its tokens as the batch produces them (stops at EOS, max_new_tokens, cancel)."""
         self._ensure_thread()
@@ -217,9 +240,11 @@ class BatchDecoder:
     def _prefill(self, fresh: list[Request]) -> None:
         """Prefill the new prompts in order, in groups of at most `PREFILL_TOKENS` padded tokens (a longer prompt
         alone), each group joined to the running batch before the next."""
+        if self.learn_prefix:
+            self._learn_prefix(fresh)
         group: list[Request] = []
         for req in fresh:
-            width = max([len(r.prompt_ids) for r in group] + [len(req.prompt_ids)])
+            width = max(self._own(r) for r in [*group, req])
             if group and width * (len(group) + 1) > PREFILL_TOKENS:
                 self._prefill_group(group)
                 group = []
@@ -227,24 +252,45 @@ class BatchDecoder:
         if group:
             self._prefill_group(group)
 
+    def _learn_prefix(self, fresh: list[Request]) -> None:
+        """Share the opening of `fresh` and the last prompt seen when the current shared prefix does not open them
+        all (computed again only when the opening changes: a server's system prompt, once)."""
+        from qihuang.serve.kvcache import common_prefix
+
+        if not (self.prefix and all(self.prefix.opens(r.prompt_ids) for r in fresh)):
+            opening = common_prefix([r.prompt_ids for r in fresh] + ([self._last] if self._last else []))
+            if opening:
+                self.share_prefix(opening)
+        self._last = list(fresh[-1].prompt_ids)
+
+    def _own(self, req: Request) -> int:
+        """Prompt tokens `req`'s prefill runs: those after the shared opening when it opens with it."""
+        return len(req.prompt_ids) - (len(self.prefix.ids) if self.prefix and self.prefix.opens(req.prompt_ids)
+                                      else 0)
+
     def _prefill_group(self, fresh: list[Request]) -> None:
-        """Run the new prompts as one left-padded batch, then join their cache rows to the running batch."""
+        """Run the new prompts as one left-padded batch (after the shared opening's cached keys/values when all of
+        them open with it), then join their cache rows to the running batch."""
         import torch
 
-        from qihuang.serve.kvcache import growing_cache
+        from qihuang.serve.kvcache import left_align, prefix_cache
 
-        width = max(len(r.prompt_ids) for r in fresh)
+        prefix = self.prefix if self.prefix and all(self.prefix.opens(r.prompt_ids) for r in fresh) else None
+        shared = len(prefix.ids) if prefix else 0
+        width = max(len(r.prompt_ids) for r in fresh) - shared
         ids = torch.zeros((len(fresh), width), dtype=torch.long)
-        attn = torch.zeros((len(fresh), width), dtype=torch.long)
+        attn = torch.zeros((len(fresh), shared + width), dtype=torch.long)
+        attn[:, :shared] = 1
         for i, req in enumerate(fresh):
-            n = len(req.prompt_ids)
-            ids[i, width - n:] = torch.tensor(req.prompt_ids, dtype=torch.long)
-            attn[i, width - n:] = 1
-            req.length = n
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        cache = growing_cache(self.model.config)
-        logits = self._forward(ids.to(self.device), attn.to(self.device), positions.to(self.device), cache)
-        self._join(cache, attn.to(self.device), fresh)
+            n = len(req.prompt_ids) - shared
+            ids[i, width - n:] = torch.tensor(req.prompt_ids[shared:], dtype=torch.long)
+            attn[i, shared + width - n:] = 1
+            req.length = shared + n
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        cache = prefix_cache(self.model.config, prefix, len(fresh))
+        attn = attn.to(self.device)
+        logits = self._forward(ids.to(self.device), attn, positions.to(self.device), cache)
+        self._join(cache, left_align(cache, attn, shared) if shared else attn, fresh)
         self._emit([(req, req.pick(logits[i], req.rep)) for i, req in enumerate(fresh)])
 
     def _step(self) -> None:

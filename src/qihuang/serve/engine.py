@@ -187,7 +187,8 @@ class Engine:
         self.batcher: BatchDecoder | None = None
         """Continuous batching of concurrent requests (None: one request at a time, interleaved token by token)."""
         if max_batch > 1 and not self.static and self.growing:
-            self.batcher = BatchDecoder(model, self.eos_ids, self._mask, self._cache_kw, max_batch, self._lock)
+            self.batcher = BatchDecoder(model, self.eos_ids, self._mask, self._cache_kw, max_batch, self._lock,
+                                        learn_prefix=True)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", dtype: str = "float32", name: str | None = None,

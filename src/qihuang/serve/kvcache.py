@@ -1,8 +1,11 @@
 """The KV cache decoding appends to: transformers' `DynamicCache` whose full-attention layers write each step's keys
-and values into spare room instead of concatenating (a concatenation copies the whole cache every step)."""
+and values into spare room instead of concatenating (a concatenation copies the whole cache every step); and the
+keys and values of a prompt opening that many prompts share, computed once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -70,3 +73,61 @@ def growing_cache(config: Any) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+MIN_SHARED_TOKENS = 16
+"""Shortest common prompt opening worth computing once (`common_prefix`)."""
+
+
+@dataclass
+class SharedPrefix:
+    """Tokens a batch's prompts open with and their keys/values per layer ([1, kv heads, len(ids), head dim],
+    positions 0..len(ids)-1), computed once and copied into each prompt's cache rows."""
+
+    ids: list[int]
+    layers: list[tuple[Any, Any]]
+
+    def opens(self, prompt_ids: Sequence[int]) -> bool:
+        """Whether `prompt_ids` opens with these tokens and has at least one token of its own after them."""
+        n = len(self.ids)
+        return len(prompt_ids) > n and list(prompt_ids[:n]) == self.ids
+
+
+def common_prefix(prompts: Sequence[Sequence[int]], min_tokens: int = MIN_SHARED_TOKENS) -> list[int]:
+    """The longest token opening of every prompt that leaves each at least one token of its own; [] when it is
+    shorter than `min_tokens` or there are fewer than two prompts."""
+    if len(prompts) < 2:
+        return []
+    first = list(prompts[0])
+    n = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return first[:n] if n >= min_tokens else []
+
+
+def prefix_cache(config: Any, prefix: SharedPrefix | None, rows: int) -> DynamicCache:
+    """A `growing_cache` whose rows all hold `prefix`'s keys and values (empty without a prefix)."""
+    cache = growing_cache(config)
+    if prefix is not None:
+        for layer, (k, v) in zip(cache.layers, prefix.layers, strict=True):
+            layer.lazy_initialization(k, v)
+            replace(layer, k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous())
+    return cache
+
+
+def left_align(cache: DynamicCache, attn: Any, shared: int) -> Any:
+    """Rows laid out [shared opening][left padding][own tokens] (a prefill after `prefix_cache`) rearranged to
+    [left padding][shared opening][own tokens], the layout of a plain left-padded prefill; returns the new
+    attention mask [rows, width] (1 = real token). Keys carry their positions (rotary), so moving columns keeps
+    what each token attends to."""
+    import torch
+
+    rows, width = attn.shape
+    pads = (attn[:, shared:] == 0).sum(dim=1).tolist()
+    order = torch.stack([torch.cat([torch.arange(shared, shared + p), torch.arange(shared),
+                                    torch.arange(shared + p, width)]) for p in pads]).to(attn.device)
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        replace(layer, k.gather(2, order[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])),
+                v.gather(2, order[:, None, :, None].expand(-1, v.shape[1], -1, v.shape[3])))
+    return attn.gather(1, order)
