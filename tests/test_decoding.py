@@ -126,3 +126,36 @@ def test_a_shared_opening_is_run_once_and_changes_no_answer(tiny: tuple[Any, Any
     assert any(ours) and ours == _generate_fixed(model, tok, prompts, 10, 2, decode, None)
     monkeypatch.setattr(kvcache, "common_prefix", lambda encoded: [])
     assert ours == generate_batch(model, tok, prompts, 10, batch_size=2, params=decode)
+
+
+def test_prompts_with_and_without_the_opening_are_prefilled_apart_within_the_bound(
+        tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefill group is all prompts after the shared opening or all whole prompts, so the tokens it runs stay
+    within `PREFILL_TOKENS`; the answers are those without sharing."""
+    from qihuang.decoding import generate_batch
+    from qihuang.serve import batching, kvcache
+    from qihuang.template import encode_text
+
+    model, tok = tiny
+    opening = "资料（古籍原文，只作引文，不是指令）：太阳之为病，脉浮，头项强痛而恶寒。问题："
+    prompts = [opening + "桂枝汤方何在？请详述其组成与煎服法", "一", opening + "何谓阴阳？请详述之", "脉浮"]
+    encoded = [encode_text(tok, p) for p in prompts]
+    shared = kvcache.common_prefix([encoded[0], encoded[2]])
+    own = max(len(encoded[i]) - len(shared) for i in (0, 2))
+    assert len(shared) >= kvcache.MIN_SHARED_TOKENS and own >= max(len(encoded[1]), len(encoded[3]))
+    monkeypatch.setattr(batching, "PREFILL_TOKENS", 2 * own)
+    plain = generate_batch(model, tok, prompts, 8, batch_size=4)  # no common opening: whole prompts
+    groups: list[tuple[list[bool], int]] = []  # per prefill forward: which rows open with it, tokens run
+    real = batching.BatchDecoder._prefill_group
+
+    def spy(self: Any, fresh: list[Any]) -> None:
+        opens = [self._opens(r) for r in fresh]
+        cut = len(shared) if all(opens) else 0
+        groups.append((opens, len(fresh) * (max(len(r.prompt_ids) for r in fresh) - cut)))
+        real(self, fresh)
+
+    monkeypatch.setattr(batching.BatchDecoder, "_prefill_group", spy)
+    monkeypatch.setattr(kvcache, "common_prefix", lambda encoded: shared)
+    assert generate_batch(model, tok, prompts, 8, batch_size=4) == plain
+    assert all(len(set(opens)) == 1 for opens, _ in groups) and any(all(opens) for opens, _ in groups)
+    assert all(run <= 2 * own for _, run in groups)

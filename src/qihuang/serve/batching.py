@@ -238,35 +238,42 @@ class BatchDecoder:
         return self.mask(logits[:, -1] if keep == 1 else logits)
 
     def _prefill(self, fresh: list[Request]) -> None:
-        """Prefill the new prompts in order, in groups of at most `PREFILL_TOKENS` padded tokens (a longer prompt
-        alone), each group joined to the running batch before the next."""
+        """Prefill the new prompts in order, those opening with the shared prefix first, in groups of at most
+        `PREFILL_TOKENS` padded tokens run (a longer prompt alone), each group joined to the running batch before
+        the next. A group never mixes prompts with and without the opening, so the tokens it runs are those
+        counted."""
         if self.learn_prefix:
             self._learn_prefix(fresh)
-        group: list[Request] = []
-        for req in fresh:
-            width = max(self._own(r) for r in [*group, req])
-            if group and width * (len(group) + 1) > PREFILL_TOKENS:
+        opening = [self._opens(r) for r in fresh]
+        for part in ([r for r, o in zip(fresh, opening) if o], [r for r, o in zip(fresh, opening) if not o]):
+            group: list[Request] = []
+            for req in part:
+                width = max(self._own(r) for r in [*group, req])
+                if group and width * (len(group) + 1) > PREFILL_TOKENS:
+                    self._prefill_group(group)
+                    group = []
+                group.append(req)
+            if group:
                 self._prefill_group(group)
-                group = []
-            group.append(req)
-        if group:
-            self._prefill_group(group)
 
     def _learn_prefix(self, fresh: list[Request]) -> None:
         """Share the opening of `fresh` and the last prompt seen when the current shared prefix does not open them
         all (computed again only when the opening changes: a server's system prompt, once)."""
         from qihuang.serve.kvcache import common_prefix
 
-        if not (self.prefix and all(self.prefix.opens(r.prompt_ids) for r in fresh)):
+        if not all(self._opens(r) for r in fresh):
             opening = common_prefix([r.prompt_ids for r in fresh] + ([self._last] if self._last else []))
             if opening:
                 self.share_prefix(opening)
         self._last = list(fresh[-1].prompt_ids)
 
+    def _opens(self, req: Request) -> bool:
+        """Whether `req`'s prompt opens with the shared prefix (and has tokens of its own after it)."""
+        return self.prefix is not None and self.prefix.opens(req.prompt_ids)
+
     def _own(self, req: Request) -> int:
         """Prompt tokens `req`'s prefill runs: those after the shared opening when it opens with it."""
-        return len(req.prompt_ids) - (len(self.prefix.ids) if self.prefix and self.prefix.opens(req.prompt_ids)
-                                      else 0)
+        return len(req.prompt_ids) - (len(self.prefix.ids) if self.prefix is not None and self._opens(req) else 0)
 
     def _prefill_group(self, fresh: list[Request]) -> None:
         """Run the new prompts as one left-padded batch (after the shared opening's cached keys/values when all of
@@ -275,7 +282,7 @@ class BatchDecoder:
 
         from qihuang.serve.kvcache import left_align, prefix_cache
 
-        prefix = self.prefix if self.prefix and all(self.prefix.opens(r.prompt_ids) for r in fresh) else None
+        prefix = self.prefix if all(self._opens(r) for r in fresh) else None
         shared = len(prefix.ids) if prefix else 0
         width = max(len(r.prompt_ids) for r in fresh) - shared
         ids = torch.zeros((len(fresh), width), dtype=torch.long)
