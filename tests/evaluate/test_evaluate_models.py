@@ -83,6 +83,26 @@ def test_evaluate_models_end_to_end(tiny_model_dir: Path, files: dict[str, Path]
     assert [e for e in new if e[0] in ("model_load", "mcq", "bpc", "qa")] == [("model_load", "sft"), ("mcq", "sft")]
 
 
+def test_bpc_models_picks_whose_bits_per_char_are_scored(tiny_model_dir: Path, files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """`bpc_models` as the demo sets it (base and CPT model): the SFT model's bits/char is not scored (a dash in
+    the report), the others' are; an empty entry is refused."""
+    from qihuang.config import ConfigError
+
+    cfg = EvalConfig(mcq_files=[], bpc_max_chars=40, bpc_window=16, bpc_stride=8, qa_limit=0, bootstrap=200,
+                     bpc_models=["base", "cpt"])
+    out = StageDir(tmp_path / "eval")
+    models = {"base": tiny_model_dir, "cpt": tiny_model_dir, "sft": tiny_model_dir}
+    run_stage(out, cfg, lambda: evaluate_models(cfg, models, files["heldout"], None, out))
+    doc = json.loads((out.path / "results.json").read_text(encoding="utf-8"))
+    assert doc["models"]["base"]["bpc"]["bpc"] == doc["models"]["cpt"]["bpc"]["bpc"] > 0
+    assert doc["models"]["sft"]["bpc"] is None
+    assert [m["label"] for m in out.metrics().read() if m["event"] == "bpc"] == ["base", "cpt"]
+    assert "| **sft** | – |" in (out.path / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match="bpc_models"):
+        EvalConfig(bpc_models=[" "])
+
+
 def test_zero_valid_rows_file_fails_clearly(tiny_model_dir: Path, files: dict[str, Path], tmp_path: Path) -> None:
     from qihuang.evaluate.mcq_formats import EvalDataError
 

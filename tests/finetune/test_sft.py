@@ -227,6 +227,22 @@ def test_neftune_noise_reaches_training(tmp_path: Path, tiny_model_dir: Path) ->
         SFTConfig(neftune_noise_alpha=-1.0)
 
 
+def test_probe_samples_zero_skips_the_probe_not_the_validation(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`probe_samples: 0` (the demo): no loss passes over training dialogues before and after training, the
+    validation loss is still scored; with the default both are (the end-to-end test above)."""
+    data = _write(tmp_path / "train.jsonl", _dialogues(12))
+    cfg = SFTConfig(data=[data], max_length=96, max_steps=2, batch_size=4, learning_rate=1e-2, lora_r=4,
+                    val_fraction=0.2, qa_samples=0, early_stopping_patience=0, probe_samples=0)
+    out = StageDir(tmp_path / "sft")
+    s = run_stage(out, cfg, lambda: sft(cfg, tiny_model_dir, out))
+    assert s["train_loss_before"] is None and s["train_loss_after"] is None
+    assert s["val_loss_before"] is not None and s["val_loss_after"] is not None
+    logged = out.metrics().read()
+    assert not any("probe_loss" in m for m in logged) and any("eval_loss" in m for m in logged)
+    with pytest.raises(ConfigError, match="probe_samples"):
+        SFTConfig(probe_samples=-1)
+
+
 def test_full_fine_tuning_moves_every_weight_kind(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 

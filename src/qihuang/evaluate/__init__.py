@@ -25,6 +25,9 @@ class EvalConfig:
     """Tokens per bpc window."""
     bpc_stride: int = 256
     """Tokens a bpc window moves on (< window); each later window keeps window - stride tokens of context."""
+    bpc_models: list[str] = field(default_factory=lambda: ["*"])
+    """Models whose bits/char is scored: labels, `first` (the base), `last` (the final model) or `*` (all). The
+    demo scores base and CPT model (what continual pretraining changed), not its SFT model."""
     mcq_files: list[str] = field(default_factory=lambda: ["eval/tcmchat_choice/choice_herb_500.csv"])
     """Multiple-choice files (CSV / JSONL / JSON): a path, or a name under the shared data folder; append `:N`
     to score only the first N valid rows of that file."""
@@ -153,8 +156,9 @@ class EvalConfig:
             if not sep or not who or cond not in CONDITIONS:
                 raise ConfigError(f"qa_rows: {spec!r} is not " + " or ".join(f"MODEL:{c}" for c in CONDITIONS)
                                   + " (MODEL a label, base, first, last or *)")
-        if any(not str(m).strip() for m in self.mcq_models):
-            raise ConfigError("mcq_models: empty entry (give labels, first, last or *)")
+        for name in ("mcq_models", "bpc_models"):
+            if any(not str(m).strip() for m in getattr(self, name)):
+                raise ConfigError(f"{name}: empty entry (give labels, first, last or *)")
         unknown = [g for g in self.heldout_qa_generators if g not in OFFLINE_GENERATORS]
         if unknown:
             raise ConfigError(f"heldout_qa_generators: unknown {unknown}; known: {list(OFFLINE_GENERATORS)}")

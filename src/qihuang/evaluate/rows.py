@@ -53,6 +53,8 @@ class Plan:
     """(label, condition) rows in table order."""
     mcq_labels: set[str] = field(default_factory=set)
     """Models whose MCQ files are scored."""
+    bpc_labels: set[str] = field(default_factory=set)
+    """Models whose held-out bits/char is scored."""
 
 
 def pick_labels(specs: list[str], labels: list[str]) -> set[str]:
@@ -76,7 +78,7 @@ def make_plan(cfg: EvalConfig, labels: list[str], heldout: Path | None, index: P
     row needs it, resolve rows."""
     from qihuang.evaluate.heldout_qa import cached_heldout_qa
 
-    plan = Plan(mcq_labels=pick_labels(cfg.mcq_models, labels))
+    plan = Plan(mcq_labels=pick_labels(cfg.mcq_models, labels), bpc_labels=pick_labels(cfg.bpc_models, labels))
     if heldout is not None and cfg.heldout_qa_n:
         items, digest, reused = cached_heldout_qa(Path(heldout), cfg, out_dir / HELDOUT_QA_FILE,
                                                   out_dir / "parts" / "heldout_books_qa.json")

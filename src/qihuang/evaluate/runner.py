@@ -138,7 +138,7 @@ def evaluate_model(cfg: EvalConfig, label: str, model_dir: Path, heldout: Path |
     parts = Parts(out_dir / "parts" / safe_name(label), model_dir, log, label)
     result: dict[str, Any] = {"model": str(model_dir), "bpc": None, "mcq": {}, "qa": {}, "rows": {}}
     correct: dict[str, list[bool]] = {}
-    if heldout is not None and cfg.bpc_max_chars:
+    if heldout is not None and cfg.bpc_max_chars and label in plan.bpc_labels:
         def bpc() -> dict[str, Any]:
             r = evaluate_bpc(*model(), heldout, cfg.bpc_max_chars, cfg.bpc_window, cfg.bpc_stride)
             log.log(event="bpc", label=label, bpc=r["bpc"], chars=r["chars"])

@@ -80,6 +80,10 @@ class SFTConfig(FinetuneSettings):
     """Validate (and checkpoint) every this many steps."""
     early_stopping_patience: int = 3
     """Stop after this many validations without improvement (0: off); the best checkpoint is kept."""
+    probe_samples: int = 64
+    """Training dialogues whose loss is scored before and after training (`train_loss_before`/`_after` in the
+    summary: did it fit what it saw?): as many as the validation set, at least 8, at most this; 0 skips both passes
+    (the demo: 16 s of its SFT stage, the logged training loss shows the same)."""
     qa_samples: int = 16
     """Held-out questions answered before/after training for ROUGE-L (0: skip)."""
     qa_max_new_tokens: int = 64
@@ -99,7 +103,8 @@ class SFTConfig(FinetuneSettings):
                      lora_layers=(0, None, False), eval_steps=(0, None, True), warmup=(0, 1, False),
                      max_val=(0, None, False), max_samples=(1, None, False), curriculum_stages=(0, None, False),
                      early_stopping_patience=(0, None, False), qa_samples=(0, None, False),
-                     qa_max_new_tokens=(1, None, False), neftune_noise_alpha=(0, None, True))
+                     probe_samples=(0, None, False), qa_max_new_tokens=(1, None, False),
+                     neftune_noise_alpha=(0, None, True))
         if self.lora_layers and self.train_new_tokens and self.method == "lora":
             raise ConfigError("lora_layers needs train_new_tokens: false (new embedding rows would need the full "
                               "backward pass that lora_layers saves)")
@@ -227,12 +232,17 @@ def _rouge(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], s
 
 def _probe_losses(trainer: Any, probe_ds: Any, use_val: bool) -> dict[str, float | None]:
     """Validation loss (None without validation data; the trainer's own when it evaluated at this very step) and the
-    loss on a probe of training dialogues."""
+    loss on a probe of training dialogues (None without a probe)."""
     from qihuang.finetune.distributed import evaluable
 
     with evaluable(trainer):
         val = (_logged_eval_loss(trainer) or trainer.evaluate()["eval_loss"]) if use_val else None
-        return {"val_loss": val, "train_loss": trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"]}
+        probe = trainer.evaluate(probe_ds, metric_key_prefix="probe")["probe_loss"] if probe_ds is not None else None
+        return {"val_loss": val, "train_loss": probe}
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 def _logged_eval_loss(trainer: Any) -> float | None:
@@ -283,8 +293,8 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
     train, val, data_summary = build_data(cfg, tokenizer, out.path)
     train_ds = to_dataset(train, cfg.packing, cfg.max_length, cfg.curriculum_stages)
     val_ds = to_dataset(val, cfg.packing, cfg.max_length, 0) if val else None
-    probe = train[: min(max(len(val), 8), 64)]
-    probe_ds = to_dataset(probe, cfg.packing, cfg.max_length, 0)
+    probe = train[: min(max(len(val), 8), cfg.probe_samples)]
+    probe_ds = to_dataset(probe, cfg.packing, cfg.max_length, 0) if probe else None
     ckpt_dir = out.path / "checkpoints"
     use_val = val_ds is not None
     callbacks: list[Any] = [LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, cfg.warmup)]
@@ -306,9 +316,8 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         plot_losses(state.log_history, out.path / "loss.png", "SFT")
     summary = {
         "start": start, "method": cfg.method, "data": data_summary, **saved,
-        "train_loss_before": round(before["train_loss"], 4), "train_loss_after": round(after["train_loss"], 4),
-        "val_loss_before": before["val_loss"] and round(before["val_loss"], 4),
-        "val_loss_after": after["val_loss"] and round(after["val_loss"], 4),
+        "train_loss_before": _rounded(before["train_loss"]), "train_loss_after": _rounded(after["train_loss"]),
+        "val_loss_before": _rounded(before["val_loss"]), "val_loss_after": _rounded(after["val_loss"]),
         "qa_rouge_l_before": rouge_before, "qa_rouge_l_after": rouge_after, "qa_samples": len(qa_pairs),
         "steps": state.global_step, "best_checkpoint": state.best_model_checkpoint,
         "best_val_loss": state.best_metric, "resumed_from": last,
