@@ -261,7 +261,8 @@ class Guarded:
     cut: bool = False
     """A degenerate continuation was cut off."""
     closed: str = ""
-    """What closed a quotation the generation left open (`close_quotation`: OMITTED and the marks), "" for none."""
+    """What closed a quotation the generation left open (`close_quotation`: OMITTED and the marks), or OMITTED in
+    place of the clause mark an answer stopped after (`，`, `、`, `：`: cut by its token budget); "" for none."""
     fallback: bool = False
     """The answer quotes its cited passage instead of saying nothing of its own."""
     unsupported: bool = False
@@ -285,6 +286,9 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
     keep, out.closed = close_quotation(text, start)
     if keep < len(text) or out.closed:
         out.text = text = text[:keep] + out.closed
+    elif len(text) > start and text[-1] in _ENDS_CLAUSE:  # stopped after a clause mark (its token budget): says so
+        out.closed = OMITTED
+        out.text = text = text[:-1] + OMITTED
     body = text[start:]
     if cited is not None and own_chars(body, question) < MIN_OWN_CHARS and not quotes_source(body, cited):
         out.text, out.fallback = prefix + fallback_quote(cited, question), True  # what little was left: noise

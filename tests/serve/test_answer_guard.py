@@ -76,6 +76,29 @@ def test_a_quotation_the_token_budget_cut_ends_at_its_last_clause_and_is_closed(
     assert "".join(c.text for c in out_chunks) == OPEN + f"“黄连味苦寒，主热气目痛。苦能燥湿，寒能清{OMITTED}”"
 
 
+def test_an_answer_that_stops_after_a_clause_mark_ends_with_the_omission_mark() -> None:
+    """An answer the token budget stopped inside a sentence, outside any quotation (「…十二枚 右五味，」, 「原文写道：」),
+    does not end on a dangling clause mark: OMITTED takes its place, after the fact and streamed; an answer that
+    simply ends without a full stop, or at one, is left as it is."""
+    from qihuang.answer_guard import OMITTED
+
+    q = "黄连的性味如何？"
+    for body, shown in (("黄连味苦性寒，能清热燥湿，", f"黄连味苦性寒，能清热燥湿{OMITTED}"),
+                        ("黄连味苦性寒，主热气目痛，书中写道：", f"黄连味苦性寒，主热气目痛，书中写道{OMITTED}"),
+                        ("黄连味苦性寒，能清热燥湿", "黄连味苦性寒，能清热燥湿"),
+                        ("黄连味苦性寒，能清热燥湿。", "黄连味苦性寒，能清热燥湿。")):
+        out = guard_answer(OPEN + body, q, HUANGLIAN, OPEN)
+        assert out.text == OPEN + shown and not out.fallback, body
+        assert out.closed == (OMITTED if shown != body else ""), body
+    assert guard_answer(OPEN, q, None, OPEN).text == OPEN  # the opening's own colon is ours, not a cut clause
+    for hold in (HOLD_CHARS, 0):  # the mark still held back, or already sent: the omission mark follows it
+        stop = threading.Event()
+        pieces = [OPEN, "黄连味苦性寒，", "能清热燥湿，"]
+        out_chunks = list(guard_stream(_stream(pieces, [], stop), q, HUANGLIAN, OPEN, stop, _make, hold=hold))
+        text = "".join(c.text for c in out_chunks)
+        assert text == OPEN + "黄连味苦性寒，能清热燥湿" + ("，" if hold == 0 else "") + OMITTED, hold
+
+
 @dataclass
 class FakeChunk:
     text: str
