@@ -61,7 +61,8 @@ def render_markdown(results: dict[str, Any], files: dict[str, Any], rows: list[l
         out += [f"MCQ accuracy is `{first['metric']}` ({first['shots']}-shot, scoring `{first['scoring']}`"
                 f"{', formulation `' + first['formulation'] + '`' if first.get('formulation') else ''}); "
                 "bpc is bits per character of held-out text (tokenizer-independent); ROUGE-L, faithfulness in %, "
-                "BLEU-4 corpus-level, all on characters.", ""]
+                "BLEU-4 corpus-level, all on characters; – where the eval's `bpc_models` / `mcq_models` leave a model "
+                "out.", ""]
         out += ["### MCQ by scoring variant", "", "| model | file | n | chance % | " +
                 " | ".join(sorted({v for r in results.values() for m in r["mcq"].values() for v in m["variants"]}))
                 + " |"]

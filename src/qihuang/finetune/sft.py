@@ -82,7 +82,7 @@ class SFTConfig(FinetuneSettings):
     """Stop after this many validations without improvement (0: off); the best checkpoint is kept."""
     probe_samples: int = 64
     """Training dialogues whose loss is scored before and after training (`train_loss_before`/`_after` in the
-    summary: did it fit what it saw?): as many as the validation set, at least 8, at most this; 0 skips both passes
+    summary: did it fit what it saw?): as many as the validation set (at least 8), capped at this; 0 skips both passes
     (the demo: 16 s of its SFT stage, the logged training loss shows the same)."""
     qa_samples: int = 16
     """Held-out questions answered before/after training for ROUGE-L (0: skip)."""
