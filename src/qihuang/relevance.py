@@ -153,7 +153,7 @@ def section_asked(passage: Passage, query: str) -> bool:
     if not SOURCE_ASKS.search(query):
         return False
     head = section_head(passage)
-    text = cjk(query)
+    text = cjk(query.replace(f"《{passage.book}》", "|"))  # the book named is no section (《洄溪医案》's one section)
     return len(head) >= 2 and head in text and longest_shared(text.replace(head, "|"), cjk(passage.text)) < QUOTE_CHARS
 
 
@@ -388,6 +388,22 @@ def quotes_first(query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
     runs = [shared_run(text, h) for h in hits]
     order = sorted(range(len(hits)), key=lambda i: (-(runs[i] if runs[i] >= QUOTE_CHARS else 0), i))
     return [Hit(hits[i].passage, hits[i].score, rank) for rank, i in enumerate(order[:k], 1)]
+
+
+def openings_first(query: str, hits: Sequence[Hit], index: Any) -> list[Hit]:
+    """`hits`, or — where the question asks which book a section it names belongs to (`section_asked`) — the first
+    passage of each such hit's section put first (its book's order as retrieved), then the rest: BM25 ranks a later
+    passage of a long section on the question's other words (「《卷上·项强》这一篇收在哪本古籍里？」 found 项强's second
+    passage), while the section's opening is what shows it (「伤寒项强。何以明之。」). Ranks are renumbered."""
+    asked = [h for h in hits if section_asked(h.passage, query)]
+    if not asked:
+        return list(hits)
+    firsts = [Hit(o, h.score, 0) for h in asked if (o := index.opening_of(h.passage)) is not None]
+    merged: list[Hit] = []
+    for h in [*firsts, *hits]:
+        if all(h.passage.id != m.passage.id and h.passage.text != m.passage.text for m in merged):
+            merged.append(h)
+    return [Hit(h.passage, h.score, rank) for rank, h in enumerate(merged, 1)]
 
 
 def cited_passage(query: str, hits: Sequence[Hit]) -> Passage | None:

@@ -468,6 +468,16 @@ class PassageIndex:
         first[1:] = (section[1:] != section[:-1]) | (book[1:] != book[:-1])
         return first
 
+    def opening_of(self, passage: Passage) -> Passage | None:
+        """The first passage of `passage`'s section in its book (index order): what a reader quotes to show which
+        section it is; None for a passage without a section or one the index does not hold."""
+        book = self.scope.labels.number(passage.book)
+        section = self.sections.labels.number(passage.section)
+        if not passage.section or book is None or section is None:
+            return None
+        docs = np.flatnonzero((self.scope.doc_book == book) & (self.sections.doc_section == section))
+        return self.passages[int(docs[0])] if len(docs) else None
+
     @staticmethod
     def _first_of(mask: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The first k passages a mask marks (a named section's opening passages), scored 1.0."""

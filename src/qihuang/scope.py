@@ -5,6 +5,7 @@ of that name."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -61,6 +62,14 @@ class Labels:
                     raise ValueError(f"{path}:{n}: no {field} field")
                 values.append(json.loads(b'"' + m.group(1) + b'"') if m else "")
         return cls.of_values(values)
+
+    def number(self, name: str) -> int | None:
+        """The number of the label `name`; None when no passage has it."""
+        return self._numbers.get(name)
+
+    @functools.cached_property
+    def _numbers(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
 
     def save(self, folder: Path, files: tuple[str, str]) -> None:
         """Write the numbers (.npy) and the names (.json) into `folder`."""

@@ -264,6 +264,34 @@ def test_a_section_whose_book_is_asked_cites_its_first_passage_among_the_hits() 
     assert cited_passage("《假托明理》「卷上·项强」中是怎样论述“太阳中风”的？", hits) is later
 
 
+def test_a_section_whose_book_is_asked_retrieves_its_opening_passage(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held-out questions of the demo (session 26): 「《卷上·项强》这一篇收在哪本古籍里？」 retrieved only 项强's
+    second passage (BM25 on the question's other words), so the answer quoted 「其或太阳中风。…」, not the section's
+    opening 「伤寒项强。何以明之。」."""
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path / "home"))
+    rows = [{"id": f"p{i}", "book": b, "section": s, "text": t, "start": i * 100} for i, (b, s, t) in enumerate([
+        ("甲书", "卷上/发热", "伤寒发热。何以明之。"),
+        ("甲书", "卷上/项强", "伤寒项强。何以明之。项背强者。"),
+        ("甲书", "卷上/项强", "其或太阳中风。此篇收在古籍之中，问哪本书者多矣。"),
+        ("甲书", "卷上/项强", "加之寒湿而成痉者。古籍里哪本书收之。"),
+        ("医案", "医案", "若不当下者反下之，遂成结胸，以致闻者遂以下为戒。"),
+        ("医案", "医案", "疮口若大，则肌肉难生。哪本书横线处应是什么。")])]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    index = PassageIndex.open(path)
+    for q in ("《卷上·项强》这一篇收在哪本古籍里？", "请问“卷上·项强”一节出自哪部著作？"):
+        hits = rag.retrieve(index, q, 2)
+        assert [h.passage.id for h in hits][0] == "p1" and [h.rank for h in hits] == [1, 2], q
+        assert rag.ground(index, q, 2).cited.id == "p1", q
+    # a section's words asked about, not its book: BM25's order as before
+    assert rag.retrieve(index, "《甲书》「卷上·项强」中是怎样论述“太阳中风”的？", 1)[0].passage.id == "p2"
+    # a book whose one section bears its name is named as a book, not as a section
+    q = "下面这句出自《医案》，横线处应是什么？若不当下者反下之，遂成____，以致闻者遂以下为戒。"
+    assert rag.retrieve(index, q, 1)[0].passage.id == "p4"
+    assert index.opening_of(Passage(id="x", book="乙书", section="卷上/项强", text="")) is None
+
+
 def test_a_definition_asked_cites_the_passage_that_defines_the_word() -> None:
     """The demo's chat sample (session 21): three hits all sharing 冬温, the retriever's first a formula's 「治冬温…」;
     the answer quoted it, not the passage that says what 冬温 is."""

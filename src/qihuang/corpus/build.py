@@ -72,7 +72,8 @@ def process_book(job: tuple[Path, str, str, str, bool, dict[str, Any], str | Non
     if not book.category:
         book.category = (category if book.title == title else
                          _categoriser(opts["category_rules"], tuple(opts["category_map"]))(book.title, name))
-    normalise_book(book, punctuation=opts["punctuation"], collapse_spaces=opts["collapse_spaces"], t2s=opts["t2s"])
+    normalise_book(book, punctuation=opts["punctuation"], collapse_spaces=opts["collapse_spaces"], t2s=opts["t2s"],
+                   repair=opts["repair"])
     laid = layout(book)
     if books_dir is not None:
         target = Path(books_dir) / f"{book_key(name)}.txt"
@@ -139,7 +140,7 @@ def _notes_mode(rec: dict[str, Any], mode: str) -> dict[str, Any]:
 
 
 def _opts(cfg: CorpusConfig) -> dict[str, Any]:
-    keys = ("punctuation", "collapse_spaces", "t2s", "min_chars", "min_cjk_ratio", "passage_chars",
+    keys = ("punctuation", "collapse_spaces", "t2s", "repair", "min_chars", "min_cjk_ratio", "passage_chars",
             "max_passage_chars", "notes", "dedup", "shingle", "minhash_perm", "seed", "category_map")
     return {**{k: getattr(cfg, k) for k in keys},
             "category_rules": str(cfg.category_rules) if cfg.category_rules else None}

@@ -44,6 +44,9 @@ class CorpusConfig:
     """Passages with a smaller share of Chinese characters are rejected as mostly non-Chinese."""
     seed: int = 0
     """Seed for anything random (MinHash permutations)."""
+    repair: bool = True
+    """Undo the words the upstream's own conversion wrote in the classics' place (香港脚 for 脚气:
+    `normalise.REPAIRS`), in the text and the section names."""
     t2s: bool = False
     """Convert traditional to simplified characters with OpenCC (off: the body keeps its characters)."""
     punctuation: Literal["fullwidth", "keep"] = "fullwidth"

@@ -124,6 +124,7 @@ def summarise(cfg: CorpusConfig, source: Path, rows: list[dict[str, Any]], tally
         "heldout_books": sorted(r["title"] for r in ingested if r["heldout"]),
         "heldout_missing": missing_heldout,
         "config": {"passage_chars": cfg.passage_chars, "max_books": cfg.max_books, "t2s": cfg.t2s,
+                   "repair": cfg.repair,
                    "punctuation": cfg.punctuation, "notes": cfg.notes, "near_dup_threshold": cfg.near_dup_threshold,
                    "dedup": cfg.dedup},
         "seconds": round(seconds, 2),
