@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qihuang.retrieval import Hit, Passage
+from qihuang.scope import marks_place
 from qihuang.textmetrics import SENTENCE_MARK, sentence_end_before
 
 GENERIC_FREQ = 2000
@@ -305,7 +306,7 @@ def by_headword(query: str, hits: Sequence[Hit], index: Any, k: int) -> list[Hit
     without marks (桂枝汤由哪些药物组成？) — the sections of that name first: their opening passages (the entries'
     heads), then their other passages, each searched on the question's other words, then the rest: a formula or herb
     question is answered from the formula's or herb's own entry, not from passages sharing its commonest words."""
-    if "《" in query or "「" in query:
+    if marks_place(query):
         return list(hits[:k])
     head = headword_in(query, index)
     if any(_quotes(query, head, h) for h in hits):
@@ -348,7 +349,7 @@ def judge(query: str, hits: Sequence[Hit], index: Any) -> Relevance:
         return Relevance(False, "no passage matched")
     if "《" in query and index.scope.mask(query) is not None:
         return Relevance(True, "names a book")
-    if ("《" in query or "「" in query) and index.sections.mask(query) is not None:
+    if marks_place(query) and index.sections.mask(query) is not None:
         return Relevance(True, "names a section")
     text = cjk(query)
     vocab = domain_terms(index)

@@ -22,7 +22,7 @@ from qihuang.bm25 import (CJK, DEFAULT_SEGMENTATION, SEGMENTATIONS, Bm25Builder,
                           full_mode_candidates, full_mode_tokens, token_keys)
 from qihuang.config import ConfigError, qihuang_home
 from qihuang.runs import atomic_path, sha256_file, sweep_stale_temps, write_json
-from qihuang.scope import BookScope, Labels, SectionScope, strip_sections, strip_titles
+from qihuang.scope import BookScope, Labels, SectionScope, marks_place, strip_sections, strip_titles
 
 INDEX_VERSION = 4
 """Bumped when an index folder's format changes (4: stored passages carry their book's author)."""
@@ -436,15 +436,15 @@ class PassageIndex:
     def search(self, query: str, k: int = 5, scoped: bool = True) -> list[Hit]:
         """Top-k passages for `query` (empty if no query term is in the index). A query naming a known book
         (《书名》, 《书名·篇名》) is searched among that book's passages on its other words, one naming a section
-        (《卷上·项强》, 「阿胶」) among the passages of the sections of that name; when none of them matches there,
-        or with `scoped=False`, over the whole index as written."""
+        (《卷上·项强》, 「阿胶」, “卷四·蛴螬”) among the passages of the sections of that name; when none of them
+        matches there, or with `scoped=False`, over the whole index as written."""
         if k <= 0:
             return []
         top: list[tuple[int, float]] = []
         mask = self.scope.mask(query) if scoped and "《" in query else None
         if mask is not None:
             top = self.matrix.top_ids(self._term_ids(strip_titles(query)), k, mask)
-        if not top and scoped and ("《" in query or "「" in query):
+        if not top and scoped and marks_place(query):
             mask = self.sections.mask(query)
             if mask is not None:
                 ids = self._term_ids(strip_sections(query))

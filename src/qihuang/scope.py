@@ -16,8 +16,9 @@ import numpy as np
 
 BOOK_TITLE = re.compile(r"《([^《》\n]{1,40})》")
 """A book title in a query; the book is the part before `·`."""
-SECTION_NAME = re.compile(r"[《「]([^《》「」\n]{2,60})[》」]")
-"""A section name in a query: 《…》 or 「…」 with levels joined by `·` or `/`."""
+SECTION_NAME = re.compile(r"[《「]([^《》「」\n]{2,60})[》」]|“([^“”\n·/]{1,30}(?:[·/][^“”\n·/]{1,30})+)”")
+"""A section name in a query: 《…》 or 「…」 with levels joined by `·` or `/`, or a path of two levels or more in
+“…” (请问“卷四·蛴螬”一节出自哪部著作？); the name is the match's first group that is set."""
 FILES = ("books.npy", "books.json")
 """What a scope is saved as in an index folder: the book number of each passage, and the book names."""
 
@@ -25,6 +26,12 @@ FILES = ("books.npy", "books.json")
 def strip_titles(query: str) -> str:
     """`query` without its 《…》 titles (what is searched inside the named books)."""
     return BOOK_TITLE.sub(" ", query)
+
+
+def marks_place(query: str) -> bool:
+    """Whether `query` writes a book or section name in marks (《…》, 「…」, a path in “…”): what it names is then
+    where to look, searched first (`PassageIndex.search`), not a headword to look up elsewhere."""
+    return "《" in query or "「" in query or ("“" in query and SECTION_NAME.search(query) is not None)
 
 
 def strip_sections(query: str) -> str:
@@ -183,7 +190,7 @@ class SectionScope:
 
     def mask(self, query: str) -> np.ndarray | None:
         """Boolean mask of the passages of every section `query` names; None when it names no known section."""
-        found = sorted({i for m in SECTION_NAME.finditer(query) for i in self.sections_of(m.group(1))})
+        found = sorted({i for m in SECTION_NAME.finditer(query) for i in self.sections_of(m.group(1) or m.group(2))})
         if not found:
             return None
         return np.isin(self.doc_section, np.asarray(found, dtype=np.int32))

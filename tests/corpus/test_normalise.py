@@ -55,6 +55,8 @@ def test_the_upstreams_conversion_words_are_repaired_in_text_and_section_names()
     out, stats = norm("治腰以下至足湿热肿盛香港脚，补膀胱。香港腳")
     assert out == "治腰以下至足湿热肿盛脚气，补膀胱。腳氣" and stats["words_repaired"] == 2
     assert norm("香港脚", repair=False)[0] == "香港脚"
+    out, stats = norm("上五味 咀，以水五升。上为□咀。地黄 咀片。含咀之。")  # GBK lost 㕮 (U+356E)
+    assert out == "上五味㕮咀，以水五升。上为㕮咀。地黄㕮咀片。含咀之。" and stats["words_repaired"] == 3
     book = Book(file="x.txt", title="假托本草",
                 sections=[Section("卷一/香港脚门", "香港脚门", [Paragraph([("body", "香港脚者，湿也。")])])])
     normalise_book(book, punctuation="fullwidth", collapse_spaces=True, t2s=False)

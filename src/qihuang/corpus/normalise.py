@@ -23,15 +23,21 @@ REPAIRS = {"香港脚": "脚气", "香港腳": "腳氣"}
 """Words the upstream files carry in place of the classics' own: their simplified/traditional conversion wrote the
 Hong Kong/Taiwan name of 脚气 (5,840 times in 339 of the 669 books, 377 section names: 「治香港脚」 in a Tang herbal),
 while 脚气 itself is left 236 times. Other modern words of that kind (资讯, 软体, 程式, 马铃薯, 计程车 …) do not occur."""
-_REPAIR = re.compile("|".join(REPAIRS))
+MISSING_FU = re.compile(r"[ \u3000□]+咀")
+"""㕮咀 (to chop a formula's herbs) with its 㕮 (U+356E, which GBK cannot encode) printed as a space or □:
+「上五味 咀，以水五升」, 7,338 + 12 times in the files. No other word ends in 咀 after such a gap (「上为 咀」, 「上件
+咀」, 「 咀片」); it is the one missing glyph the repair restores."""
+_REPAIR = re.compile("香港[脚腳]")
 
 
 def repair_words(text: str, stats: Counter[str]) -> str:
-    """`text` with REPAIRS undone (counted as words_repaired)."""
-    if "香港" not in text:
-        return text
-    text, n = _REPAIR.subn(lambda m: REPAIRS[m.group()], text)
-    stats["words_repaired"] += n
+    """`text` with REPAIRS undone and MISSING_FU restored (counted as words_repaired)."""
+    n = m = 0
+    if "香港" in text:
+        text, n = _REPAIR.subn(lambda g: REPAIRS[g.group()], text)
+    if "咀" in text:
+        text, m = MISSING_FU.subn("㕮咀", text)
+    stats["words_repaired"] += n + m
     return text
 
 

@@ -46,7 +46,8 @@ class CorpusConfig:
     """Seed for anything random (MinHash permutations)."""
     repair: bool = True
     """Undo the words the upstream's own conversion wrote in the classics' place (香港脚 for 脚气:
-    `normalise.REPAIRS`), in the text and the section names."""
+    `normalise.REPAIRS`) and restore the glyph GBK lost in 㕮咀 (`normalise.MISSING_FU`), in the text and the
+    section names."""
     t2s: bool = False
     """Convert traditional to simplified characters with OpenCC (off: the body keeps its characters)."""
     punctuation: Literal["fullwidth", "keep"] = "fullwidth"
