@@ -435,15 +435,22 @@ class PassageIndex:
 
     def search(self, query: str, k: int = 5, scoped: bool = True) -> list[Hit]:
         """Top-k passages for `query` (empty if no query term is in the index). A query naming a known book
-        (《书名》, 《书名·篇名》) is searched among that book's passages on its other words, one naming a section
-        (《卷上·项强》, 「阿胶」, “卷四·蛴螬”) among the passages of the sections of that name; when none of them
-        matches there, or with `scoped=False`, over the whole index as written."""
+        (《书名》, 《书名·篇名》) is searched among that book's passages on its other words — among those of the
+        chapter it names too, where it names one of that book by its path (《本草思辨录》「卷一·黄芩」中关于…的论述);
+        one naming a section (《卷上·项强》, 「阿胶」, “卷四·蛴螬”) among the passages of the sections of that name;
+        when none of them matches there, or with `scoped=False`, over the whole index as written."""
         if k <= 0:
             return []
         top: list[tuple[int, float]] = []
         mask = self.scope.mask(query) if scoped and "《" in query else None
         if mask is not None:
-            top = self.matrix.top_ids(self._term_ids(strip_titles(query)), k, mask)
+            terms = strip_titles(query)
+            chapter = self.sections.mask(query, paths=True)
+            if chapter is not None and (mask & chapter).any():
+                mask = mask & chapter
+                top = self.matrix.top_ids(self._term_ids(strip_sections(terms)), k, mask) or self._first_of(mask, k)
+            else:
+                top = self.matrix.top_ids(self._term_ids(terms), k, mask)
         if not top and scoped and marks_place(query):
             mask = self.sections.mask(query)
             if mask is not None:

@@ -188,9 +188,11 @@ class SectionScope:
                 if want else []
         return self._resolved[want]
 
-    def mask(self, query: str) -> np.ndarray | None:
-        """Boolean mask of the passages of every section `query` names; None when it names no known section."""
-        found = sorted({i for m in SECTION_NAME.finditer(query) for i in self.sections_of(m.group(1) or m.group(2))})
+    def mask(self, query: str, paths: bool = False) -> np.ndarray | None:
+        """Boolean mask of the passages of every section `query` names (with `paths`, only names of two levels or
+        more: 「卷一·黄芩」, not 「寒疟」, which may be a term); None when it names no known section."""
+        names = (m.group(1) or m.group(2) for m in SECTION_NAME.finditer(query))
+        found = sorted({i for n in names if not paths or re.search(r"[·/]", n) for i in self.sections_of(n)})
         if not found:
             return None
         return np.isin(self.doc_section, np.asarray(found, dtype=np.int32))

@@ -281,6 +281,7 @@ def test_a_section_whose_book_is_asked_retrieves_its_opening_passage(tmp_path: P
         ("甲书", "卷上/项强", "伤寒项强。何以明之。项背强者。"),
         ("甲书", "卷上/项强", "其或太阳中风。此篇收在古籍之中，问哪本书者多矣。"),
         ("甲书", "卷上/项强", "加之寒湿而成痉者。古籍里哪本书收之。"),
+        ("甲书", "卷下/中风", "太阳中风，脉浮缓。太阳中风者，汗出恶风。"),
         ("医案", "医案", "若不当下者反下之，遂成结胸，以致闻者遂以下为戒。"),
         ("医案", "医案", "疮口若大，则肌肉难生。哪本书横线处应是什么。")])]
     path = tmp_path / "p.jsonl"
@@ -290,11 +291,13 @@ def test_a_section_whose_book_is_asked_retrieves_its_opening_passage(tmp_path: P
         hits = rag.retrieve(index, q, 2)
         assert [h.passage.id for h in hits][0] == "p1" and [h.rank for h in hits] == [1, 2], q
         assert rag.ground(index, q, 2).cited.id == "p1", q
-    # a section's words asked about, not its book: BM25's order as before
-    assert rag.retrieve(index, "《甲书》「卷上·项强」中是怎样论述“太阳中风”的？", 1)[0].passage.id == "p2"
+    # a chapter's words asked about, not its book: searched within the chapter the question names (卷下/中风 says
+    # 太阳中风 twice, 项强's second passage once)
+    assert [h.passage.id for h in rag.retrieve(index, "《甲书》「卷上·项强」中是怎样论述“太阳中风”的？", 3)] == ["p2"]
+    assert rag.retrieve(index, "《甲书》中是怎样论述“太阳中风”的？", 1)[0].passage.id == "p4"
     # a book whose one section bears its name is named as a book, not as a section
     q = "下面这句出自《医案》，横线处应是什么？若不当下者反下之，遂成____，以致闻者遂以下为戒。"
-    assert rag.retrieve(index, q, 1)[0].passage.id == "p4"
+    assert rag.retrieve(index, q, 1)[0].passage.id == "p5"
     assert index.opening_of(Passage(id="x", book="乙书", section="卷上/项强", text="")) is None
 
 
