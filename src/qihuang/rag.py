@@ -119,17 +119,18 @@ HEADWORDS = True
 def retrieve(index: PassageIndex | None, query: str, k: int) -> list[Hit]:
     """The top-k hits for `query` (none without an index, with k = 0 or an empty query): BM25's best
     `relevance.POOL` (a name spelt the classics' way: `relevance.LIBRARY_SPELLINGS`; a text printed twice once),
-    passages quoting the question first (`relevance.quotes_first`), a section's opening first where the question
-    asks which book the section belongs to (`relevance.openings_first`). Training records (instruct),
+    passages quoting the question first (`relevance.quotes_first`), then, where it asks what a term is, those
+    defining it (`relevance.definitions_first`); a section's opening first where the question asks which book the
+    section belongs to (`relevance.openings_first`). Training records (instruct),
     serve, chat and eval all retrieve through this function."""
-    from qihuang.relevance import POOL, by_headword, library_spelling, openings_first, quotes_first
+    from qihuang.relevance import POOL, by_headword, definitions_first, library_spelling, openings_first, quotes_first
 
     if index is None or k <= 0 or not query.strip():
         return []
     query = library_spelling(query)
     pool = index.search(query, max(k, POOL))
     unique = [h for i, h in enumerate(pool) if all(h.passage.text != o.passage.text for o in pool[:i])]
-    ranked = openings_first(query, quotes_first(query, unique, max(k, POOL)), index)
+    ranked = openings_first(query, quotes_first(query, definitions_first(query, unique), max(k, POOL)), index)
     return by_headword(query, ranked, index, k) if HEADWORDS else ranked[:k]
 
 

@@ -391,6 +391,16 @@ def quotes_first(query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
     return [Hit(hits[i].passage, hits[i].score, rank) for rank, i in enumerate(order[:k], 1)]
 
 
+def definitions_first(query: str, hits: Sequence[Hit]) -> list[Hit]:
+    """`hits`, or — where the question asks what a term is (DEFINITION_ASKS) — those that define a word of it
+    (`defines_word_of`: 「恶寒者，啬啬然增寒也。」) moved first, each group in the retriever's order: BM25 ranks the
+    passages that repeat the term most (「伤寒恶寒。…」), not the one that says what it is. Ranks are renumbered."""
+    if DEFINITION_ASKS.search(query) is None:
+        return list(hits)
+    order = sorted(range(len(hits)), key=lambda i: not defines_word_of(hits[i].passage.text, query))
+    return [Hit(hits[i].passage, hits[i].score, rank) for rank, i in enumerate(order, 1)]
+
+
 def openings_first(query: str, hits: Sequence[Hit], index: Any) -> list[Hit]:
     """`hits`, or — where the question asks which book a section it names belongs to (`section_asked`) — the first
     passage of each such hit's section put first (its book's order as retrieved), then the rest: BM25 ranks a later

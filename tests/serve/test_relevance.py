@@ -311,3 +311,27 @@ def test_a_definition_asked_cites_the_passage_that_defines_the_word() -> None:
     assert cited_passage("《假托时病》中的“冬温”指的是什么？", hits) is defining
     assert cited_passage("什么叫冬温？", hits) is defining
     assert cited_passage("《假托时病》里提到冬温的原文是什么？", hits) is formula  # no definition asked: rank
+
+
+def test_a_definition_asked_retrieves_the_passage_that_defines_the_word(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held-out questions of the demo (session 26): 「《伤寒明理论》是怎样界定“恶寒”的？」 retrieved the passages
+    repeating 恶寒 most (「伤寒恶寒。…」), not the one saying 「恶寒者，啬啬然增寒也。」."""
+    from qihuang.relevance import definitions_first
+
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path / "home"))
+    rows = [{"id": f"p{i}", "book": "甲书", "section": s, "text": t, "start": i * 100} for i, (s, t) in enumerate([
+        ("卷上/恶寒", "伤寒恶寒。恶寒而发热，恶寒而不发热，恶寒之甚者。"),
+        ("卷上/发热", "发热恶寒，恶寒在表。"),
+        ("卷上/恶寒", "恶寒者，啬啬然增寒也。")])]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    index = PassageIndex.open(path)
+    assert index.search("《甲书》是怎样界定“恶寒”的？", 1)[0].passage.id == "p0"  # BM25 alone
+    for q in ("《甲书》是怎样界定“恶寒”的？", "什么叫恶寒？请依据《甲书》回答。"):
+        assert [h.passage.id for h in rag.retrieve(index, q, 2)][0] == "p2", q
+        assert rag.ground(index, q, 2).cited.id == "p2", q
+    # no definition asked: BM25's order as before
+    assert rag.retrieve(index, "《甲书》里提到恶寒的原文是什么？", 1)[0].passage.id == "p0"
+    hits = index.search("恶寒", 3)
+    assert [h.rank for h in definitions_first("何谓恶寒？", hits)] == [1, 2, 3]
