@@ -262,7 +262,8 @@ class Guarded:
     """A degenerate continuation was cut off."""
     closed: str = ""
     """What closed a quotation the generation left open (`close_quotation`: OMITTED and the marks), or OMITTED in
-    place of the clause mark an answer stopped after (`，`, `、`, `：`: cut by its token budget); "" for none."""
+    place of the clause mark an answer stopped after (`，`, `、`, `：`: cut by its token budget; a clause ending in a
+    colon that only introduced a quotation with no finished clause goes with it, 「…十二枚 汤方：“桂枝三两 芍」 → 「…十二枚」); "" for none."""
     fallback: bool = False
     """The answer quotes its cited passage instead of saying nothing of its own."""
     unsupported: bool = False
@@ -286,13 +287,24 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
     keep, out.closed = close_quotation(text, start)
     if keep < len(text) or out.closed:
         out.text = text = text[:keep] + out.closed
-    elif len(text) > start and text[-1] in _ENDS_CLAUSE:  # stopped after a clause mark (its token budget): says so
+        if not out.closed and len(text) > start and text[-1] in "：:":  # the quotation it introduced is gone
+            out.text = text = text[:_clause_start(text, start)].rstrip()
+    if not out.closed and len(text) > start and text[-1] in _ENDS_CLAUSE:  # stopped after a clause mark: says so
         out.closed = OMITTED
         out.text = text = text[:-1] + OMITTED
     body = text[start:]
     if cited is not None and own_chars(body, question) < MIN_OWN_CHARS and not quotes_source(body, cited):
         out.text, out.fallback = prefix + fallback_quote(cited, question), True  # what little was left: noise
     return out
+
+
+def _clause_start(text: str, start: int) -> int:
+    """Where the last clause of `text` (after `start`, its ending mark not counted) begins: just past the sentence
+    or clause mark, closing mark or space before it — `start` when there is none."""
+    closing = "”’」』）)"
+    marks = [k for k in range(start, len(text) - 1) if text[k] in _ENDS_SENTENCE + _ENDS_CLAUSE + closing
+             or text[k].isspace()]
+    return marks[-1] + 1 if marks else start
 
 
 def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, prefix: str,

@@ -99,6 +99,32 @@ def test_an_answer_that_stops_after_a_clause_mark_ends_with_the_omission_mark() 
         assert text == OPEN + "黄连味苦性寒，能清热燥湿" + ("，" if hold == 0 else "") + OMITTED, hold
 
 
+def test_a_clause_that_only_opened_a_dropped_quotation_goes_with_it() -> None:
+    """A quotation with no finished clause is dropped (`close_quotation`); the clause that introduced it with a colon
+    (「汤方：」, 「书中写道：」) has nothing left to introduce and goes too — run E's chat sample ended
+    「…十二枚 汤方：」 — after the fact and streamed; what is left ends as any answer does (a clause mark → OMITTED,
+    nothing of its own → the fallback quote)."""
+    from qihuang.answer_guard import OMITTED
+
+    gui = Passage(id="g", book="医宗金鉴", section="桂枝汤方", text="桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 大枣（擘）十二枚")
+    opening = "据《医宗金鉴·桂枝汤方》："
+    answer = opening + "桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 大枣（擘）十二枚 汤方：“桂枝三两 芍"
+    out = guard_answer(answer, "桂枝汤由哪些药物组成？", gui, opening)
+    assert out.text == opening + gui.text and out.closed == "" and not out.fallback
+    q = "黄连的性味如何？"
+    for body, shown in (("黄连味苦性寒，能清热燥湿。书中写道：“黄连味", "黄连味苦性寒，能清热燥湿。"),
+                        ("黄连味苦性寒，能清热燥湿，书中写道：“黄连味", f"黄连味苦性寒，能清热燥湿{OMITTED}"),
+                        ("黄连味苦性寒，能清热燥湿，见《本经》：“黄连味", f"黄连味苦性寒，能清热燥湿{OMITTED}"),
+                        ("黄连味苦性寒，能清热燥湿，“黄连味", f"黄连味苦性寒，能清热燥湿{OMITTED}")):  # no colon: no introducer
+        assert guard_answer(OPEN + body, q, HUANGLIAN, OPEN).text == OPEN + shown, body
+    only = guard_answer(OPEN + "书中写道：“黄连味", q, HUANGLIAN, OPEN)  # nothing of its own left
+    assert only.fallback and only.text.startswith(OPEN + FALLBACK_LEAD)
+    stop = threading.Event()  # streamed: the introducer is still held back when the stream ends
+    pieces = [opening, "桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 ", "大枣（擘）十二枚 汤方：", "“桂枝三两 芍"]
+    out_chunks = list(guard_stream(_stream(pieces, [], stop), "桂枝汤由哪些药物组成？", gui, opening, stop, _make))
+    assert "".join(c.text for c in out_chunks) == opening + gui.text
+
+
 @dataclass
 class FakeChunk:
     text: str
