@@ -108,6 +108,8 @@ def quotes_source(body: str, cited: Passage) -> bool:
 
 _ENDS_SENTENCE = SENTENCE_MARKS.replace("\n", "")  # a quotation holds no line break
 _ENDS_CLAUSE = "，、：,:"
+_INTRODUCES = "：:"
+"""A clause ending in one of these introduces what follows (书中写道：“…”)."""
 OMITTED = "……"
 """What stands for the rest of a quotation closed at a clause that does not end its sentence."""
 
@@ -117,7 +119,8 @@ def close_quotation(text: str, start: int = 0) -> tuple[int, str]:
     inside it (a quotation only ends by its closing mark: `quotes.QuoteCopy`) — and what to close it with:
     (characters of `text` to keep, the closing to append). The quotation ends at its last finished clause: after a
     sentence end the mark closes it; after a clause mark (，、：) OMITTED stands for the rest; with no finished clause
-    it is dropped (the text before its mark). `(len(text), "")` when every quotation is closed."""
+    it is dropped, and so is a clause ending in a colon that introduced it (「…十二枚 汤方：“桂枝三两 芍」 → 「…十二枚」:
+    nothing is left for it to introduce). `(len(text), "")` when every quotation is closed."""
     from qihuang.quotes import MARKS
 
     stack: list[tuple[int, str]] = []
@@ -133,7 +136,10 @@ def close_quotation(text: str, start: int = 0) -> tuple[int, str]:
     inner = text[at + 1:]
     end = max((k for k, ch in enumerate(inner) if ch in _ENDS_SENTENCE + _ENDS_CLAUSE), default=None)
     if end is None:
-        return len(text[:at].rstrip()), ""
+        before = text[:at].rstrip()
+        if len(before) > start and before[-1] in _INTRODUCES:
+            before = before[:_clause_start(before, start)].rstrip()
+        return len(before), ""
     keep = at + 1 + end + (1 if inner[end] in _ENDS_SENTENCE else 0)
     return keep, ("" if inner[end] in _ENDS_SENTENCE else OMITTED) + _closers(text[at:keep])
 
@@ -262,8 +268,7 @@ class Guarded:
     """A degenerate continuation was cut off."""
     closed: str = ""
     """What closed a quotation the generation left open (`close_quotation`: OMITTED and the marks), or OMITTED in
-    place of the clause mark an answer stopped after (`，`, `、`, `：`: cut by its token budget; a clause ending in a
-    colon that only introduced a quotation with no finished clause goes with it, 「…十二枚 汤方：“桂枝三两 芍」 → 「…十二枚」); "" for none."""
+    place of the clause mark an answer stopped after (`，`, `、`, `：`: cut by its token budget); "" for none."""
     fallback: bool = False
     """The answer quotes its cited passage instead of saying nothing of its own."""
     unsupported: bool = False
@@ -287,8 +292,6 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
     keep, out.closed = close_quotation(text, start)
     if keep < len(text) or out.closed:
         out.text = text = text[:keep] + out.closed
-        if not out.closed and len(text) > start and text[-1] in "：:":  # the quotation it introduced is gone
-            out.text = text = text[:_clause_start(text, start)].rstrip()
     if not out.closed and len(text) > start and text[-1] in _ENDS_CLAUSE:  # stopped after a clause mark: says so
         out.closed = OMITTED
         out.text = text = text[:-1] + OMITTED
@@ -300,11 +303,14 @@ def guard_answer(answer: str, question: str, cited: Passage | None, prefix: str 
 
 def _clause_start(text: str, start: int) -> int:
     """Where the last clause of `text` (after `start`, its ending mark not counted) begins: just past the sentence
-    or clause mark, closing mark or space before it — `start` when there is none."""
-    closing = "”’」』）)"
-    marks = [k for k in range(start, len(text) - 1) if text[k] in _ENDS_SENTENCE + _ENDS_CLAUSE + closing
-             or text[k].isspace()]
-    return marks[-1] + 1 if marks else start
+    or clause mark, closing quotation mark or bracket, or space before it — `start` when there is none."""
+    from qihuang.quotes import MARKS
+
+    bounds = _ENDS_SENTENCE + _ENDS_CLAUSE + "".join(MARKS.values()) + "".join(_BRACKETS.values())
+    k = len(text) - 2
+    while k >= start and text[k] not in bounds and not text[k].isspace():
+        k -= 1
+    return max(k + 1, start)
 
 
 def guard_stream(chunks: Iterator[Any], question: str, cited: Passage | None, prefix: str,

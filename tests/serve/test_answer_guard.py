@@ -104,8 +104,10 @@ def test_a_clause_that_only_opened_a_dropped_quotation_goes_with_it() -> None:
     (「汤方：」, 「书中写道：」) has nothing left to introduce and goes too — run E's chat sample ended
     「…十二枚 汤方：」 — after the fact and streamed; what is left ends as any answer does (a clause mark → OMITTED,
     nothing of its own → the fallback quote)."""
-    from qihuang.answer_guard import OMITTED
+    from qihuang.answer_guard import OMITTED, close_quotation
 
+    assert close_quotation("甲，书中写道：“黄连") == (len("甲，"), "")  # the quotation and its introducer
+    assert close_quotation(OPEN + "“黄连", len(OPEN)) == (len(OPEN), "")  # the opening's colon is ours
     gui = Passage(id="g", book="医宗金鉴", section="桂枝汤方", text="桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 大枣（擘）十二枚")
     opening = "据《医宗金鉴·桂枝汤方》："
     answer = opening + "桂枝三两 芍药三两 甘草（炙）三两 生姜（切）三两 大枣（擘）十二枚 汤方：“桂枝三两 芍"

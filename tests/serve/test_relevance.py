@@ -320,13 +320,10 @@ def test_a_definition_asked_retrieves_the_passage_that_defines_the_word(tmp_path
     from qihuang.relevance import definitions_first
 
     monkeypatch.setenv("QIHUANG_HOME", str(tmp_path / "home"))
-    rows = [{"id": f"p{i}", "book": "甲书", "section": s, "text": t, "start": i * 100} for i, (s, t) in enumerate([
+    index = _index_of([{"id": f"p{i}", "book": "甲书", "section": s, "text": t} for i, (s, t) in enumerate([
         ("卷上/恶寒", "伤寒恶寒。恶寒而发热，恶寒而不发热，恶寒之甚者。"),
         ("卷上/发热", "发热恶寒，恶寒在表。"),
-        ("卷上/恶寒", "恶寒者，啬啬然增寒也。")])]
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    index = PassageIndex.open(path)
+        ("卷上/恶寒", "恶寒者，啬啬然增寒也。")])], tmp_path)
     assert index.search("《甲书》是怎样界定“恶寒”的？", 1)[0].passage.id == "p0"  # BM25 alone
     for q in ("《甲书》是怎样界定“恶寒”的？", "什么叫恶寒？请依据《甲书》回答。"):
         assert [h.passage.id for h in rag.retrieve(index, q, 2)][0] == "p2", q
