@@ -188,6 +188,62 @@ def test_nan_gradient_with_finite_loss_is_not_applied(tiny_model_dir: Path, tmp_
     assert decisions.count("skip") == 1 and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
+def _oom_run(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fits: int, batch_size: int,
+             grad_accum: int) -> tuple[dict, torch.nn.Module, list[dict]]:
+    """train_loop for 4 steps with micro-batches above `fits` sequences raising torch.OutOfMemoryError (as CUDA's
+    allocator does); its result, trained model and metrics rows."""
+    import numpy as np
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from qihuang.runs import MetricsLog
+    from qihuang.training import loop
+    from qihuang.training.data import PackedData
+    from qihuang.training.settings import LoopSettings
+
+    class Bounded(loop.CausalLMLoss):
+        def forward(self, input_ids: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+            if input_ids.shape[0] > fits:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return super().forward(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(loop, "CausalLMLoss", Bounded)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    stream = np.random.default_rng(0).integers(3, model.config.vocab_size, 3000)
+    data = PackedData(stream=stream, doc_start=np.zeros(len(stream), dtype=bool), seq_len=16, seed=0)
+    s = LoopSettings(seq_len=16, batch_size=batch_size, grad_accum=grad_accum, learning_rate=1e-3, warmup_steps=0,
+                     max_steps=4, checkpoint_every_steps=0, checkpoint_every_minutes=0, keep_checkpoints=1)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    out = loop.train_loop(model, data, s, Accelerator(cpu=True), tmp_path / "ckpt", log, None)
+    return out, model, log.read()
+
+
+def test_out_of_memory_carries_on_at_the_batch_that_fits(tiny_model_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A micro-batch of 8 that runs out of memory (4 fit): the step is redone at 4 and training goes on there with
+    the same global batch — the same losses and weights as a run of batch 4 x grad_accum 2 — and says so."""
+    out, model, rows = _oom_run(tiny_model_dir, tmp_path / "a", monkeypatch, fits=4, batch_size=8, grad_accum=1)
+    ref, ref_model, ref_rows = _oom_run(tiny_model_dir, tmp_path / "b", monkeypatch, fits=4, batch_size=4,
+                                        grad_accum=2)
+    assert out["steps"] == 4 and out["micro_batch_size"] == 4 and ref["micro_batch_size"] == 4
+    events = [{k: v for k, v in r.items() if k != "time"} for r in rows if r.get("event") == "micro_batch_reduced"]
+    assert events == [{"event": "micro_batch_reduced", "step": 0, "was": 8, "batch_size": 4}]
+    assert not [r for r in ref_rows if r.get("event")]
+    assert [r["loss"] for r in rows if "loss" in r] == pytest.approx([r["loss"] for r in ref_rows if "loss" in r],
+                                                                     rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_out_of_memory_with_nothing_that_fits_says_what_to_lower(tiny_model_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from qihuang.training.loop import MicroBatchTooLarge
+
+    with pytest.raises(MicroBatchTooLarge, match="batch_size=2 at seq_len=16 ran out of memory; even batch_size=1"):
+        _oom_run(tiny_model_dir, tmp_path, monkeypatch, fits=0, batch_size=2, grad_accum=1)
+
+
 def test_schedule_fitted_to_time_budget(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
     """max_minutes with a huge max_steps: the cosine is shortened to what the budget allows, so it ends annealed."""
     out = StageDir(tmp_path / "fit")

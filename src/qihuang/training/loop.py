@@ -160,6 +160,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
            if s.fit_schedule and train_seconds is not None and not state.schedule_fitted else None)
     report = _Report(metrics, tb, _progress_bar(state, main), main, size.flops_per_token, peak)
     stop_reason = "max_steps"
+    micro = s.batch_size  # the micro-batch: lowered to what fits after an out-of-memory error (one process)
     while state.step < s.max_steps:
         if train_seconds is not None and clock.elapsed() >= train_seconds:
             stop_reason = "time_budget"
@@ -169,7 +170,9 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         if fit is not None and state.step == fit.at and not state.schedule_fitted:
             _fit_schedule(fit, state, s, accelerator, train_seconds or 0.0, clock, report)
         lr = _set_lr(opt, state, s)
-        nll_sum = _accumulate(loss_mod, opt, data, ids, n_valid, s, accelerator, engine)
+        nll_sum, micro = _accumulate_fitting(loss_mod, opt, data, ids, n_valid, s, micro, accelerator, engine,
+                                             lambda was, now: report.event(event="micro_batch_reduced",
+                                                                           step=state.step, was=was, batch_size=now))
         outcome = _optimizer_step(nll_sum, n_valid, lr, params, opt, guard, s.clip, accelerator, engine)
         if outcome.decision == "rollback":
             state = _rollback(state, outcome.loss, s, ckpts, guard, clock, report)
@@ -187,6 +190,7 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     tb.close()
     report.pbar.close()
     result = _result(state, guard, clock, size, stop_reason, resumed_from)
+    result["micro_batch_size"] = micro
     result["gathered_weights"] = zero.gathered_weights(accelerator, engine) if sharded else None
     return result
 
@@ -221,42 +225,60 @@ def _set_lr(opt: Any, state: LoopState, s: LoopSettings) -> float:
     return lr
 
 
-def _accumulate(loss_mod: Any, opt: Any, data: PackedData, ids: Any, n_valid: int, s: LoopSettings,
-                accelerator: Any, engine: Any = None) -> Any:
-    """Forward and backward of this process's micro-batches of the step (gradients synchronised on the last;
-    through DeepSpeed's `engine` when there is one); their summed NLL. Out of memory: MicroBatchTooLarge, naming
-    the largest micro-batch that fits."""
+def _accumulate_fitting(loss_mod: Any, opt: Any, data: PackedData, ids: list[int], n_valid: int, s: LoopSettings,
+                        micro: int, accelerator: Any, engine: Any, lowered: Callable[[int, int], None]
+                        ) -> tuple[Any, int]:
+    """`_accumulate` the step in micro-batches of `micro`; the summed NLL and the micro-batch that ran. Out of memory:
+    the largest micro-batch that fits is probed and, with one process, the step is redone with it and training goes
+    on at that size (`lowered(was, now)` reports it) — the same samples per step, so the same global batch and loss,
+    in more accumulation rounds. With several processes (the others are inside the step's collectives) or DeepSpeed
+    (its engine fixes the micro-batch), or when nothing fits: MicroBatchTooLarge, naming the largest that fits."""
     import torch
 
-    world, rank = accelerator.num_processes, accelerator.process_index
+    while True:
+        try:
+            return _accumulate(loss_mod, opt, data, ids, n_valid, s, micro, accelerator, engine), micro
+        except torch.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            with accelerator.autocast():
+                fits = largest_fitting_batch_size(loss_mod, data, accelerator.device, micro)
+            if not fits or accelerator.num_processes > 1 or engine is not None:
+                raise _too_large(s, micro, fits) from None
+            lowered(micro, fits)
+            micro = fits
+
+
+def _accumulate(loss_mod: Any, opt: Any, data: PackedData, ids: list[int], n_valid: int, s: LoopSettings,
+                micro: int, accelerator: Any, engine: Any = None) -> Any:
+    """Forward and backward of this process's samples of the step (its `grad_accum` slices of `batch_size`) in
+    micro-batches of `micro` (gradients synchronised on the last; through DeepSpeed's `engine` when there is one);
+    their summed NLL."""
+    import torch
+
+    world, rank, bs = accelerator.num_processes, accelerator.process_index, s.batch_size
+    mine = [i for a in range(s.grad_accum) for i in ids[(a * world + rank) * bs:(a * world + rank + 1) * bs]]
+    chunks = [mine[lo:lo + micro] for lo in range(0, len(mine), micro)]
     nll_sum = torch.zeros((), device=accelerator.device)
-    try:
-        for a in range(s.grad_accum):
-            lo = (a * world + rank) * s.batch_size
-            batch = {k: v.to(accelerator.device) for k, v in data.batch(ids[lo:lo + s.batch_size]).items()}
-            last = a == s.grad_accum - 1
-            sync = contextlib.nullcontext() if last or engine is not None else accelerator.no_sync(loss_mod)
-            with sync, accelerator.autocast():
-                nll = loss_mod(**batch)
-                if engine is not None:
-                    zero.backward(engine, nll * world / n_valid, last)
-                else:
-                    accelerator.backward(nll * world / n_valid)
-            nll_sum += nll.detach().float()
-    except torch.OutOfMemoryError:
-        opt.zero_grad(set_to_none=True)
-        raise _too_large(loss_mod, data, s, accelerator) from None
+    for n, chunk in enumerate(chunks):
+        batch = {k: v.to(accelerator.device) for k, v in data.batch(chunk).items()}
+        last = n == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or engine is not None else accelerator.no_sync(loss_mod)
+        with sync, accelerator.autocast():
+            nll = loss_mod(**batch)
+            if engine is not None:
+                zero.backward(engine, nll * world / n_valid, last)
+            else:
+                accelerator.backward(nll * world / n_valid)
+        nll_sum += nll.detach().float()
     return nll_sum
 
 
-def _too_large(loss_mod: Any, data: PackedData, s: LoopSettings, accelerator: Any) -> MicroBatchTooLarge:
-    """The error for a micro-batch that ran out of memory, with the largest one that fits (probed)."""
-    with accelerator.autocast():
-        fits = largest_fitting_batch_size(loss_mod, data, accelerator.device, s.batch_size)
+def _too_large(s: LoopSettings, micro: int, fits: int) -> MicroBatchTooLarge:
+    """The error for a micro-batch of `micro` that ran out of memory, with the largest one that fits (probed)."""
     hint = (f"the largest that fits is {fits}: rerun with --batch-size {fits} --grad-accum "
             f"{max(s.grad_accum * s.batch_size // fits, 1)} for the same global batch"
             if fits else "even batch_size=1 does not fit: lower seq_len, use LoRA or grad_checkpoint")
-    return MicroBatchTooLarge(f"batch_size={s.batch_size} at seq_len={s.seq_len} ran out of memory; " + hint)
+    return MicroBatchTooLarge(f"batch_size={micro} at seq_len={s.seq_len} ran out of memory; " + hint)
 
 
 def _optimizer_step(nll_sum: Any, n_valid: int, lr: float, params: list[Any], opt: Any, guard: SpikeGuard,
