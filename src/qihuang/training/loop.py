@@ -237,7 +237,7 @@ def _accumulate_fitting(loss_mod: Any, opt: Any, data: PackedData, ids: list[int
 
     while True:
         try:
-            return _accumulate(loss_mod, opt, data, ids, n_valid, s, micro, accelerator, engine), micro
+            return _accumulate(loss_mod, data, ids, n_valid, s, micro, accelerator, engine), micro
         except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
             with accelerator.autocast():
@@ -248,8 +248,8 @@ def _accumulate_fitting(loss_mod: Any, opt: Any, data: PackedData, ids: list[int
             micro = fits
 
 
-def _accumulate(loss_mod: Any, opt: Any, data: PackedData, ids: list[int], n_valid: int, s: LoopSettings,
-                micro: int, accelerator: Any, engine: Any = None) -> Any:
+def _accumulate(loss_mod: Any, data: PackedData, ids: list[int], n_valid: int, s: LoopSettings, micro: int,
+                accelerator: Any, engine: Any = None) -> Any:
     """Forward and backward of this process's samples of the step (its `grad_accum` slices of `batch_size`) in
     micro-batches of `micro` (gradients synchronised on the last; through DeepSpeed's `engine` when there is one);
     their summed NLL."""
