@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qihuang.pipeline import STAGES
-from tests.finetune.helpers import LAUNCH_PRESETS
+from tests.finetune.helpers import LAUNCH_PRESETS, SHARDING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,4 +172,5 @@ def test_a_training_stage_of_a_recipe_runs_under_accelerate_launch(tmp_path: Pat
     assert launched.returncode == 0, launched.stderr[-3000:]
     summary = json.loads((runs / "tiny" / "sft" / "summary.json").read_text(encoding="utf-8"))
     assert (single["processes"], summary["processes"]) == (1, 2) and summary["steps"] == single["steps"]
+    assert summary["sharding"] == SHARDING[preset]
     assert (runs / "tiny" / "sft" / "done").exists() and (runs / "tiny" / "sft" / "model" / "config.json").exists()

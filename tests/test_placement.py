@@ -109,3 +109,27 @@ def test_deepspeed_presets_pass_deepspeeds_own_parser(name: str, monkeypatch: py
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(bad))
     with pytest.raises(ConfigError, match=r"(?s)sft: DeepSpeed rejects the launch's config: .*stage"):
         check_launch("sft", cuda=False)
+
+
+def test_an_fsdp_launch_on_cpu_processes_runs_fsdp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """accelerate 1.15 leaves an FSDP launch on CPU processes as MULTI_CPU (replicated): `shard_on_cpu` switches the
+    state to FSDP with the launch's FSDP2 plugin, and the process state too (later AcceleratorState()s copy it);
+    anything else is left as it is."""
+    from types import SimpleNamespace
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    from qihuang.placement import shard_on_cpu
+
+    monkeypatch.setitem(PartialState._shared_state, "distributed_type", DistributedType.MULTI_CPU)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, fsdp_plugin=None)
+    assert not shard_on_cpu(ddp) and ddp.distributed_type == DistributedType.MULTI_CPU
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    gpu = SimpleNamespace(distributed_type=DistributedType.FSDP, fsdp_plugin="accelerate's own")
+    assert not shard_on_cpu(gpu) and gpu.fsdp_plugin == "accelerate's own"
+    assert shard_on_cpu(ddp) and ddp.distributed_type == DistributedType.FSDP
+    assert ddp.fsdp_plugin.fsdp_version == 2
+    assert PartialState._shared_state["distributed_type"] == DistributedType.FSDP

@@ -404,21 +404,37 @@ def test_deepspeed_two_processes_match_single(extended: Path, data: tuple[Path, 
 
 
 @pytest.mark.slow
-@DEEPSPEED
-def test_lora_under_zero3_is_refused_before_training(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
-    config = cpu_config(tmp_path / "ds.yaml", 2, "deepspeed_zero3.yaml")
+@pytest.mark.parametrize(("preset", "mode"), [pytest.param("deepspeed_zero3.yaml", "DeepSpeed ZeRO-3", marks=DEEPSPEED),
+                                              ("fsdp.yaml", "FSDP")])
+def test_lora_with_sharded_parameters_is_refused_before_training(extended: Path, data: tuple[Path, Path],
+                                                                 tmp_path: Path, preset: str, mode: str) -> None:
+    config = cpu_config(tmp_path / "launch.yaml", 2, preset)
     run = accelerate_launch(config, _args(tmp_path / "out", extended, data, [*_TWO_PROC, "--mode", "lora"]))
     assert run.returncode != 0
-    assert "mode=lora under DeepSpeed ZeRO-3 is not supported" in run.stderr
+    assert f"mode=lora under {mode} is not supported" in run.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 @pytest.mark.slow
-def test_fsdp_on_the_cpu_says_it_runs_as_ddp(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
-    """accelerate picks FSDP only on an accelerator: an FSDP launch on the CPU trains replicated, and says so."""
+def test_fsdp_two_processes_match_single(extended: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`accelerate launch` with a CPU copy of the shipped FSDP preset: torch's FSDP2 over gloo shards the parameters,
+    gradients and optimizer state of the loop's model over the 2 processes (accelerate alone would run it replicated
+    on the CPU), evaluates on both, gathers the weights at the end, and gives the single process's losses and
+    weights — also when killed after step 3 and resumed from the sharded checkpoint of step 2; the model loads."""
+    single = _single_process(tmp_path, extended, data)
     config = cpu_config(tmp_path / "fsdp.yaml", 2, "fsdp.yaml")
-    run = accelerate_launch(config, _args(tmp_path / "out", extended, data, [*_TWO_PROC, "--max-steps", "1"]))
+    out = tmp_path / "fsdp"
+    args = _args(out, extended, data, [*_TWO_PROC, "--grad-accum", "2", "--checkpoint-every-steps", "2",
+                                       "--eval-every", "2"])
+    killed = accelerate_launch(config, args, extra_env={"QIHUANG_FAULT_AT_STEP": "3"})  # both kill -9 after step 3
+    assert killed.returncode != 0 and not (out / "done").exists()
+    assert list((out / "checkpoints").glob("step-0000002/pytorch_model_fsdp_0/*.distcp"))  # sharded, per process
+    run = accelerate_launch(config, args)
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    warnings = [r["message"] for r in rows if r.get("event") == "warning"]
-    assert any("asked for FSDP but pretrain runs MULTI_CPU" in m for m in warnings), warnings
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["distributed_type"] == "FSDP"
+    _assert_matches(single, out, extended, rel=1e-4, atol=1e-4)
+    assert_loads(out / "model")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r.get("event") == "warning"]
+    assert [r["step"] for r in rows if "bpc" in r and not r.get("final")] == [0, 2]  # before; the killed run at 2

@@ -89,10 +89,28 @@ def launch_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
     return env.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
+def shard_on_cpu(state: Any) -> bool:
+    """Run the FSDP that `accelerate launch` asked for on CPU processes too; whether `state` (the AcceleratorState)
+    was switched to it. accelerate 1.15 selects FSDP only on an accelerator and would train an FSDP launch on the CPU
+    as plain DDP (MULTI_CPU, a whole copy in every process), though torch's FSDP2 (`fully_shard`) runs there over
+    gloo: the state takes FSDP with the launch's plugin (`FullyShardedDataParallelPlugin` reads its FSDP_*
+    variables), so that `prepare` shards the model as on GPUs."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if state.distributed_type != DistributedType.MULTI_CPU or not launch_flag("ACCELERATE_USE_FSDP"):
+        return False
+    state.distributed_type = DistributedType.FSDP
+    # as accelerate records FSDP on GPUs: every later AcceleratorState() copies the process state's type
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    return True
+
+
 def sharding_not_run(runs: str, who: str) -> str | None:
     """Why `who` does not shard as `accelerate launch` asked (None when it does): `runs` is the distributed type it
-    got (accelerate 1.15 selects FSDP only on an accelerator, so on the CPU an FSDP config trains as plain DDP,
-    MULTI_CPU over gloo, every process holding the whole model)."""
+    got (MULTI_CPU or MULTI_GPU: a whole copy in every process, as accelerate would run an FSDP launch on the CPU
+    without `shard_on_cpu`)."""
     asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
              if launch_flag(env)]
     if not asked or runs in ("FSDP", "DEEPSPEED"):

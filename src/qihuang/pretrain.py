@@ -258,8 +258,8 @@ def _final_model(cfg: PretrainConfig, model: Any) -> Any:
 
 
 def _from_gathered(model_dir: Path, weights: dict[str, Any]) -> Any:
-    """The trained model rebuilt, unsharded (not through zero.Init), from the weights DeepSpeed ZeRO-3 gathered
-    (named as the loss wrapper names them: `model.` + the Hugging Face names), in eval mode."""
+    """The trained model rebuilt, unsharded (not through zero.Init), from the weights DeepSpeed ZeRO-3 or FSDP
+    gathered (named as the loss wrapper names them: `model.` + the Hugging Face names), in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -271,7 +271,7 @@ def _from_gathered(model_dir: Path, weights: dict[str, Any]) -> Any:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"pretrain: the weights gathered from ZeRO-3 do not fit {model_dir}: missing "
+        raise RuntimeError(f"pretrain: the gathered sharded weights do not fit {model_dir}: missing "
                            f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model.eval()
 
@@ -301,15 +301,19 @@ def _bpc_summary(before: dict[str, Any], after: dict[str, Any], eval_texts: list
 
 
 def _accelerator(cfg: PretrainConfig) -> Any:
-    """The stage's Accelerator on the device and precision `cfg` resolves to (`qihuang.placement`); LoRA under
-    DeepSpeed ZeRO-3 is refused here, before any work."""
+    """The stage's Accelerator on the device and precision `cfg` resolves to (`qihuang.placement`); LoRA with the
+    parameters sharded (DeepSpeed ZeRO-3, FSDP) is refused here, before any work."""
+    from accelerate.utils import DistributedType
+
     from qihuang.training.zero import make_accelerator, zero_stage
 
     placement = resolve_placement(cfg.device, cfg.precision, "pretrain")
     accelerator = make_accelerator(placement.device, placement.accelerate_mixed_precision)
-    if cfg.mode == "lora" and zero_stage(accelerator) >= 3:
-        raise ConfigError("pretrain: mode=lora under DeepSpeed ZeRO-3 is not supported (the adapter is merged on "
-                          "unsharded weights); launch LoRA pretraining with deepspeed_zero2.yaml or ddp.yaml")
+    mode = ("DeepSpeed ZeRO-3" if zero_stage(accelerator) >= 3 else
+            "FSDP" if accelerator.distributed_type == DistributedType.FSDP else None)
+    if cfg.mode == "lora" and mode:
+        raise ConfigError(f"pretrain: mode=lora under {mode} is not supported (the adapter is merged on unsharded "
+                          "weights); launch LoRA pretraining with deepspeed_zero2.yaml or ddp.yaml")
     return accelerator
 
 
@@ -343,7 +347,7 @@ def pretrain(cfg: PretrainConfig, model_dir: Path, train: Path, heldout: Path, o
     train_seconds = _train_seconds(cfg, before, stage_t0)
     result = train_loop(model, data, cfg, accelerator, out.path / "checkpoints", metrics, train_seconds,
                         evaluate if cfg.eval_every else None)
-    gathered = result.pop("gathered_weights", None)  # ZeRO-3: the sharded weights, whole, on the main process
+    gathered = result.pop("gathered_weights", None)  # ZeRO-3, FSDP: the sharded weights, whole, on the main process
     accelerator.free_memory()  # the prepared optimizer's moments: not needed to evaluate and save the model
 
     summary: dict[str, Any] = {**{k: v for k, v in result.items() if k != "evals"}, **chars,

@@ -19,10 +19,15 @@ ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 _NO_DEEPSPEED = importlib.util.find_spec("deepspeed") is None
 _DEEPSPEED = pytest.mark.skipif(_NO_DEEPSPEED, reason="deepspeed not installed (pip install -e '.[test]')")
-LAUNCH_PRESETS = ["ddp.yaml", pytest.param("deepspeed_zero2.yaml", marks=_DEEPSPEED),
+LAUNCH_PRESETS = ["ddp.yaml", "fsdp.yaml", pytest.param("deepspeed_zero2.yaml", marks=_DEEPSPEED),
                   pytest.param("deepspeed_zero3.yaml", marks=_DEEPSPEED)]
-"""The shipped presets the 2-process tests launch with: DDP, DeepSpeed ZeRO-2 (optimizer state and gradients
-sharded) and ZeRO-3 (parameters sharded too, gathered at save), which DeepSpeed runs on the CPU over gloo."""
+"""The shipped presets the 2-process tests launch with: DDP, FSDP (torch's FSDP2 over gloo: parameters, gradients
+and optimizer state sharded, gathered at save), DeepSpeed ZeRO-2 (optimizer state and gradients sharded) and ZeRO-3
+(parameters sharded too, gathered at save), which DeepSpeed runs on the CPU over gloo."""
+
+SHARDING = {"ddp.yaml": "ddp", "fsdp.yaml": "fsdp", "deepspeed_zero2.yaml": "deepspeed-zero2",
+            "deepspeed_zero3.yaml": "deepspeed-zero3"}
+"""The `sharding` a stage's summary records when launched with each preset on 2 processes."""
 
 
 def flags(settings: dict[str, Any]) -> list[str]:

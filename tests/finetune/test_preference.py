@@ -114,7 +114,8 @@ def test_dpo_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     process with 4 pairs a step: the same pairs make each step's global batch, so the per-step DPO losses and the
     saved weights agree up to float32 rounding; only the main process logs and writes."""
     from tests.finetune.helpers import (
-        accelerate_launch, assert_loads, assert_same_losses, assert_same_weights, cpu_config, flags, step_losses,
+        SHARDING, accelerate_launch, assert_loads, assert_same_losses, assert_same_weights, cpu_config, flags,
+        step_losses,
     )
 
     data = tmp_path / "pairs.jsonl"
@@ -131,6 +132,7 @@ def test_dpo_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     assert run.returncode == 0, run.stderr[-3000:]
     d = json.loads((ddp / "summary.json").read_text())
     assert (d["processes"], d["global_batch"], s["processes"], s["global_batch"]) == (2, 4, 1, 4)
+    assert (d["sharding"], s["sharding"]) == (SHARDING[preset], "none")
     assert d["steps"] == s["steps"] == 6 and d["reward_accuracy_after"] == s["reward_accuracy_after"]
     single_losses = step_losses(single.path)
     assert single_losses[6] < single_losses[1]  # the steps compared do train

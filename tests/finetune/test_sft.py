@@ -369,7 +369,8 @@ def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     the per-process batches of one seeded order out in turn), so the per-step losses and the saved weights agree up
     to float32 rounding (measured: rel 1e-7 loss, 3e-8 weights); only the main process logs and writes."""
     from tests.finetune.helpers import (
-        accelerate_launch, assert_loads, assert_same_losses, assert_same_weights, cpu_config, flags, step_losses,
+        SHARDING, accelerate_launch, assert_loads, assert_same_losses, assert_same_weights, cpu_config, flags,
+        step_losses,
     )
 
     data = _write(tmp_path / "train.jsonl", _dialogues(40))
@@ -385,6 +386,7 @@ def test_sft_ddp_two_processes_match_single(tmp_path: Path, tiny_model_dir: Path
     assert run.returncode == 0, run.stderr[-3000:]
     d = json.loads((ddp / "summary.json").read_text())
     assert (d["processes"], d["global_batch"], s["processes"], s["global_batch"]) == (2, 4, 1, 4)
+    assert (d["sharding"], s["sharding"]) == (SHARDING[preset], "none")
     assert d["steps"] == s["steps"] == 6 and d["tokens_seen"] == s["tokens_seen"]
     assert d["qa_samples"] == s["qa_samples"] == 2  # answered after training too (under ZeRO-3 by every process)
     assert_same_losses(step_losses(single.path), step_losses(ddp), rel=1e-5)

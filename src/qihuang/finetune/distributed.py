@@ -1,12 +1,14 @@
-"""What the SFT and DPO stages need to train as one under `accelerate launch` (DDP): the model wrapped for training
-after an evaluation, decisions taken once for all processes (resume point, time budget), and the model found
-inside its wrapper. In a single process every helper is the identity."""
+"""What the SFT and DPO stages need to train as one under `accelerate launch` (DDP, FSDP, DeepSpeed): the model
+wrapped for training after an evaluation, decisions taken once for all processes (resume point, time budget), and
+the model found inside its wrapper. In a single process every helper is the identity."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from typing import Any, TypeVar
+
+from qihuang.training.fsdp import is_sharded as sharded
 
 T = TypeVar("T")
 
@@ -42,16 +44,35 @@ def agree(over: bool, fitted: int | None) -> tuple[bool, int | None]:
     return bool(every[:, 0].max() > 0), (int(every[:, 1].min()) if fitted is not None else None)
 
 
+def shard_on_cpu(trainer: Any) -> None:
+    """Have `trainer` run the FSDP that `accelerate launch` asked for on CPU processes too
+    (`placement.shard_on_cpu`); its save path then gathers the sharded model (`outputs.unsharded`)."""
+    from qihuang.placement import shard_on_cpu as shard_state
+
+    if shard_state(trainer.accelerator.state):
+        trainer.is_fsdp_enabled = True
+
+
+def sharding(trainer: Any) -> str:
+    """How training spread the model over the processes, for the stage's summary: "fsdp" (FSDP2 sharded it),
+    "deepspeed-zeroN" (DeepSpeed's engine, ZeRO stage N), "ddp" (a whole copy in each process) or "none"."""
+    if sharded(trainer.model_wrapped):
+        return "fsdp"
+    if trainer.is_deepspeed_enabled and trainer.deepspeed is not None:
+        return f"deepspeed-zero{trainer.deepspeed.zero_optimization_stage()}"
+    return "ddp" if trainer.accelerator.num_processes > 1 else "none"
+
+
 def wrap_after_evaluate(trainer: Any) -> None:
-    """Let `trainer.train()` wrap the model in DDP after a `trainer.evaluate()`. The evaluation has accelerate
+    """Let `trainer.train()` wrap the model (DDP, FSDP) after a `trainer.evaluate()`. The evaluation has accelerate
     prepare the model for evaluation (no wrapper) and mark it prepared, and the training's prepare then hands it back
     unwrapped (accelerate 1.15, transformers 5.24): the processes' gradients were never averaged, each process
     trained its own copy on its own shard of the data and the main one saved its copy. Under DeepSpeed the evaluation
     builds an inference engine that training would keep, with no optimizer for `accelerator.backward` to step
-    (`'NoneType' object has no attribute 'backward'`): it is dropped so that training builds its own. FSDP wraps
-    at evaluation already; one process has nothing to wrap."""
+    (`'NoneType' object has no attribute 'backward'`): it is dropped so that training builds its own. One process has
+    nothing to wrap; a model FSDP already sharded stays as it is."""
     model = trainer.model
-    if trainer.accelerator.num_processes == 1 or trainer.is_fsdp_enabled:
+    if trainer.accelerator.num_processes == 1 or sharded(model):
         return
     if trainer.is_deepspeed_enabled:
         if trainer.model_wrapped is model and not getattr(model, "_is_accelerate_prepared", False):
@@ -65,31 +86,42 @@ def wrap_after_evaluate(trainer: Any) -> None:
 
 @contextlib.contextmanager
 def evaluable(trainer: Any) -> Iterator[None]:
-    """Let `trainer.evaluate()` run before training under DeepSpeed ZeRO-1/2, where transformers refuses it ("ZeRO
-    inference only makes sense with ZeRO Stage 3"): every process holds the whole model there, so the evaluation runs
-    as under DDP (accelerate prepares the model for evaluation only; `wrap_after_evaluate` undoes that before
-    training). Nothing changes elsewhere (ZeRO-3 evaluates through its inference engine, DDP as it does)."""
+    """Let `trainer.evaluate()` run before training where transformers cannot: under DeepSpeed ZeRO-1/2 it refuses
+    ("ZeRO inference only makes sense with ZeRO Stage 3"), under FSDP2 accelerate refuses to shard a model without
+    its optimizer ("a model and optimizer must be passed together"). Every process holds the whole model there until
+    training shards it, so the evaluation runs as under DDP (accelerate prepares the model for evaluation only;
+    `wrap_after_evaluate` undoes that before training). Nothing changes elsewhere (ZeRO-3 evaluates through its
+    inference engine, a sharded FSDP model as it is, DDP as it does)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    plain = trainer.is_deepspeed_enabled and trainer.deepspeed is None and not is_deepspeed_zero3_enabled()
-    if plain:
-        trainer.is_deepspeed_enabled = False
+    zero = trainer.is_deepspeed_enabled and trainer.deepspeed is None and not is_deepspeed_zero3_enabled()
+    fsdp = trainer.is_fsdp_enabled and not sharded(trainer.model)
+    trainer.is_deepspeed_enabled = trainer.is_deepspeed_enabled and not zero
+    trainer.is_fsdp_enabled = trainer.is_fsdp_enabled and not fsdp
     try:
         yield
     finally:
-        if plain:
-            trainer.is_deepspeed_enabled = True
+        trainer.is_deepspeed_enabled = trainer.is_deepspeed_enabled or zero
+        trainer.is_fsdp_enabled = trainer.is_fsdp_enabled or fsdp
+
+
+def shards_parameters() -> bool:
+    """Whether this launch shards the parameters themselves across the processes (DeepSpeed ZeRO-3, or FSDP over
+    several processes): a forward pass then gathers each layer from all of them, and a save gathers the weights."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from qihuang.placement import launch_flag
+
+    return is_deepspeed_zero3_enabled() or (launch_flag("ACCELERATE_USE_FSDP") and _world() > 1)
 
 
 def every_process_forwards() -> bool:
     """Whether a forward pass outside the trainer (held-out answers, preference scores) must run on every process:
-    under DeepSpeed ZeRO-3 each forward gathers the layers' shards from all of them, so one process alone would wait
-    forever; otherwise the main process runs it for the summary and the others skip it."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
+    when the parameters are sharded (`shards_parameters`) one process alone would wait forever for the others'
+    shards; otherwise the main process runs it for the summary and the others skip it."""
     from qihuang.runs import is_main_process
 
-    return is_main_process() or is_deepspeed_zero3_enabled()
+    return is_main_process() or shards_parameters()
 
 
 def inner(model: Any) -> Any:

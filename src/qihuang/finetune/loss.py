@@ -3,6 +3,7 @@ only, in chunks, and the trl trainer that uses it (in one process or under `acce
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 LOSS_CHUNK_TOKENS = 1024
@@ -14,19 +15,19 @@ def scored_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
     `num_items_in_batch` or by their count), computed from the decoder's hidden states with the LM head applied
     only to the scored positions, in chunks (`training.loss.causal_lm_nll`): SFT scores the answers, a small
     share of each retrieval prompt, so the [tokens x vocabulary] logits are never built — less memory and less
-    compute than the model's forward. Under DeepSpeed ZeRO-3 (parameters sharded, gathered only inside the model's
-    own forward) and for a head with logit soft-capping (Gemma) it is the model's own loss."""
+    compute than the model's forward. Under DeepSpeed ZeRO-3 or FSDP (parameters sharded, gathered only inside the
+    model's own forward, from its root module down) and for a head with logit soft-capping (Gemma) it is the model's
+    own loss."""
     import torch
-    from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from qihuang.finetune.distributed import inner
+    from qihuang.finetune.distributed import inner, shards_parameters
     from qihuang.training.loss import IGNORE, causal_lm_nll
 
     unwrapped = inner(model)
     base: Any = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     kwargs = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
     text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(text_config, "final_logit_softcapping", None) or is_deepspeed_zero3_enabled():
+    if getattr(text_config, "final_logit_softcapping", None) or shards_parameters():
         extra = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
         return model(input_ids=inputs["input_ids"], labels=inputs["labels"], **kwargs, **extra).loss
     head = base.get_output_embeddings()
@@ -57,6 +58,15 @@ def plain_loss_trainer(base: type) -> type:
                 # averages the gradients, so each process's share is scaled back up by the number of processes
                 loss = loss * self.accelerator.num_processes
             return (loss, {"loss": loss}) if return_outputs else loss
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            """As the trainer's, with a checkpoint's folder made first under FSDP: with a sharded state dict the
+            trainer writes the weights only later (with the optimizer), yet checks on every process right after
+            this whether the folder exists to record it as the best checkpoint. The processes then disagreed (the
+            main one alone reloaded the best model at the end, waiting for the others forever)."""
+            if self.is_fsdp_enabled and output_dir is not None:
+                os.makedirs(output_dir, exist_ok=True)
+            super().save_model(output_dir, _internal_call)
 
         def evaluate(self, *args: Any, **kwargs: Any) -> Any:
             """As the trainer's, without counting the evaluation's batches as trained tokens (`PackedCollator`:

@@ -56,12 +56,12 @@ def save_trained(trainer: Any, tokenizer: Any, out_dir: Path, **kwargs: Any) -> 
     Returns the same paths on every process."""
     from peft import PeftModel
 
-    from transformers.integrations import is_deepspeed_zero3_enabled
+    from qihuang.finetune.distributed import shards_parameters
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     paths: dict[str, str | None] = {"model": str(out_dir / "model"),
                                     "adapter": str(out_dir / "adapter") if isinstance(model, PeftModel) else None}
-    if is_deepspeed_zero3_enabled():
+    if shards_parameters():
         model = unsharded(trainer, model)
     if trainer.is_world_process_zero():
         paths = save_outputs(model, tokenizer, out_dir, **kwargs)
@@ -70,27 +70,30 @@ def save_trained(trainer: Any, tokenizer: Any, out_dir: Path, **kwargs: Any) -> 
 
 
 def unsharded(trainer: Any, model: Any) -> Any:
-    """Under DeepSpeed ZeRO-3 each process holds a shard of every weight (the model's own tensors are empty): every
-    process takes part in gathering the full state dict (`stage3_gather_16bit_weights_on_model_save`, the presets'
-    `zero3_save_16bit_model`), and the main process loads it into a fresh copy of the model — the same architecture
-    and adapters, built from its class and config — which it returns (the others get `model` back, unused)."""
+    """Under DeepSpeed ZeRO-3 or FSDP each process holds a shard of every weight (ZeRO-3 leaves the model's own
+    tensors empty, FSDP2 turns them into DTensors): every process takes part in gathering the full state dict
+    (ZeRO-3: `stage3_gather_16bit_weights_on_model_save`, the presets' `zero3_save_16bit_model`; FSDP2: torch's
+    full state dict, offloaded to the CPU), and the main process loads it into a fresh copy of the model — the same
+    architecture and adapters, built from its class and config — which it returns (the others get `model` back,
+    unused)."""
     import copy
 
     from peft import PeftModel, get_peft_model
 
-    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    state = _full_state_dict(trainer)
     if not trainer.is_world_process_zero():
         return model
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    # the class itself, not from_config: that would build it under deepspeed.zero.Init, sharded again (collective)
-    fresh = type(base)(copy.deepcopy(base.config)).to(next(iter(state.values())).dtype)
+    # the class itself, not from_config: that would build it under deepspeed.zero.Init, sharded again (collective);
+    # FSDP2 swapped the model's class for a sharded subclass (FSDPLlamaForCausalLM): the class it was made from
+    fresh = _unsharded_class(base)(copy.deepcopy(base.config)).to(next(iter(state.values())).dtype)
     if isinstance(model, PeftModel):
         fresh = get_peft_model(fresh, model.peft_config[model.active_adapter])
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
     lost = [k for k in missing if not any(k.endswith(t) for t in tied)]
     if lost or unexpected:
-        raise RuntimeError(f"ZeRO-3 save: gathered weights do not fit the model (missing {lost[:5]}, "
+        raise RuntimeError(f"sharded save: gathered weights do not fit the model (missing {lost[:5]}, "
                            f"unexpected {unexpected[:5]})")
     fresh.tie_weights()
     return fresh
@@ -100,3 +103,20 @@ def copy_model(src: Path, dst: Path) -> None:
     """Copy a model directory atomically (pass-through stages)."""
     with atomic_path(dst) as tmp:
         shutil.copytree(src, tmp)
+
+
+def _unsharded_class(module: Any) -> type:
+    """The class `module` was built as: FSDP2's `fully_shard` turns it into a subclass of `FSDPModule` and it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+
+def _full_state_dict(trainer: Any) -> dict[str, Any]:
+    """The trained model's whole state dict on the main process (gathered by every process); a model FSDP2 sharded
+    as the pretraining loop gathers it (`training.fsdp`)."""
+    from qihuang.training import fsdp
+
+    if fsdp.is_sharded(trainer.model_wrapped):
+        return fsdp.gathered_weights(trainer.model_wrapped, trainer.is_world_process_zero()) or {}
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped) or {}  # ZeRO-3: None on the other processes

@@ -217,6 +217,7 @@ def _dpo_trainer(cfg: DPOConfig, model: Any, tokenizer: Any, train: list[Pair], 
     from trl import DPOTrainer
 
     from qihuang.finetune.callbacks import LogToMetrics, TimeBudget
+    from qihuang.finetune.distributed import shard_on_cpu
     from qihuang.progress import enabled as progress_enabled
 
     args = TrlDPOConfig(
@@ -235,10 +236,12 @@ def _dpo_trainer(cfg: DPOConfig, model: Any, tokenizer: Any, train: list[Pair], 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=targets, task_type="CAUSAL_LM")
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.method == "full" else None
-    return DPOTrainer(model=model, ref_model=ref_model, args=args,
-                      train_dataset=Dataset.from_list([p.row() for p in train]),
-                      processing_class=tokenizer, peft_config=peft_config,
-                      callbacks=[LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, 0.05)])
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
+                         train_dataset=Dataset.from_list([p.row() for p in train]),
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[LogToMetrics(out.metrics()), TimeBudget(cfg.max_minutes, cfg.fit_schedule, 0.05)])
+    shard_on_cpu(trainer)
+    return trainer
 
 
 def _passthrough(model_dir: Path, out: StageDir) -> dict[str, Any]:
@@ -260,7 +263,7 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
 
     from qihuang import chat_templates
     from qihuang.finetune.callbacks import plot_losses, trainable_summary
-    from qihuang.finetune.distributed import every_process_forwards, from_main, warn_mode
+    from qihuang.finetune.distributed import every_process_forwards, from_main, sharding, warn_mode
     from qihuang.finetune.outputs import load_start_model, save_trained
 
     out.path.mkdir(parents=True, exist_ok=True)
@@ -298,6 +301,7 @@ def dpo(cfg: DPOConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         "steps": trainer.state.global_step, "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
         "resumed_from": last, "beta": cfg.beta, "trainable": trainable, "device": placement.device,
         "precision": placement.precision, "processes": trainer.accelerator.num_processes,
+        "sharding": sharding(trainer),
         "global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
     if is_main_process():

@@ -184,6 +184,7 @@ def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val
     """A trl SFTTrainer for pre-tokenised (and possibly pre-packed) data on `placement`'s device and precision
     (default: the CPU in fp32; no activation checkpointing), with `PackedCollator` batches (its `tokens` counts
     real tokens; the trainer is returned with it attached)."""
+    from qihuang.finetune.distributed import shard_on_cpu
     from qihuang.progress import enabled as progress_enabled
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
@@ -215,6 +216,7 @@ def build_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, train_ds: Any, val
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.qihuang_collator = collator
+    shard_on_cpu(trainer)
     return trainer
 
 
@@ -283,7 +285,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
 
     from qihuang import chat_templates
     from qihuang.finetune.callbacks import LogToMetrics, TimeBudget, plot_losses, trainable_summary
-    from qihuang.finetune.distributed import every_process_forwards, warn_mode
+    from qihuang.finetune.distributed import every_process_forwards, sharding, warn_mode
 
     set_seed(cfg.seed)
     out.path.mkdir(parents=True, exist_ok=True)
@@ -325,6 +327,7 @@ def sft(cfg: SFTConfig, model_dir: Path, out: StageDir) -> dict[str, Any]:
         "tokens_seen": tokens, "tokens_per_s": round(tokens / runtime, 1), "packing": cfg.packing,
         "trainable": trainable, "threads": torch.get_num_threads(), "device": placement.device,
         "precision": placement.precision, "processes": trainer.accelerator.num_processes,
+        "sharding": sharding(trainer),
         "global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
     if is_main_process():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qihuang.training import zero
+from qihuang.training import fsdp, zero
 from qihuang.training.checkpoint import list_checkpoints
 from qihuang.training.data import PackedData
 from qihuang.training.loopstate import Clock, LoopCheckpoints, LoopState, ScheduleFit
@@ -131,7 +131,7 @@ class _Outcome:
 def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, ckpt_root: Path, metrics: Any,
                train_seconds: float | None, evaluate: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train `model` in place; resumes from `ckpt_root` if it holds a checkpoint. Returns counters, and under
-    DeepSpeed ZeRO-3 the trained weights gathered on the main process (`gathered_weights`; else None)."""
+    DeepSpeed ZeRO-3 or FSDP the trained weights gathered on the main process (`gathered_weights`; else None)."""
     main = accelerator.is_main_process
     params = [p for p in model.parameters() if p.requires_grad]
     size = _ModelSize.of(model, params, s.seq_len)  # before accelerate.prepare (ZeRO-3 would shard)
@@ -142,7 +142,10 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         zero.configure(accelerator, s)
     loss_mod, opt = accelerator.prepare(CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile), opt)
     engine = loss_mod if deepspeed else None  # DeepSpeed's engine runs backward and the optimizer step itself
-    sharded = zero.zero_stage(accelerator) >= 3  # a forward is a collective: every process evaluates
+    if fsdp.is_sharded(loss_mod):  # FSDP2 put sharded parameters in place of the model's (and the optimizer's)
+        params = [p for p in loss_mod.parameters() if p.requires_grad]
+    # parameters sharded (ZeRO-3, FSDP): a forward is a collective, every process evaluates
+    sharded = zero.zero_stage(accelerator) >= 3 or fsdp.is_sharded(loss_mod)
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
     ckpts = LoopCheckpoints(accelerator, ckpt_root, s.keep_checkpoints, warn)
@@ -191,7 +194,8 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
     report.pbar.close()
     result = _result(state, guard, clock, size, stop_reason, resumed_from)
     result["micro_batch_size"] = micro
-    result["gathered_weights"] = zero.gathered_weights(accelerator, engine) if sharded else None
+    result["gathered_weights"] = (zero.gathered_weights(accelerator, engine) if engine is not None
+                                  else fsdp.gathered_weights(loss_mod, main))
     return result
 
 
@@ -341,9 +345,10 @@ def _log_step(state: LoopState, outcome: _Outcome, skipped: int, clock: Clock, r
 def _evaluate(evaluate: Callable[[Any], dict[str, Any]], loss_mod: Any, state: LoopState, accelerator: Any,
               report: _Report, everywhere: bool = False) -> None:
     """Periodic evaluation on the main process (kept in the counters for the summary), the others wait; on every
-    process when the parameters are sharded (ZeRO-3: each forward gathers them from all processes)."""
+    process when the parameters are sharded (ZeRO-3, FSDP: each forward gathers them from all processes)."""
     if report.main or everywhere:
-        res = evaluate(accelerator.unwrap_model(loss_mod).model)
+        with fsdp.whole_root(loss_mod):
+            res = evaluate(accelerator.unwrap_model(loss_mod).model)
         if report.main:
             state.evals.append({"step": state.step, **res})
             report.metrics.log(step=state.step, **res)

@@ -46,6 +46,12 @@ class CausalLMLoss(nn.Module):
             for layer in self._parts()[0].layers:
                 layer.compile()
 
+    def tie_weights(self) -> None:
+        """Tie the model's input and output embeddings again where its config ties them: accelerate's FSDP2
+        preparation calls this on the module it shards once it has moved it to the meta device (which unties them:
+        the head would train as a second matrix)."""
+        self.model.tie_weights()
+
     def _parts(self) -> tuple[nn.Module, nn.Module]:
         m: Any = self.model
         if hasattr(m, "get_base_model"):  # peft

@@ -14,15 +14,18 @@ from qihuang.training.settings import LoopSettings
 def make_accelerator(device: str, mixed_precision: str) -> Any:
     """The loop's `Accelerator` on `device` ("cpu" or "cuda"). Under a DeepSpeed launch on the CPU, the processes'
     gloo group is set up first: accelerate alone finds no CUDA backend and would count one process while
-    DeepSpeed's engine spans them all (and `cpu=True` would drop the engine altogether)."""
+    DeepSpeed's engine spans them all (and `cpu=True` would drop the engine altogether); an FSDP launch on the CPU
+    runs FSDP (`placement.shard_on_cpu`)."""
     from accelerate import Accelerator, PartialState
 
-    from qihuang.placement import launch_flag
+    from qihuang.placement import launch_flag, shard_on_cpu
 
     deepspeed = launch_flag("ACCELERATE_USE_DEEPSPEED")
     if deepspeed and device == "cpu":
         PartialState(cpu=True)
-    return Accelerator(cpu=device == "cpu" and not deepspeed, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=device == "cpu" and not deepspeed, mixed_precision=mixed_precision)
+    shard_on_cpu(accelerator.state)  # an FSDP launch on CPU processes: FSDP2 over gloo, not replicated
+    return accelerator
 
 
 def is_deepspeed(accelerator: Any) -> bool:
