@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from qihuang.training.fsdp import is_sharded as sharded
+from qihuang.training.fsdp import is_sharded
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ def shard_on_cpu(trainer: Any) -> None:
 def sharding(trainer: Any) -> str:
     """How training spread the model over the processes, for the stage's summary: "fsdp" (FSDP2 sharded it),
     "deepspeed-zeroN" (DeepSpeed's engine, ZeRO stage N), "ddp" (a whole copy in each process) or "none"."""
-    if sharded(trainer.model_wrapped):
+    if is_sharded(trainer.model_wrapped):
         return "fsdp"
     if trainer.is_deepspeed_enabled and trainer.deepspeed is not None:
         return f"deepspeed-zero{trainer.deepspeed.zero_optimization_stage()}"
@@ -72,7 +72,7 @@ def wrap_after_evaluate(trainer: Any) -> None:
     (`'NoneType' object has no attribute 'backward'`): it is dropped so that training builds its own. One process has
     nothing to wrap; a model FSDP already sharded stays as it is."""
     model = trainer.model
-    if trainer.accelerator.num_processes == 1 or sharded(model):
+    if trainer.accelerator.num_processes == 1 or is_sharded(model):
         return
     if trainer.is_deepspeed_enabled:
         if trainer.model_wrapped is model and not getattr(model, "_is_accelerate_prepared", False):
@@ -95,14 +95,18 @@ def evaluable(trainer: Any) -> Iterator[None]:
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     zero = trainer.is_deepspeed_enabled and trainer.deepspeed is None and not is_deepspeed_zero3_enabled()
-    fsdp = trainer.is_fsdp_enabled and not sharded(trainer.model)
-    trainer.is_deepspeed_enabled = trainer.is_deepspeed_enabled and not zero
-    trainer.is_fsdp_enabled = trainer.is_fsdp_enabled and not fsdp
+    fsdp = trainer.is_fsdp_enabled and not is_sharded(trainer.model)
+    if zero:
+        trainer.is_deepspeed_enabled = False
+    if fsdp:
+        trainer.is_fsdp_enabled = False
     try:
         yield
     finally:
-        trainer.is_deepspeed_enabled = trainer.is_deepspeed_enabled or zero
-        trainer.is_fsdp_enabled = trainer.is_fsdp_enabled or fsdp
+        if zero:
+            trainer.is_deepspeed_enabled = True
+        if fsdp:
+            trainer.is_fsdp_enabled = True
 
 
 def shards_parameters() -> bool:

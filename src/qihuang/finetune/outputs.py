@@ -80,13 +80,15 @@ def unsharded(trainer: Any, model: Any) -> Any:
 
     from peft import PeftModel, get_peft_model
 
+    from qihuang.training import fsdp
+
     state = _full_state_dict(trainer)
     if not trainer.is_world_process_zero():
         return model
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     # the class itself, not from_config: that would build it under deepspeed.zero.Init, sharded again (collective);
     # FSDP2 swapped the model's class for a sharded subclass (FSDPLlamaForCausalLM): the class it was made from
-    fresh = _unsharded_class(base)(copy.deepcopy(base.config)).to(next(iter(state.values())).dtype)
+    fresh = fsdp.unsharded_class(base)(copy.deepcopy(base.config)).to(next(iter(state.values())).dtype)
     if isinstance(model, PeftModel):
         fresh = get_peft_model(fresh, model.peft_config[model.active_adapter])
     missing, unexpected = fresh.load_state_dict(state, strict=False)
@@ -103,13 +105,6 @@ def copy_model(src: Path, dst: Path) -> None:
     """Copy a model directory atomically (pass-through stages)."""
     with atomic_path(dst) as tmp:
         shutil.copytree(src, tmp)
-
-
-def _unsharded_class(module: Any) -> type:
-    """The class `module` was built as: FSDP2's `fully_shard` turns it into a subclass of `FSDPModule` and it."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
 
 
 def _full_state_dict(trainer: Any) -> dict[str, Any]:

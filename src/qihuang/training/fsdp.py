@@ -16,6 +16,13 @@ def is_sharded(module: Any) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def unsharded_class(module: Any) -> type:
+    """The class `module` was built as: `fully_shard` swaps it for a subclass of `FSDPModule` and it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+
 @contextlib.contextmanager
 def whole_root(root: Any) -> Iterator[None]:
     """A context in which the sharded `root`'s own parameters (embeddings, final norm, head: those no decoder layer

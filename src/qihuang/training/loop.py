@@ -142,10 +142,11 @@ def train_loop(model: Any, data: PackedData, s: LoopSettings, accelerator: Any, 
         zero.configure(accelerator, s)
     loss_mod, opt = accelerator.prepare(CausalLMLoss(model, s.ce_chunk_tokens, s.doc_mask, s.compile), opt)
     engine = loss_mod if deepspeed else None  # DeepSpeed's engine runs backward and the optimizer step itself
-    if fsdp.is_sharded(loss_mod):  # FSDP2 put sharded parameters in place of the model's (and the optimizer's)
+    fsdp_sharded = fsdp.is_sharded(loss_mod)
+    if fsdp_sharded:  # FSDP2 put sharded parameters in place of the model's (and the optimizer's)
         params = [p for p in loss_mod.parameters() if p.requires_grad]
     # parameters sharded (ZeRO-3, FSDP): a forward is a collective, every process evaluates
-    sharded = zero.zero_stage(accelerator) >= 3 or fsdp.is_sharded(loss_mod)
+    sharded = zero.zero_stage(accelerator) >= 3 or fsdp_sharded
     guard = SpikeGuard(factor=s.spike_factor, max_in_row=s.spike_max_in_row, grad_factor=s.spike_grad_factor)
     warn = (lambda m: metrics.log(event="warning", message=m)) if main else None
     ckpts = LoopCheckpoints(accelerator, ckpt_root, s.keep_checkpoints, warn)
